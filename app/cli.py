@@ -1,0 +1,266 @@
+"""`conversation-service …`: run, serve, worker, migrate, tenant, api-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from app import embedded, runtime
+from app.errors import DomainError
+from app.settings import Settings, get_settings
+
+T = TypeVar("T")
+log = logging.getLogger("conversation_service")
+
+DEV_TENANT = "dev"
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _admin_endpoints(settings: Settings) -> runtime.Endpoints:
+    """The database for an admin command. An embedded one is migrated first (it may be brand
+    new); a configured one is left alone: production schema changes are `migrate`'s job."""
+    from db.migrate import upgrade
+
+    endpoints = runtime.resolve(settings, need_redis=False)
+    if not settings.database_url:
+        upgrade(endpoints.database_url)
+    return endpoints
+
+
+async def _with_db(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    from db.session import Database, create_pool
+
+    db = Database(await create_pool(database_url, min_size=1, max_size=2))
+    try:
+        return await work(db)
+    finally:
+        await db.close()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from db.migrate import upgrade
+
+    endpoints = runtime.resolve(settings, need_redis=False)
+    upgrade(endpoints.database_url)
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import tenants
+
+    endpoints = _admin_endpoints(settings)
+
+    async def work(db: Any) -> tuple[Any, bool]:
+        result: tuple[Any, bool] = await db.run(lambda uow: tenants.ensure_tenant(uow, args.tenant, args.name))
+        return result
+
+    tenant, created = asyncio.run(_with_db(endpoints.database_url, work))
+    print(f"tenant {tenant.tenant_id} {'created' if created else 'already exists'}")
+    return 0
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import tenants
+
+    scopes = tenants.parse_scopes(args.scopes)
+    endpoints = _admin_endpoints(settings)
+
+    async def work(db: Any) -> tuple[Any, str]:
+        result: tuple[Any, str] = await db.run(lambda uow: tenants.create_api_key(uow, args.tenant, scopes, args.name))
+        return result
+
+    key, secret = asyncio.run(_with_db(endpoints.database_url, work))
+    print(f"api key {key.id} for tenant {key.tenant_id}, scopes {','.join(s.value for s in key.scopes)}")
+    print("the key is shown once; store it now:")
+    print(secret)
+    return 0
+
+
+def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import tenants
+
+    endpoints = _admin_endpoints(settings)
+
+    async def work(db: Any) -> list[Any]:
+        async with db.read() as conn:
+            result: list[Any] = await tenants.list_api_keys(conn, args.tenant)
+            return result
+
+    keys = asyncio.run(_with_db(endpoints.database_url, work))
+    print(f"{'id':36}  {'prefix':12}  {'scopes':18}  {'created':25}  revoked")
+    for k in keys:
+        print(
+            f"{k.id!s:36}  {k.prefix:12}  {','.join(s.value for s in k.scopes):18}  "
+            f"{k.created_at.isoformat(timespec='seconds'):25}  {k.revoked_at.isoformat(timespec='seconds') if k.revoked_at else '-'}"
+        )
+    return 0
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import tenants
+
+    try:
+        key_id = uuid.UUID(args.key_id)
+    except ValueError:
+        print(f"error: {args.key_id!r} is not a key id (a UUID from `api-key list`)", file=sys.stderr)
+        return 2
+    endpoints = _admin_endpoints(settings)
+
+    async def work(db: Any) -> Any:
+        return await db.run(lambda uow: tenants.revoke_api_key(uow, key_id))
+
+    key = asyncio.run(_with_db(endpoints.database_url, work))
+    print(f"api key {key.id} revoked at {key.revoked_at.isoformat()}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """The API alone (servers from the URLs, or the embedded ones in DATA_DIR)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    endpoints = runtime.resolve(settings)
+    app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
+    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from jobs.worker import worker_settings
+
+    endpoints = runtime.resolve(settings)
+    worker = Worker(**worker_settings(endpoints.redis_url))
+    worker.run()
+    return 0
+
+
+def _ensure_dev_key(settings: Settings, database_url: str) -> str | None:
+    """First start in development: a dev tenant and a read/write/admin key, kept in DATA_DIR so
+    every later start can print it again. Never in production."""
+    from app.services import tenants
+
+    if settings.is_production:
+        return None
+    key_file = settings.resolved_data_dir / "dev-api-key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+
+    async def work(db: Any) -> str:
+        async def create(uow: Any) -> str:
+            await tenants.ensure_tenant(uow, DEV_TENANT, "Development")
+            _, secret = await tenants.create_api_key(uow, DEV_TENANT, list(tenants.Scope), "dev (created by run)")
+            return secret
+
+        result: str = await db.run(create)
+        return result
+
+    secret = asyncio.run(_with_db(database_url, work))
+    key_file.write_text(secret + "\n")
+    key_file.chmod(0o600)
+    return secret
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything for development: embedded servers (unless URLs are set), migrations, worker, API."""
+    import uvicorn
+
+    from app.main import create_app
+    from db.migrate import upgrade
+
+    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
+    endpoints = runtime.resolve(settings)
+    upgrade(endpoints.database_url)
+    secret = _ensure_dev_key(settings, endpoints.database_url)
+    env = {**os.environ, "DATABASE_URL": endpoints.database_url, "REDIS_URL": endpoints.redis_url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=env,
+        preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+    )
+    host, port = args.host or settings.host, args.port or settings.port
+    print(f"Conversation Service on http://{host}:{port}  (health: /readyz)", flush=True)
+    if secret:
+        print(f"dev tenant: {DEV_TENANT}   dev API key: {secret}", flush=True)
+    try:
+        app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        endpoints.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conversation-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_ in (
+        ("run", cmd_run, "embedded servers (unless URLs are set), migrations, worker and API"),
+        ("serve", cmd_serve, "the API only"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.set_defaults(func=func)
+    sub.add_parser("worker", help="the arq worker").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="tenant_command", required=True)
+    create = tenant.add_parser("create", help="create a tenant (idempotent)")
+    create.add_argument("tenant")
+    create.add_argument("--name")
+    create.set_defaults(func=cmd_tenant_create)
+
+    key = sub.add_parser("api-key", help="API keys").add_subparsers(dest="key_command", required=True)
+    kc = key.add_parser("create", help="create a key; prints it alone on the last line")
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument("--scopes", default="read,write", help="comma-separated: read, write, admin")
+    kc.add_argument("--name")
+    kc.set_defaults(func=cmd_key_create)
+    kl = key.add_parser("list", help="list a tenant's keys")
+    kl.add_argument("--tenant", required=True)
+    kl.set_defaults(func=cmd_key_list)
+    kr = key.add_parser("revoke", help="revoke a key by id")
+    kr.add_argument("key_id")
+    kr.set_defaults(func=cmd_key_revoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        code: int = args.func(settings, args)
+    except DomainError as exc:
+        print(f"error ({exc.code.value}): {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The long-lived clients a process holds, created in the lifespan and handed down typed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.services.limits import Limits
+from app.settings import Settings
+from db.session import Database, create_pool
+
+
+@dataclass(slots=True)
+class Resources:
+    settings: Settings
+    db: Database
+    redis: Redis
+    limits: Limits
+
+    @classmethod
+    async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Resources:
+        pool = await create_pool(
+            database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        redis = Redis.from_url(
+            redis_url,
+            socket_timeout=settings.readiness_timeout_s,
+            socket_connect_timeout=settings.readiness_timeout_s,
+            health_check_interval=30,
+        )
+        return cls(settings=settings, db=Database(pool), redis=redis, limits=Limits.from_settings(settings))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.db.close()
+
+    async def readiness(self) -> dict[str, Any]:
+        """Postgres and Redis actually asked, each with a timeout; Redis down is degraded, not down."""
+        timeout = self.settings.readiness_timeout_s
+        postgres, redis = await asyncio.gather(
+            _probe(self._ping_postgres(), timeout), _probe(self._ping_redis(), timeout)
+        )
+        status = "ok" if postgres["ok"] and redis["ok"] else "degraded" if postgres["ok"] else "down"
+        return {"status": status, "checks": {"postgres": postgres, "redis": redis}}
+
+    async def _ping_postgres(self) -> None:
+        async with self.db.read() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def _ping_redis(self) -> None:
+        await self.redis.ping()
+
+
+async def _probe(check: Any, limit_s: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check, limit_s)
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {limit_s:g} s"}
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"ok": True, "latencyMs": round((time.perf_counter() - started) * 1000, 2)}

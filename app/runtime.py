@@ -1,0 +1,51 @@
+"""Where the servers are: configured URLs, or embedded ones in DATA_DIR (running, or started now)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from app import embedded
+from app.settings import Settings
+
+log = logging.getLogger("conversation_service")
+
+
+@dataclass(slots=True)
+class Endpoints:
+    database_url: str
+    redis_url: str
+    #: Servers this process started (and stops on exit); attached ones are not listed.
+    started: list[embedded.EmbeddedServer] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for server in reversed(self.started):
+            server.stop()
+        self.started.clear()
+
+
+def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
+    """The configured URLs, else the embedded servers in DATA_DIR: the ones `run` started
+    if they are up, otherwise started here (and stopped when this process exits)."""
+    started: list[embedded.EmbeddedServer] = []
+    data_dir = settings.resolved_data_dir
+    database_url = settings.database_url
+    if not database_url:
+        pg = embedded.running_postgres(data_dir / "postgres")
+        if pg is None:
+            pg = embedded.start_postgres(data_dir / "postgres", fsync=True)
+            started.append(pg)
+            log.info("started embedded Postgres on port %s (data in %s)", pg.port, pg.data_dir)
+        database_url = pg.url
+    redis_url = settings.redis_url
+    if not redis_url:
+        if need_redis:
+            rd = embedded.running_redis(data_dir / "redis")
+            if rd is None:
+                rd = embedded.start_redis(data_dir / "redis", persist=True)
+                started.append(rd)
+                log.info("started embedded Redis on port %s", rd.port)
+            redis_url = rd.url
+        else:
+            redis_url = ""
+    return Endpoints(database_url=database_url, redis_url=redis_url, started=started)

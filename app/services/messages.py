@@ -1,0 +1,367 @@
+"""Messages: idempotent, gap-free appends and keyset history pages."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app import tokens
+from app.errors import BadUserInput, Conflict, ConversationClosed, NotFound, RetryTransaction
+from app.models import (
+    AppendResult,
+    BatchAppendResult,
+    Conversation,
+    ConversationDefaults,
+    ConversationRef,
+    Message,
+    NewMessage,
+    Page,
+    Role,
+    Source,
+    Status,
+)
+from app.services import conversations, cursors
+from app.services import limits as check
+from app.services.limits import DEFAULT_LIMITS, Limits
+from db.repositories import conversations as conversation_repo
+from db.repositories import messages as repo
+from db.repositories import records
+from db.session import Connection, UnitOfWork
+
+DEFAULT_HISTORY_PAGE = 50
+_CLIENT_ID_CONSTRAINT = "uq_messages_client_message_id"
+
+_EXECUTION_FIELDS: dict[str, type[str] | type[int]] = {
+    "run_id": str,
+    "model": str,
+    "latency_ms": int,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "status": str,
+    "error": str,
+}
+
+
+def new_message(
+    *,
+    role: Role,
+    content: str,
+    name: str | None = None,
+    tool_call_id: str | None = None,
+    tool_calls: Any = None,
+    metadata: dict[str, Any] | None = None,
+    sources: list[Source] | None = None,
+    execution: dict[str, Any] | None = None,
+    client_message_id: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> NewMessage:
+    """Validate one message and count its tokens (once, at write time, with the default encoding)."""
+    if not isinstance(role, Role):
+        raise BadUserInput("role must be one of system, user, assistant, tool", field="role")
+    check.content(content, limits)
+    if tool_calls is not None:
+        if role is not Role.ASSISTANT:
+            raise BadUserInput("toolCalls are only allowed on ASSISTANT messages", field="toolCalls")
+        _check_tool_calls(tool_calls, limits)
+    if not content and not (role is Role.ASSISTANT and tool_calls):
+        raise BadUserInput("content may be empty only for an ASSISTANT message with toolCalls", field="content")
+    if role is Role.TOOL and not tool_call_id:
+        raise BadUserInput("a TOOL message needs the toolCallId of the call it answers", field="toolCallId")
+    if tool_call_id is not None and role is not Role.TOOL:
+        raise BadUserInput("toolCallId is only allowed on TOOL messages", field="toolCallId")
+    check.text(tool_call_id, "toolCallId", limits.max_id_length)
+    check.text(name, "name", limits.max_id_length)
+    check.text(client_message_id, "clientMessageId", limits.max_id_length)
+    if client_message_id == "":
+        raise BadUserInput("clientMessageId must not be empty", field="clientMessageId")
+    sources = sources or []
+    if len(sources) > limits.max_sources:
+        raise BadUserInput(f"at most {limits.max_sources} sources per message", field="sources")
+    for s in sources:
+        check.text(s.document_id, "sources.documentId", limits.max_id_length, required=True)
+        for value, field in ((s.chunk_id, "chunkId"), (s.title, "title"), (s.uri, "uri")):
+            check.text(value, f"sources.{field}", limits.max_title_length * 4)
+        check.text(s.snippet, "sources.snippet", limits.max_content_bytes)
+    if execution is not None:
+        execution = _check_execution(execution, limits)
+    return NewMessage(
+        role=role,
+        content=content,
+        name=name,
+        tool_call_id=tool_call_id,
+        tool_calls=tool_calls,
+        metadata=check.metadata(metadata, limits),
+        sources=sources,
+        execution=execution,
+        client_message_id=client_message_id,
+        token_count=tokens.count_message(content, name=name, tool_calls=tool_calls),
+    )
+
+
+def _check_tool_calls(tool_calls: Any, limits: Limits) -> None:
+    if not isinstance(tool_calls, list) or not tool_calls:
+        raise BadUserInput("toolCalls must be a non-empty list", field="toolCalls")
+    for call in tool_calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(call, dict)
+            or not isinstance(call.get("id"), str)
+            or not call["id"]
+            or call.get("type", "function") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("arguments", ""), str)
+        ):
+            raise BadUserInput(
+                'each tool call must be {id, type: "function", function: {name, arguments: string}}',
+                field="toolCalls",
+            )
+    check.json_value(tool_calls, "toolCalls", limits.max_content_bytes)
+
+
+def _check_execution(execution: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    if not isinstance(execution, dict):
+        raise BadUserInput("execution must be an object", field="execution")
+    clean: dict[str, Any] = {}
+    for key, value in execution.items():
+        kind = _EXECUTION_FIELDS.get(key)
+        if kind is None:
+            raise BadUserInput(f"unknown execution field {key!r}", field="execution")
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadUserInput(f"execution.{key} must be {kind.__name__}", field="execution")
+        if isinstance(value, str):
+            check.text(value, f"execution.{key}", limits.max_title_length * 4)
+        elif isinstance(value, int) and value < 0:
+            raise BadUserInput(f"execution.{key} must not be negative", field="execution")
+        clean[key] = value
+    return clean
+
+
+async def append(
+    uow: UnitOfWork,
+    tenant_id: str,
+    target: ConversationRef,
+    message: NewMessage,
+    *,
+    expected_seq: int | None = None,
+    defaults: ConversationDefaults | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> AppendResult:
+    """Append one message (one SQL statement on the common path).
+
+    A new sessionId creates the conversation in the same transaction. A
+    clientMessageId seen before returns the original message (created=False).
+    """
+    check.tenant_id(tenant_id)
+    if expected_seq is not None and expected_seq < 1:
+        raise BadUserInput("expectedSeq must be at least 1", field="expectedSeq")
+    try:
+        row = await repo.append(
+            uow.conn,
+            tenant_id,
+            conversation_id=target.id,
+            session_id=target.session_id,
+            message=message,
+            expected_seq=expected_seq,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == _CLIENT_ID_CONSTRAINT:
+            raise RetryTransaction from exc  # the same key committed a moment ago: a rerun returns it
+        raise
+    if row is not None:
+        msg, header = repo.split_append_row(row)
+        msg.sources = list(message.sources)
+        return AppendResult(message=msg, conversation=records.conversation(header), created=True)
+    return await _append_slow_path(uow, tenant_id, target, message, expected_seq, defaults, limits)
+
+
+async def _append_slow_path(
+    uow: UnitOfWork,
+    tenant_id: str,
+    target: ConversationRef,
+    message: NewMessage,
+    expected_seq: int | None,
+    defaults: ConversationDefaults | None,
+    limits: Limits,
+) -> AppendResult:
+    """Nothing was written: tell why, return the original of a retry, or create the session."""
+    conversation = await conversations.find(uow.conn, tenant_id, target)
+    if conversation is None:
+        if target.session_id is None:
+            raise NotFound("conversation not found", conversationId=str(target.id))
+        # Create and append in one transaction, so a failing append leaves no empty conversation.
+        await uow.begin()
+        d = defaults or ConversationDefaults()
+        with contextlib.suppress(Conflict):  # created concurrently by another writer: append to theirs
+            await conversations.create(
+                uow,
+                tenant_id,
+                session_id=target.session_id,
+                user_id=d.user_id,
+                agent_id=d.agent_id,
+                channel=d.channel,
+                limits=limits,
+            )
+        return await append(uow, tenant_id, target, message, expected_seq=expected_seq, limits=limits)
+    if message.client_message_id is not None:
+        seq = await repo.seq_of_client_message(uow.conn, tenant_id, conversation.id, message.client_message_id)
+        if seq is not None:
+            (original,) = await with_sources(
+                uow.conn, tenant_id, await repo.by_seqs(uow.conn, tenant_id, conversation.id, [seq])
+            )
+            return AppendResult(message=original, conversation=conversation, created=False)
+    if conversation.status is not Status.ACTIVE:
+        raise ConversationClosed(f"conversation is {conversation.status.value}", conversationId=str(conversation.id))
+    if expected_seq is not None and expected_seq != conversation.last_seq + 1:
+        raise Conflict(
+            f"expectedSeq {expected_seq} is stale: the next seq is {conversation.last_seq + 1}",
+            expectedSeq=expected_seq,
+            nextSeq=conversation.last_seq + 1,
+        )
+    # The row changed between our statement and this read (a concurrent append or close): try again.
+    raise RetryTransaction
+
+
+async def append_batch(
+    uow: UnitOfWork,
+    tenant_id: str,
+    target: ConversationRef,
+    messages: list[NewMessage],
+    *,
+    defaults: ConversationDefaults | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> BatchAppendResult:
+    """Append 1..max_batch_messages messages atomically, in order; retried clientMessageIds return originals."""
+    check.tenant_id(tenant_id)
+    if not 1 <= len(messages) <= limits.max_batch_messages:
+        raise BadUserInput(f"a batch holds 1 to {limits.max_batch_messages} messages", field="messages")
+    client_ids = [m.client_message_id for m in messages if m.client_message_id is not None]
+    if len(set(client_ids)) != len(client_ids):
+        raise BadUserInput("clientMessageId repeats within the batch", field="messages")
+    conn = await uow.begin()
+    conversation = await conversation_repo.get(
+        conn, tenant_id, id=target.id, session_id=target.session_id, for_update=True
+    )
+    if conversation is None:
+        if target.session_id is None:
+            raise NotFound("conversation not found", conversationId=str(target.id))
+        d = defaults or ConversationDefaults()
+        await conversations.create(
+            uow,
+            tenant_id,
+            session_id=target.session_id,
+            user_id=d.user_id,
+            agent_id=d.agent_id,
+            channel=d.channel,
+            limits=limits,
+        )
+        conversation = await conversation_repo.get(conn, tenant_id, session_id=target.session_id, for_update=True)
+        assert conversation is not None
+    existing = await repo.seqs_of_client_messages(conn, tenant_id, conversation.id, client_ids) if client_ids else {}
+    fresh = [m for m in messages if m.client_message_id not in existing]
+    inserted: list[Message] = []
+    if fresh:
+        if conversation.status is not Status.ACTIVE:
+            raise ConversationClosed(
+                f"conversation is {conversation.status.value}", conversationId=str(conversation.id)
+            )
+        first_seq = conversation.last_seq + 1
+        conversation = await conversation_repo.advance(
+            conn, tenant_id, conversation.id, len(fresh), sum(m.token_count for m in fresh)
+        )
+        assert conversation.last_message_at is not None
+        inserted = await repo.insert_many(
+            conn, tenant_id, conversation.id, first_seq, fresh, conversation.last_message_at
+        )
+    originals = (
+        {
+            m.client_message_id: m
+            for m in await with_sources(
+                conn, tenant_id, await repo.by_seqs(conn, tenant_id, conversation.id, list(existing.values()))
+            )
+        }
+        if existing
+        else {}
+    )
+    fresh_iter = iter(inserted)
+    ordered = [
+        originals[m.client_message_id] if m.client_message_id in existing else next(fresh_iter) for m in messages
+    ]
+    return BatchAppendResult(messages=ordered, conversation=conversation, created_count=len(inserted))
+
+
+async def with_sources(conn: Connection, tenant_id: str, messages: list[Message]) -> list[Message]:
+    loaded = await repo.sources_for(conn, tenant_id, [(m.conversation_id, m.seq) for m in messages])
+    for m in messages:
+        m.sources = loaded[(m.conversation_id, m.seq)]
+    return messages
+
+
+async def sources_for(
+    conn: Connection, tenant_id: str, keys: list[tuple[uuid.UUID, int]]
+) -> dict[tuple[uuid.UUID, int], list[Source]]:
+    return await repo.sources_for(conn, tenant_id, keys)
+
+
+async def history(
+    conn: Connection,
+    tenant_id: str,
+    conversation: Conversation,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    after_seq: int | None = None,
+    since: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Page[Message]:
+    """A page of one conversation's messages, in seq order.
+
+    first/after page forward from the oldest (or from afterSeq, or from the first
+    message created at or after `since`); last/before backward from the newest;
+    neither: the last 50. Seqs are gap-free (1..lastSeq), so every bound, the
+    page flags and totalCount are exact arithmetic, not extra queries.
+    """
+    first = check.page_size(first, limits, "first")
+    last = check.page_size(last, limits, "last")
+    if first is not None and last is not None:
+        raise BadUserInput("give first or last, not both", field="first")
+    if after_seq is not None and after_seq < 0:
+        raise BadUserInput("afterSeq must not be negative", field="afterSeq")
+    newest = conversation.last_seq
+    # The connection's range: lower < seq < upper.
+    lower = max(after_seq or 0, 0)
+    if since is not None:
+        start = await repo.first_seq_since(conn, tenant_id, conversation.id, since)
+        lower = max(lower, (start if start is not None else newest + 1) - 1)
+    range_lower = lower
+    upper = newest + 1
+    if after is not None:
+        lower = max(lower, cursors.parse_seq_cursor(after))
+    if before is not None:
+        upper = min(upper, cursors.parse_seq_cursor(before))
+    total = max(0, newest - range_lower)
+    forward = first is not None or (last is None and (after is not None or after_seq is not None or since is not None))
+    if forward:
+        size = first if first is not None else DEFAULT_HISTORY_PAGE
+        lo, hi = lower + 1, min(upper - 1, lower + size)
+    else:
+        size = last if last is not None else DEFAULT_HISTORY_PAGE
+        lo, hi = max(lower + 1, upper - size), upper - 1
+    items = await repo.range_(conn, tenant_id, conversation.id, lo, hi) if hi >= lo and size > 0 else []
+    if hi < lo or size == 0:
+        lo, hi = (lower + 1, lower) if forward else (upper, upper - 1)
+    return Page(
+        items=items,
+        cursors=[cursors.seq_cursor(m.seq) for m in items],
+        has_next_page=hi < upper - 1 if forward else hi < newest,
+        has_previous_page=lo > range_lower + 1,
+        total_count=total,
+    )

@@ -1,0 +1,43 @@
+"""Full-text search over message content within a tenant."""
+
+from __future__ import annotations
+
+from app.errors import BadUserInput
+from app.models import ConversationFilter, Message, Page
+from app.services import cursors
+from app.services import limits as check
+from app.services.conversations import validate_filter
+from app.services.limits import DEFAULT_LIMITS, Limits
+from db.repositories import messages as repo
+from db.session import Connection
+
+MAX_QUERY_LENGTH = 500
+
+
+async def search_messages(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    filter: ConversationFilter | None = None,
+    *,
+    first: int | None = 20,
+    after: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Page[Message]:
+    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first."""
+    query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
+    if not query:
+        raise BadUserInput("query must not be blank", field="query")
+    f = validate_filter(filter or ConversationFilter(), limits)
+    size = check.page_size(first if first is not None else 20, limits, "first")
+    assert size is not None
+    key = cursors.parse_search_cursor(after) if after else None
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key)
+    items = rows[:size]
+    return Page(
+        items=items,
+        cursors=[cursors.search_cursor(m.created_at, m.conversation_id, m.seq) for m in items],
+        has_next_page=len(rows) > size,
+        has_previous_page=key is not None,
+        total_count=total,
+    )

@@ -1,0 +1,83 @@
+"""Conversation state: versioned keys with compare-and-set."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.errors import BadUserInput, Conflict, NotFound
+from app.models import StateEntry
+from app.services import limits as check
+from app.services.limits import DEFAULT_LIMITS, Limits
+from db.repositories import conversations as conversation_repo
+from db.repositories import state as repo
+from db.session import Connection, UnitOfWork
+
+
+def _key(key: str, limits: Limits) -> str:
+    value = check.text(key, "key", limits.max_state_key_length, required=True)
+    assert value is not None
+    return value
+
+
+async def _require_conversation(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> None:
+    if await conversation_repo.get(conn, tenant_id, id=conversation_id) is None:
+        raise NotFound("conversation not found", conversationId=str(conversation_id))
+
+
+async def get(
+    conn: Connection,
+    tenant_id: str,
+    conversation_id: uuid.UUID,
+    key: str,
+    limits: Limits = DEFAULT_LIMITS,
+) -> StateEntry | None:
+    return await repo.get(conn, tenant_id, conversation_id, _key(key, limits))
+
+
+async def list_(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> list[StateEntry]:
+    return await repo.list_(conn, tenant_id, conversation_id)
+
+
+async def list_many(
+    conn: Connection, tenant_id: str, conversation_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[StateEntry]]:
+    return await repo.list_many(conn, tenant_id, conversation_ids)
+
+
+async def set_(
+    uow: UnitOfWork,
+    tenant_id: str,
+    conversation_id: uuid.UUID,
+    key: str,
+    value: Any,
+    *,
+    expected_version: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> StateEntry:
+    """Write a key: version 1 when created, +1 on every write; expectedVersion 0 means "must not exist"."""
+    key = _key(key, limits)
+    if expected_version is not None and expected_version < 0:
+        raise BadUserInput("expectedVersion must not be negative", field="expectedVersion")
+    check.json_value(value, "value", limits.max_state_value_bytes)
+    entry = await repo.put(uow.conn, tenant_id, conversation_id, key, value, expected_version)
+    if entry is not None:
+        return entry
+    await _require_conversation(uow.conn, tenant_id, conversation_id)
+    current = await repo.get(uow.conn, tenant_id, conversation_id, key)
+    raise Conflict(
+        f"expectedVersion {expected_version} does not match the current version {current.version if current else 0}",
+        expectedVersion=expected_version,
+        currentVersion=current.version if current else 0,
+    )
+
+
+async def delete(
+    uow: UnitOfWork, tenant_id: str, conversation_id: uuid.UUID, key: str, limits: Limits = DEFAULT_LIMITS
+) -> bool:
+    """True when the key existed. NOT_FOUND when the conversation does not."""
+    key = _key(key, limits)
+    if await repo.delete(uow.conn, tenant_id, conversation_id, key):
+        return True
+    await _require_conversation(uow.conn, tenant_id, conversation_id)
+    return False

@@ -1,0 +1,91 @@
+"""Configuration, read once from the environment (and a `.env` file)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root: relative paths in settings resolve against it so the
+#: working directory never changes which data directory is used.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class AuthMode(StrEnum):
+    API_KEY = "api_key"
+    TRUSTED = "trusted"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=(".env", str(PROJECT_ROOT / ".env")), extra="ignore", case_sensitive=False
+    )
+
+    database_url: str | None = Field(default=None, description="Postgres URL; unset: embedded server")
+    redis_url: str | None = Field(default=None, description="Redis URL; unset: embedded server")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    environment: Environment = Environment.DEVELOPMENT
+    auth_mode: AuthMode = AuthMode.API_KEY
+    data_dir: Path = Path(".data")
+    log_level: str = "INFO"
+
+    # Pools and timeouts.
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    db_statement_timeout_ms: int = 15_000
+    readiness_timeout_s: float = 2.0
+
+    # Input limits (DESIGN.md "Default limits").
+    max_content_bytes: int = 256 * 1024
+    max_metadata_bytes: int = 64 * 1024
+    max_tags: int = 50
+    max_tag_length: int = 100
+    max_id_length: int = 200
+    max_state_key_length: int = 200
+    max_state_value_bytes: int = 256 * 1024
+    max_sources: int = 50
+    max_batch_messages: int = 100
+    max_page_size: int = 100
+    default_model: str = "gpt-4o"
+
+    # arq.
+    arq_queue: str = "conversation-service"
+
+    @model_validator(mode="after")
+    def _refuse_dev_defaults_in_production(self) -> Settings:
+        if self.environment is Environment.PRODUCTION:
+            missing = [n for n in ("database_url", "redis_url") if not getattr(self, n)]
+            if missing:
+                raise ValueError(
+                    "production mode needs real servers: set "
+                    + ", ".join(m.upper() for m in missing)
+                    + " (embedded servers are a development default)"
+                )
+            for name in ("database_url", "redis_url"):
+                value = str(getattr(self, name))
+                if ":postgres@" in value or ":password@" in value or ":changeme@" in value:
+                    raise ValueError(f"production mode refuses the development password in {name.upper()}")
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        path = self.data_dir.expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

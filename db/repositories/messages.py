@@ -1,0 +1,326 @@
+"""SQL for messages and their sources.
+
+The single append is ONE statement: it resolves the conversation, checks the
+idempotency key, bumps the conversation's seq and counters (locking its row,
+which serialises appends per conversation), inserts the message and its
+sources. A durable write then costs one round trip and one commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from app.models import ConversationFilter, Message, NewMessage, Source
+from db.repositories import records
+from db.repositories.conversations import filtered
+from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefixed
+from db.session import Connection
+
+_SOURCE_FIELDS = "document_id text, chunk_id text, title text, uri text, score float8, snippet text"
+
+_APPEND_TEMPLATE = f"""
+WITH target AS ({{target}}),
+prior AS (
+    SELECT seq FROM messages
+    WHERE tenant_id = $1 AND conversation_id = (SELECT id FROM target) AND client_message_id = $3
+),
+clock AS (SELECT clock_timestamp() AS now),
+bump AS (
+    UPDATE conversations c
+    SET last_seq = c.last_seq + 1,
+        message_count = c.message_count + 1,
+        token_count = c.token_count + $8,
+        -- Never earlier than the previous message: created_at follows seq order.
+        last_message_at = GREATEST((SELECT now FROM clock), c.last_message_at),
+        last_activity_at = GREATEST((SELECT now FROM clock), c.last_message_at),
+        updated_at = (SELECT now FROM clock)
+    WHERE c.tenant_id = $1 AND c.id = (SELECT id FROM target) AND c.status = 'active'
+      AND ($13::int IS NULL OR c.last_seq + 1 = $13::int)
+      AND NOT EXISTS (SELECT 1 FROM prior)
+    RETURNING {CONVERSATION_COLUMNS}
+),
+ins AS (
+    INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                          tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+    SELECT $1, b.id, b.last_seq, $4, $3, $5, $6, $7, $9, $10, $8, $11, $12, b.last_message_at FROM bump b
+    RETURNING {MESSAGE_COLUMNS}
+),
+src AS (
+    INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title,
+                                 uri, score, snippet)
+    SELECT i.tenant_id, i.conversation_id, i.seq, s.position - 1, s.document_id, s.chunk_id, s.title, s.uri,
+           s.score, s.snippet
+    FROM ins i,
+         ROWS FROM (jsonb_to_recordset($14::jsonb) AS ({_SOURCE_FIELDS})) WITH ORDINALITY
+           AS s(document_id, chunk_id, title, uri, score, snippet, position)
+    WHERE $14::jsonb IS NOT NULL
+)
+SELECT {prefixed(MESSAGE_COLUMNS, "i")},
+       b.session_id, b.user_id, b.agent_id, b.channel, b.title, b.status, b.tags,
+       b.metadata AS conversation_metadata, b.created_at AS conversation_created_at, b.updated_at,
+       b.last_message_at, b.last_activity_at, b.closed_at, b.close_reason, b.message_count,
+       b.token_count AS conversation_token_count, b.last_seq
+FROM ins i, bump b
+"""
+
+APPEND_BY_ID = _APPEND_TEMPLATE.format(target="SELECT $2::uuid AS id")
+APPEND_BY_SESSION = _APPEND_TEMPLATE.format(
+    target="SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
+)
+
+
+def _sources_json(sources: list[Source]) -> list[dict[str, Any]] | None:
+    if not sources:
+        return None
+    return [
+        {
+            "document_id": s.document_id,
+            "chunk_id": s.chunk_id,
+            "title": s.title,
+            "uri": s.uri,
+            "score": s.score,
+            "snippet": s.snippet,
+        }
+        for s in sources
+    ]
+
+
+async def append(
+    conn: Connection,
+    tenant_id: str,
+    *,
+    conversation_id: uuid.UUID | None,
+    session_id: str | None,
+    message: NewMessage,
+    expected_seq: int | None,
+) -> asyncpg.Record | None:
+    """Append one message; None when nothing was written (the caller diagnoses why)."""
+    sql, target = (
+        (APPEND_BY_ID, conversation_id)
+        if conversation_id is not None
+        else (
+            APPEND_BY_SESSION,
+            session_id,
+        )
+    )
+    return await conn.fetchrow(
+        sql,
+        tenant_id,
+        target,
+        message.client_message_id,
+        uuid.uuid4(),
+        message.role.value,
+        message.content,
+        message.name,
+        message.token_count,
+        message.tool_call_id,
+        message.tool_calls,
+        message.metadata,
+        message.execution,
+        expected_seq,
+        _sources_json(message.sources),
+    )
+
+
+def split_append_row(row: asyncpg.Record) -> tuple[Message, dict[str, Any]]:
+    """The append statement returns the message and the conversation header side by side."""
+    conversation = {
+        "tenant_id": row["tenant_id"],
+        "id": row["conversation_id"],
+        "session_id": row["session_id"],
+        "user_id": row["user_id"],
+        "agent_id": row["agent_id"],
+        "channel": row["channel"],
+        "title": row["title"],
+        "status": row["status"],
+        "tags": row["tags"],
+        "metadata": row["conversation_metadata"],
+        "created_at": row["conversation_created_at"],
+        "updated_at": row["updated_at"],
+        "last_message_at": row["last_message_at"],
+        "last_activity_at": row["last_activity_at"],
+        "closed_at": row["closed_at"],
+        "close_reason": row["close_reason"],
+        "message_count": row["message_count"],
+        "token_count": row["conversation_token_count"],
+        "last_seq": row["last_seq"],
+    }
+    return records.message(row), conversation
+
+
+async def seq_of_client_message(
+    conn: Connection, tenant_id: str, conversation_id: uuid.UUID, client_message_id: str
+) -> int | None:
+    value = await conn.fetchval(
+        "SELECT seq FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND client_message_id = $3",
+        tenant_id,
+        conversation_id,
+        client_message_id,
+    )
+    return int(value) if value is not None else None
+
+
+async def seqs_of_client_messages(
+    conn: Connection, tenant_id: str, conversation_id: uuid.UUID, client_message_ids: list[str]
+) -> dict[str, int]:
+    rows = await conn.fetch(
+        "SELECT client_message_id, seq FROM messages "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND client_message_id = ANY($3::text[])",
+        tenant_id,
+        conversation_id,
+        client_message_ids,
+    )
+    return {r["client_message_id"]: r["seq"] for r in rows}
+
+
+async def insert_many(
+    conn: Connection,
+    tenant_id: str,
+    conversation_id: uuid.UUID,
+    first_seq: int,
+    messages: list[NewMessage],
+    created_at: datetime,
+) -> list[Message]:
+    """Insert messages with seqs first_seq, first_seq+1, … (the caller holds the conversation lock)."""
+    n = len(messages)
+    rows = await conn.fetch(
+        f"""
+        INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+        SELECT $1, $2, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
+               t.tool_calls, t.token_count, t.metadata, t.execution, $14
+        FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[],
+                    $11::int[], $12::jsonb[], $13::jsonb[])
+             WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
+                                  token_count, metadata, execution, ord)
+        ORDER BY t.ord
+        RETURNING {MESSAGE_COLUMNS}
+        """,
+        tenant_id,
+        conversation_id,
+        first_seq,
+        [uuid.uuid4() for _ in range(n)],
+        [m.client_message_id for m in messages],
+        [m.role.value for m in messages],
+        [m.content for m in messages],
+        [m.name for m in messages],
+        [m.tool_call_id for m in messages],
+        [m.tool_calls for m in messages],
+        [m.token_count for m in messages],
+        [m.metadata for m in messages],
+        [m.execution for m in messages],
+        created_at,
+    )
+    inserted = sorted((records.message(r) for r in rows), key=lambda m: m.seq)
+    sources: list[dict[str, Any]] = []
+    for msg, new in zip(inserted, messages, strict=True):
+        msg.sources = list(new.sources)
+        for position, s in enumerate(new.sources):
+            sources.append({"seq": msg.seq, "position": position, **(_sources_json([s]) or [{}])[0]})
+    if sources:
+        await conn.execute(
+            f"""
+            INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id,
+                                         title, uri, score, snippet)
+            SELECT $1, $2, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
+            FROM jsonb_to_recordset($3::jsonb) AS s(seq int, position int, {_SOURCE_FIELDS})
+            """,
+            tenant_id,
+            conversation_id,
+            sources,
+        )
+    return inserted
+
+
+async def range_(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lo: int, hi: int) -> list[Message]:
+    """Messages with lo <= seq <= hi, seq ascending (seqs are gap-free, so this is exact)."""
+    rows = await conn.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND seq BETWEEN $3 AND $4 ORDER BY seq",
+        tenant_id,
+        conversation_id,
+        lo,
+        hi,
+    )
+    return [records.message(r) for r in rows]
+
+
+async def by_seqs(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, seqs: list[int]) -> list[Message]:
+    rows = await conn.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND seq = ANY($3::int[]) ORDER BY seq",
+        tenant_id,
+        conversation_id,
+        seqs,
+    )
+    return [records.message(r) for r in rows]
+
+
+async def first_seq_since(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, since: datetime) -> int | None:
+    """The first seq created at or after `since` (created_at never decreases along seq)."""
+    value = await conn.fetchval(
+        "SELECT seq FROM messages WHERE tenant_id = $1 AND conversation_id = $2 AND created_at >= $3 "
+        "ORDER BY created_at, seq LIMIT 1",
+        tenant_id,
+        conversation_id,
+        since,
+    )
+    return int(value) if value is not None else None
+
+
+async def sources_for(
+    conn: Connection, tenant_id: str, keys: list[tuple[uuid.UUID, int]]
+) -> dict[tuple[uuid.UUID, int], list[Source]]:
+    """Sources of many messages in one statement (the DataLoader's batch)."""
+    result: dict[tuple[uuid.UUID, int], list[Source]] = {k: [] for k in keys}
+    if not keys:
+        return result
+    rows = await conn.fetch(
+        """
+        SELECT s.conversation_id, s.seq, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
+        FROM message_sources s
+        JOIN unnest($2::uuid[], $3::int[]) AS k(conversation_id, seq)
+          ON s.conversation_id = k.conversation_id AND s.seq = k.seq
+        WHERE s.tenant_id = $1
+        ORDER BY s.conversation_id, s.seq, s.position
+        """,
+        tenant_id,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    for r in rows:
+        result[(r["conversation_id"], r["seq"])].append(records.source(r))
+    return result
+
+
+async def search(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    f: ConversationFilter,
+    limit: int,
+    after: tuple[datetime, uuid.UUID, int] | None,
+) -> tuple[list[Message], int]:
+    """Full-text matches, newest first, keyset-paged, with the exact total."""
+    where = filtered(tenant_id, f, alias="c")
+    tsq = where.param(query)
+    match = (
+        f"m.tenant_id = c.tenant_id AND m.conversation_id = c.id "
+        f"AND to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq})"
+    )
+    base = f"FROM conversations c JOIN messages m ON {match} WHERE {where.sql} AND m.tenant_id = $1"
+    total = int(await conn.fetchval(f"SELECT count(*) {base}", *where.args))
+    if after is not None:
+        where.add("(m.created_at, m.conversation_id, m.seq) < ({}, {}, {})", *after)
+    limit_param = where.param(limit)
+    base = f"FROM conversations c JOIN messages m ON {match} WHERE {where.sql} AND m.tenant_id = $1"
+    rows = await conn.fetch(
+        f"SELECT {prefixed(MESSAGE_COLUMNS, 'm')} {base} "
+        f"ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {limit_param}",
+        *where.args,
+    )
+    return [records.message(r) for r in rows], total

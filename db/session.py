@@ -1,0 +1,162 @@
+"""Connection pool and the unit of work the edges (resolvers, jobs) own.
+
+We talk to Postgres through asyncpg directly: a durable append is one SQL
+statement, and the ORM layer's per-statement overhead would cost a third of
+the throughput on a two-core machine (docs/decisions.md). SQLModel still
+defines the schema (db/tables.py) that Alembic migrates.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from app.errors import RetryTransaction
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    #: What repositories accept: a bare connection or one borrowed from the pool.
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def asyncpg_dsn(url: str) -> str:
+    """Accept SQLAlchemy-style URLs (postgresql+asyncpg://) as well as plain ones."""
+    for prefix in ("postgresql+asyncpg://", "postgresql+psycopg://", "postgres+asyncpg://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    plain = asyncpg_dsn(url)
+    for prefix in ("postgresql://", "postgres://"):
+        if plain.startswith(prefix):
+            return "postgresql+asyncpg://" + plain[len(prefix) :]
+    return plain
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def _init_connection(conn: Connection) -> None:
+    for typename in ("jsonb", "json"):
+        await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    statement_timeout_ms: int = 15_000,
+    statement_cache_size: int = 256,
+) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(url),
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        statement_cache_size=statement_cache_size,
+        server_settings={
+            "statement_timeout": str(statement_timeout_ms),
+            "application_name": "conversation-service",
+            # UTC everywhere: DateTime outputs are UTC and daily stats bucket by UTC day.
+            "TimeZone": "UTC",
+        },
+    )
+    assert pool is not None
+    return pool
+
+
+class UnitOfWork:
+    """One connection, at most one transaction, and the hooks to run after commit.
+
+    Reads and single-statement writes (a statement is atomic on its own in
+    Postgres) run without BEGIN/COMMIT: two round trips fewer on the hottest
+    write. A service that writes with more than one statement calls `begin()`
+    first; the unit of work, never the service, commits.
+    """
+
+    __slots__ = ("_after_commit", "_tx", "conn")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._tx: Any = None
+        self._after_commit: list[AfterCommit] = []
+
+    async def begin(self) -> Connection:
+        if self._tx is None:
+            self._tx = self.conn.transaction()
+            await self._tx.start()
+        return self.conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._tx is not None
+
+    def after_commit(self, hook: AfterCommit) -> None:
+        """Run `hook` once the work is durable (cache write-through, events, jobs)."""
+        self._after_commit.append(hook)
+
+    async def _finish(self, ok: bool) -> list[AfterCommit]:
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            if ok:
+                await tx.commit()
+            else:
+                await tx.rollback()
+        hooks, self._after_commit = self._after_commit, []
+        return hooks if ok else []
+
+
+class Database:
+    """The pool plus the one way edges run work against it."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_attempts: int = 5) -> None:
+        self.pool = pool
+        self.max_attempts = max_attempts
+
+    async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+        """Run `work` in a unit of work, commit, then run its after-commit hooks.
+
+        A `RetryTransaction` (a concurrent writer won a race the statement could
+        not see) rolls back and runs the work again; a retry sees the winner.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            async with self.pool.acquire() as conn:
+                uow = UnitOfWork(conn)
+                try:
+                    result = await work(uow)
+                except RetryTransaction:
+                    await uow._finish(ok=False)
+                    if attempt >= self.max_attempts:
+                        raise
+                    continue
+                except BaseException:
+                    await uow._finish(ok=False)
+                    raise
+                hooks = await uow._finish(ok=True)
+            for hook in hooks:
+                await hook()
+            return result
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Connection]:
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        await self.pool.close()

@@ -1,0 +1,199 @@
+"""The schema, as SQLModel tables. Alembic migrations are generated from and
+checked against this metadata; nothing else creates tables.
+
+Every primary key and index leads with `tenant_id` so the data can be
+distributed by tenant later (Citus) and so every lookup is tenant-scoped by
+construction. The one exception is `api_keys.key_hash`: a key must be found
+before its tenant is known (a reference table in Citus terms).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlmodel import Field, SQLModel
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+metadata = SQLModel.metadata
+
+#: Postgres text-search configuration for message search. 'simple' does no
+#: stemming: conversations here are multilingual and a wrong stemmer is worse than none.
+SEARCH_CONFIG = "simple"
+
+
+def _ts(nullable: bool = False, default_now: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=sa.Column(
+            sa.DateTime(timezone=True),
+            nullable=nullable,
+            server_default=sa.text("now()") if default_now else None,
+        ),
+    )
+
+
+def _jsonb(nullable: bool = False, default: str | None = "'{}'::jsonb") -> Any:
+    return Field(
+        default=None,
+        sa_column=sa.Column(pg.JSONB(), nullable=nullable, server_default=sa.text(default) if default else None),
+    )
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    #: retention_days, idle_timeout_seconds, CRM webhook and lookup settings.
+    settings: dict[str, Any] = _jsonb()
+    created_at: datetime = _ts(default_now=True)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.UniqueConstraint("key_hash"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.tenant_id"], ondelete="CASCADE"),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    #: The first characters of the key, shown in listings so people can tell keys apart.
+    prefix: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    #: sha256 of the whole key. Keys carry 192 random bits, so a slow hash buys nothing.
+    key_hash: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    scopes: list[str] = Field(sa_column=sa.Column(pg.ARRAY(sa.Text()), nullable=False))
+    created_at: datetime = _ts(default_now=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class Conversation(SQLModel, table=True):
+    __tablename__ = "conversations"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "session_id"),
+        sa.CheckConstraint("status IN ('active', 'closed', 'archived')", name="status"),
+        sa.Index(None, "tenant_id", "last_activity_at", "id"),
+        sa.Index(None, "tenant_id", "created_at", "id"),
+        sa.Index(None, "tenant_id", "user_id"),
+        sa.Index(None, "tenant_id", "agent_id"),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    session_id: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    user_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    agent_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    channel: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    title: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    status: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default=sa.text("'active'")))
+    tags: list[str] = Field(sa_column=sa.Column(pg.ARRAY(sa.Text()), nullable=False, server_default=sa.text("'{}'")))
+    metadata_: dict[str, Any] = Field(
+        sa_column=sa.Column("metadata", pg.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb"))
+    )
+    created_at: datetime = _ts(default_now=True)
+    updated_at: datetime = _ts(default_now=True)
+    last_message_at: datetime | None = _ts(nullable=True)
+    #: last_message_at, or created_at before the first message: the list order.
+    last_activity_at: datetime = _ts(default_now=True)
+    closed_at: datetime | None = _ts(nullable=True)
+    close_reason: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    message_count: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default=sa.text("0")))
+    token_count: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default=sa.text("0")))
+    last_seq: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default=sa.text("0")))
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "conversation_id"],
+            ["conversations.tenant_id", "conversations.id"],
+            ondelete="CASCADE",
+        ),
+        sa.CheckConstraint("role IN ('system', 'user', 'assistant', 'tool')", name="role"),
+        sa.Index(
+            "uq_messages_client_message_id",
+            "tenant_id",
+            "conversation_id",
+            "client_message_id",
+            unique=True,
+            postgresql_where=sa.text("client_message_id IS NOT NULL"),
+        ),
+        sa.Index(None, "tenant_id", "conversation_id", "created_at"),
+        sa.Index(None, "tenant_id", "created_at"),
+        sa.Index(
+            "ix_messages_search",
+            "tenant_id",
+            sa.text(f"to_tsvector('{SEARCH_CONFIG}'::regconfig, content)"),
+            postgresql_using="gin",
+        ),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    seq: int = Field(sa_column=sa.Column(sa.Integer(), primary_key=True))
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False))
+    client_message_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    role: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    content: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    name: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    tool_call_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    tool_calls: Any = _jsonb(nullable=True, default=None)
+    token_count: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    metadata_: dict[str, Any] = Field(
+        sa_column=sa.Column("metadata", pg.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb"))
+    )
+    execution: Any = _jsonb(nullable=True, default=None)
+    created_at: datetime = _ts(default_now=True)
+
+
+class MessageSource(SQLModel, table=True):
+    __tablename__ = "message_sources"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "conversation_id", "seq"],
+            ["messages.tenant_id", "messages.conversation_id", "messages.seq"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    seq: int = Field(sa_column=sa.Column(sa.Integer(), primary_key=True))
+    position: int = Field(sa_column=sa.Column(sa.SmallInteger(), primary_key=True))
+    document_id: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    chunk_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    title: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    uri: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    score: float | None = Field(default=None, sa_column=sa.Column(sa.Float(), nullable=True))
+    snippet: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+
+
+class ConversationState(SQLModel, table=True):
+    __tablename__ = "conversation_state"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "conversation_id"],
+            ["conversations.tenant_id", "conversations.id"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    key: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    value: Any = _jsonb(default=None)
+    version: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
+    updated_at: datetime = _ts(default_now=True)
