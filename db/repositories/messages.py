@@ -8,6 +8,7 @@ sources. A durable write then costs one round trip and one commit.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -71,6 +72,10 @@ APPEND_BY_ID = _APPEND_TEMPLATE.format(target="SELECT $2::uuid AS id")
 APPEND_BY_SESSION = _APPEND_TEMPLATE.format(
     target="SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
 )
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _sources_json(sources: list[Source]) -> list[dict[str, Any]] | None:
@@ -192,9 +197,9 @@ async def insert_many(
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
                               tool_call_id, tool_calls, token_count, metadata, execution, created_at)
         SELECT $1, $2, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls, t.token_count, t.metadata, t.execution, $14
-        FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[],
-                    $11::int[], $12::jsonb[], $13::jsonb[])
+               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14
+        FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                    $11::int[], $12::text[], $13::text[])
              WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
                                   token_count, metadata, execution, ord)
         ORDER BY t.ord
@@ -209,10 +214,11 @@ async def insert_many(
         [m.content for m in messages],
         [m.name for m in messages],
         [m.tool_call_id for m in messages],
-        [m.tool_calls for m in messages],
+        # JSON goes as text: asyncpg would read a list value as a nested SQL array.
+        [_json_or_none(m.tool_calls) for m in messages],
         [m.token_count for m in messages],
-        [m.metadata for m in messages],
-        [m.execution for m in messages],
+        [_json_or_none(m.metadata) for m in messages],
+        [_json_or_none(m.execution) for m in messages],
         created_at,
     )
     inserted = sorted((records.message(r) for r in rows), key=lambda m: m.seq)

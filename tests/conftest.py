@@ -1,0 +1,73 @@
+"""Real servers for the whole session: an embedded Postgres and Redis in a temp dir
+(or TEST_DATABASE_URL / TEST_REDIS_URL), schema built by `alembic upgrade head`.
+Every test gets a fresh random tenant, so tests never see each other's data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app import embedded
+from db.migrate import upgrade
+from db.session import Database, create_pool
+
+
+@dataclass
+class Servers:
+    database_url: str
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    root = Path(tempfile.mkdtemp(prefix="cs-tests-"))
+    started: list[embedded.EmbeddedServer] = []
+    try:
+        if not database_url:
+            pg = embedded.start_postgres(root / "postgres", fsync=False)
+            started.append(pg)
+            database_url = pg.url
+        if not redis_url:
+            rd = embedded.start_redis(root / "redis", persist=False)
+            started.append(rd)
+            redis_url = rd.url
+        upgrade(database_url)
+        yield Servers(database_url=database_url, redis_url=redis_url)
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def db(servers: Servers) -> AsyncIterator[Database]:
+    database = Database(await create_pool(servers.database_url, min_size=2, max_size=40))
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+async def redis(servers: Servers) -> AsyncIterator[Redis]:
+    client = Redis.from_url(servers.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def other_tenant() -> str:
+    return f"o-{uuid.uuid4().hex[:12]}"
