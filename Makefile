@@ -36,6 +36,10 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
 
+## Re-export schema.graphql from the code (a test fails when it drifts).
+schema: $(STAMP)
+	$(BIN)/python -m app.api.export > schema.graphql
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 

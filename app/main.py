@@ -6,12 +6,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
 
-from app import tokens
+from app import metrics, tokens
+from app.api.documents import DocumentRegistry
+from app.api.http import GraphQLView
+from app.api.schema import build_schema
+from app.auth import Authenticator
+from app.middleware import BodySizeLimit
 from app.resources import Resources
 from app.settings import Settings, get_settings
 
@@ -29,6 +36,14 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(report, status_code=503 if report["status"] == "down" else 200)
 
 
+async def metrics_endpoint(request: Request) -> Response:
+    resources: Resources = request.app.state.resources
+    pool = resources.db.pool
+    metrics.DB_POOL_SIZE.set(pool.get_size())
+    metrics.DB_POOL_IDLE.set(pool.get_idle_size())
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(
     settings: Settings | None = None, *, database_url: str | None = None, redis_url: str | None = None
 ) -> Starlette:
@@ -40,12 +55,19 @@ def create_app(
         raise RuntimeError(
             "create_app needs DATABASE_URL and REDIS_URL (use `conversation-service run` for embedded servers)"
         )
+    graphql = GraphQLView(
+        documents=DocumentRegistry.load(trusted_only=settings.trusted_documents_only),
+        schema=build_schema(settings),
+        graphql_ide=None if settings.is_production else "graphiql",
+        allow_queries_via_get=True,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tokens.warm_up()
         resources = await Resources.open(settings, db_url, cache_url)
         app.state.resources = resources
+        app.state.authenticator = Authenticator(resources.db, settings.auth_mode)
         try:
             yield
         finally:
@@ -53,6 +75,13 @@ def create_app(
 
     return Starlette(
         debug=False,
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+        ],
+        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)],
         lifespan=lifespan,
     )

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     max_page_size: int = 100
     default_model: str = "gpt-4o"
 
+    # GraphQL request limits.
+    max_query_depth: int = 12
+    max_query_aliases: int = 30
+    max_query_tokens: int = 2000
+    max_batch_operations: int = 10
+    max_request_bytes: int = 4 * 1024 * 1024
+    trusted_documents_only: bool = False
+
     # arq.
     arq_queue: str = "conversation-service"
 

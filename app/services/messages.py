@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -309,6 +310,85 @@ async def sources_for(
     return await repo.sources_for(conn, tenant_id, keys)
 
 
+@dataclass(slots=True, frozen=True)
+class HistoryPlan:
+    """Which seqs a history page holds (lo..hi) and its flags: pure arithmetic, since seqs
+    are gap-free (1..lastSeq). Many plans can be fetched in one statement (DataLoader)."""
+
+    lo: int
+    hi: int
+    has_next_page: bool
+    has_previous_page: bool
+    total_count: int
+
+    @property
+    def empty(self) -> bool:
+        return self.hi < self.lo
+
+
+def plan_history(
+    conversation: Conversation,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    after_seq: int | None = None,
+    since_seq: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> HistoryPlan:
+    """first/after page forward from the oldest (or from afterSeq, or from `since_seq`, the first
+    seq created at or after `since`); last/before backward from the newest; neither: the last 50."""
+    first = check.page_size(first, limits, "first")
+    last = check.page_size(last, limits, "last")
+    if first is not None and last is not None:
+        raise BadUserInput("give first or last, not both", field="first")
+    if after_seq is not None and after_seq < 0:
+        raise BadUserInput("afterSeq must not be negative", field="afterSeq")
+    newest = conversation.last_seq
+    # The connection's range is range_lower < seq <= newest; the page's window lower < seq < upper.
+    range_lower = max(after_seq or 0, (since_seq - 1) if since_seq is not None else 0)
+    lower, upper = range_lower, newest + 1
+    if after is not None:
+        lower = max(lower, cursors.parse_seq_cursor(after))
+    if before is not None:
+        upper = min(upper, cursors.parse_seq_cursor(before))
+    forward = first is not None or (
+        last is None and (after is not None or after_seq is not None or since_seq is not None)
+    )
+    if forward:
+        size = first if first is not None else DEFAULT_HISTORY_PAGE
+        lo, hi = lower + 1, min(upper - 1, lower + size)
+    else:
+        size = last if last is not None else DEFAULT_HISTORY_PAGE
+        lo, hi = max(lower + 1, upper - size), upper - 1
+    if hi < lo:  # an empty page still answers the flags from where it stands
+        lo, hi = (lower + 1, lower) if forward else (upper, upper - 1)
+    return HistoryPlan(
+        lo=lo,
+        hi=hi,
+        has_next_page=hi < (upper - 1 if forward else newest),
+        has_previous_page=lo > range_lower + 1,
+        total_count=max(0, newest - range_lower),
+    )
+
+
+def page_of(plan: HistoryPlan, items: list[Message]) -> Page[Message]:
+    return Page(
+        items=items,
+        cursors=[cursors.seq_cursor(m.seq) for m in items],
+        has_next_page=plan.has_next_page,
+        has_previous_page=plan.has_previous_page,
+        total_count=plan.total_count,
+    )
+
+
+async def since_seq(conn: Connection, tenant_id: str, conversation: Conversation, since: datetime) -> int:
+    """The first seq created at or after `since` (lastSeq + 1 when there is none)."""
+    start = await repo.first_seq_since(conn, tenant_id, conversation.id, since)
+    return start if start is not None else conversation.last_seq + 1
+
+
 async def history(
     conn: Connection,
     tenant_id: str,
@@ -322,46 +402,23 @@ async def history(
     since: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Page[Message]:
-    """A page of one conversation's messages, in seq order.
-
-    first/after page forward from the oldest (or from afterSeq, or from the first
-    message created at or after `since`); last/before backward from the newest;
-    neither: the last 50. Seqs are gap-free (1..lastSeq), so every bound, the
-    page flags and totalCount are exact arithmetic, not extra queries.
-    """
-    first = check.page_size(first, limits, "first")
-    last = check.page_size(last, limits, "last")
-    if first is not None and last is not None:
-        raise BadUserInput("give first or last, not both", field="first")
-    if after_seq is not None and after_seq < 0:
-        raise BadUserInput("afterSeq must not be negative", field="afterSeq")
-    newest = conversation.last_seq
-    # The connection's range: lower < seq < upper.
-    lower = max(after_seq or 0, 0)
-    if since is not None:
-        start = await repo.first_seq_since(conn, tenant_id, conversation.id, since)
-        lower = max(lower, (start if start is not None else newest + 1) - 1)
-    range_lower = lower
-    upper = newest + 1
-    if after is not None:
-        lower = max(lower, cursors.parse_seq_cursor(after))
-    if before is not None:
-        upper = min(upper, cursors.parse_seq_cursor(before))
-    total = max(0, newest - range_lower)
-    forward = first is not None or (last is None and (after is not None or after_seq is not None or since is not None))
-    if forward:
-        size = first if first is not None else DEFAULT_HISTORY_PAGE
-        lo, hi = lower + 1, min(upper - 1, lower + size)
-    else:
-        size = last if last is not None else DEFAULT_HISTORY_PAGE
-        lo, hi = max(lower + 1, upper - size), upper - 1
-    items = await repo.range_(conn, tenant_id, conversation.id, lo, hi) if hi >= lo and size > 0 else []
-    if hi < lo or size == 0:
-        lo, hi = (lower + 1, lower) if forward else (upper, upper - 1)
-    return Page(
-        items=items,
-        cursors=[cursors.seq_cursor(m.seq) for m in items],
-        has_next_page=hi < upper - 1 if forward else hi < newest,
-        has_previous_page=lo > range_lower + 1,
-        total_count=total,
+    """A page of one conversation's messages, in seq order (see plan_history)."""
+    plan = plan_history(
+        conversation,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        after_seq=after_seq,
+        since_seq=await since_seq(conn, tenant_id, conversation, since) if since is not None else None,
+        limits=limits,
     )
+    items = [] if plan.empty else await repo.range_(conn, tenant_id, conversation.id, plan.lo, plan.hi)
+    return page_of(plan, items)
+
+
+async def ranges(
+    conn: Connection, tenant_id: str, wanted: list[tuple[uuid.UUID, int, int]]
+) -> dict[tuple[uuid.UUID, int, int], list[Message]]:
+    """Many (conversation, lo, hi) seq ranges in one statement."""
+    return await repo.ranges(conn, tenant_id, wanted)

@@ -255,6 +255,31 @@ async def range_(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, l
     return [records.message(r) for r in rows]
 
 
+async def ranges(
+    conn: Connection, tenant_id: str, wanted: list[tuple[uuid.UUID, int, int]]
+) -> dict[tuple[uuid.UUID, int, int], list[Message]]:
+    """Several seq ranges of several conversations in one statement (a DataLoader batch)."""
+    result: dict[tuple[uuid.UUID, int, int], list[Message]] = {w: [] for w in wanted}
+    if not wanted:
+        return result
+    rows = await conn.fetch(
+        f"""
+        SELECT r.lo, r.hi, {prefixed(MESSAGE_COLUMNS, "m")}
+        FROM unnest($2::uuid[], $3::int[], $4::int[]) AS r(conversation_id, lo, hi)
+        JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = r.conversation_id
+                       AND m.seq BETWEEN r.lo AND r.hi
+        ORDER BY m.conversation_id, m.seq
+        """,
+        tenant_id,
+        [w[0] for w in wanted],
+        [w[1] for w in wanted],
+        [w[2] for w in wanted],
+    )
+    for r in rows:
+        result[(r["conversation_id"], r["lo"], r["hi"])].append(records.message(r))
+    return result
+
+
 async def by_seqs(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, seqs: list[int]) -> list[Message]:
     rows = await conn.fetch(
         f"SELECT {MESSAGE_COLUMNS} FROM messages "

@@ -1,0 +1,114 @@
+"""Per-request context: who is calling, the resources, and per-request DataLoaders."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from strawberry.dataloader import DataLoader
+
+from app import models
+from app.auth import Principal
+from app.errors import DomainError
+from app.resources import Resources
+from app.services import messages, state
+from app.services.tenants import Scope
+
+if TYPE_CHECKING:
+    from app.api import types
+
+
+class Loaders:
+    """Batches the nested fields of one request into a few statements (no N+1)."""
+
+    def __init__(self, resources: Resources, tenant_id: str) -> None:
+        self.resources = resources
+        self.tenant_id = tenant_id
+        self.sources: DataLoader[tuple[uuid.UUID, int], list[models.Source]] = DataLoader(self._load_sources)
+        self.states: DataLoader[uuid.UUID, list[models.StateEntry]] = DataLoader(self._load_states)
+        self.ranges: DataLoader[tuple[uuid.UUID, int, int], list[models.Message]] = DataLoader(self._load_ranges)
+
+    async def _load_sources(self, keys: list[tuple[uuid.UUID, int]]) -> list[list[models.Source]]:
+        async with self.resources.db.read() as conn:
+            found = await messages.sources_for(conn, self.tenant_id, keys)
+        return [found[k] for k in keys]
+
+    async def _load_states(self, keys: list[uuid.UUID]) -> list[list[models.StateEntry]]:
+        async with self.resources.db.read() as conn:
+            found = await state.list_many(conn, self.tenant_id, keys)
+        return [found[k] for k in keys]
+
+    async def _load_ranges(self, keys: list[tuple[uuid.UUID, int, int]]) -> list[list[models.Message]]:
+        async with self.resources.db.read() as conn:
+            found = await messages.ranges(conn, self.tenant_id, keys)
+        return [found[k] for k in keys]
+
+    async def history_page(
+        self,
+        conversation: models.Conversation,
+        *,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        after_seq: int | None = None,
+        since: datetime | None = None,
+    ) -> models.Page[models.Message]:
+        since_seq = None
+        if since is not None:
+            async with self.resources.db.read() as conn:
+                since_seq = await messages.since_seq(conn, self.tenant_id, conversation, since)
+        plan = messages.plan_history(
+            conversation,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            after_seq=after_seq,
+            since_seq=since_seq,
+            limits=self.resources.limits,
+        )
+        items = [] if plan.empty else await self.ranges.load((conversation.id, plan.lo, plan.hi))
+        return messages.page_of(plan, items)
+
+
+@dataclass
+class RequestContext:
+    resources: Resources
+    request_id: str
+    principal: Principal | None
+    auth_error: DomainError | None
+    started: float = 0.0
+    operation_name: str | None = None
+    operation_type: str | None = None
+    _loaders: Loaders | None = field(default=None, repr=False)
+
+    def tenant(self, scope: Scope = Scope.READ) -> str:
+        """The caller's tenant, after checking it may do `scope` (raises UNAUTHENTICATED / FORBIDDEN)."""
+        if self.principal is None:
+            raise self.auth_error or DomainError("no principal")
+        self.principal.require(scope)
+        return self.principal.tenant_id
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = Loaders(self.resources, self.tenant())
+        return self._loaders
+
+    async def context_window(self, conversation: models.Conversation, **kwargs: Any) -> types.ContextWindow:
+        from app.services import context as context_service
+
+        async with self.resources.db.read() as conn:
+            window = await context_service.build_window(
+                conn, self.tenant(), conversation, default_model=self.resources.settings.default_model, **kwargs
+            )
+        return cast("types.ContextWindow", window)
+
+    async def crm_sync(self, conversation: models.Conversation) -> types.CrmSync | None:
+        return None
+
+    async def customer(self, conversation: models.Conversation) -> Any:
+        return None

@@ -1,0 +1,45 @@
+"""Prometheus metrics of this process (served at /metrics)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+OPERATIONS = Counter(
+    "graphql_operations_total",
+    "GraphQL operations by name, type and outcome.",
+    ["operation", "type", "outcome"],
+    registry=REGISTRY,
+)
+LATENCY = Histogram(
+    "graphql_operation_duration_seconds",
+    "GraphQL operation latency.",
+    ["operation", "type"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
+ERRORS = Counter("graphql_errors_total", "GraphQL errors by extensions.code.", ["code"], registry=REGISTRY)
+DB_POOL_SIZE = Gauge("db_pool_connections", "Connections in the asyncpg pool.", registry=REGISTRY)
+DB_POOL_IDLE = Gauge("db_pool_idle_connections", "Idle connections in the asyncpg pool.", registry=REGISTRY)
+HTTP_REJECTED = Counter(
+    "http_requests_rejected_total", "Requests refused before GraphQL ran.", ["reason"], registry=REGISTRY
+)
+
+
+class _StatementCollector:
+    """Exposes db.session.STATEMENTS as a counter without a lock on the hot path."""
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        from db.session import STATEMENTS
+
+        family = CounterMetricFamily("db_statements", "SQL statements sent to Postgres.")
+        family.add_metric([], STATEMENTS.count)
+        return [family]
+
+
+REGISTRY.register(_StatementCollector())
