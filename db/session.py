@@ -8,12 +8,12 @@ defines the schema (db/tables.py) that Alembic migrates.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from app.errors import RetryTransaction
@@ -46,7 +46,7 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(value).decode()
 
 
 class StatementCounter:
@@ -65,7 +65,7 @@ STATEMENTS = StatementCounter()
 
 async def _init_connection(conn: Connection) -> None:
     for typename in ("jsonb", "json"):
-        await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
     conn.add_query_logger(STATEMENTS)
 
 

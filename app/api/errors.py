@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from app.errors import DomainError, ErrorCode
 from graphql import GraphQLError
+
+from app.errors import DomainError, ErrorCode
 
 log = logging.getLogger("conversation_service.api")
 

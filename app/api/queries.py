@@ -21,7 +21,7 @@ from app.api.types import (
     StatusCount,
     TenantStats,
 )
-from app.services import conversations, search, stats
+from app.services import conversations, messages, search, stats
 
 
 async def _conversation(
@@ -82,10 +82,22 @@ class Query:
         after_seq: int | None = None,
         since: datetime | None = None,
     ) -> MessageConnection:
-        conversation = await _conversation(info, conversation_id, session_id)
-        page = await info.context.loaders.history_page(
-            conversation, first=first, after=after, last=last, before=before, after_seq=after_seq, since=since
-        )
+        tenant = info.context.tenant()
+        limits = info.context.resources.limits
+        target = conversations.ref(conversation_id, session_id, limits)
+        async with info.context.resources.db.read() as conn:
+            page = await messages.history_by_ref(
+                conn,
+                tenant,
+                target,
+                first=first,
+                after=after,
+                last=last,
+                before=before,
+                after_seq=after_seq,
+                since=since,
+                limits=limits,
+            )
         return MessageConnection.from_page(page)
 
     @strawberry.field(description="A token-budgeted window of a conversation, ready for the next LLM call.")

@@ -12,6 +12,8 @@ import strawberry
 
 
 def _serialize_datetime(value: datetime) -> str:
+    if value.tzinfo is UTC:  # what asyncpg returns (the session's TimeZone is UTC)
+        return value.isoformat()
     if value.tzinfo is None:
         raise ValueError("naive datetime reached the API")
     return value.astimezone(UTC).isoformat()

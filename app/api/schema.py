@@ -6,24 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 import strawberry
-from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 
+from app.api.documents_cache import DocumentCache, PreparedDocuments
+from app.api.fast_lists import FastListExecutionContext
 from app.api.http import OperationRecorder
 from app.api.mutations import Mutation
 from app.api.queries import Query
 from app.api.scalars import SCALARS
 from app.settings import Settings
-from graphql import GraphQLError
 
 
 class Schema(strawberry.Schema):
@@ -34,23 +27,19 @@ class Schema(strawberry.Schema):
 
 def build_schema(settings: Settings | None = None) -> Schema:
     settings = settings or Settings(_env_file=None)
-    s = settings
-    # Factories: Strawberry builds fresh extensions per request (the caches are module-level).
-    extensions: list[Callable[[], SchemaExtension]] = [
-        # Parsing and validating a document is most of GraphQL's cost; known documents pay it once.
-        lambda: ParserCache(maxsize=1024),
-        lambda: ValidationCache(maxsize=1024),
-        lambda: QueryDepthLimiter(max_depth=s.max_query_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=s.max_query_aliases),
-        lambda: MaxTokensLimiter(max_token_count=s.max_query_tokens),
-        OperationRecorder,
-    ]
-    if settings.is_production:
-        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
+    cache = DocumentCache(
+        max_depth=settings.max_query_depth,
+        max_aliases=settings.max_query_aliases,
+        max_tokens=settings.max_query_tokens,
+        introspection=not settings.is_production,
+    )
+    # Factories: Strawberry builds fresh extensions per request; the cache is shared.
+    extensions: list[Callable[[], SchemaExtension]] = [lambda: PreparedDocuments(cache), OperationRecorder]
     return Schema(
         query=Query,
         mutation=Mutation,
         extensions=extensions,
+        execution_context_class=FastListExecutionContext,
         config=StrawberryConfig(
             scalar_map=SCALARS,
             disable_field_suggestions=settings.is_production,

@@ -326,6 +326,74 @@ class HistoryPlan:
         return self.hi < self.lo
 
 
+@dataclass(slots=True, frozen=True)
+class PageRequest:
+    """A validated history page request: everything but the conversation's lastSeq.
+
+    The page holds seqs in (lower, upper) with upper = min(lastSeq + 1, upper_cap), `size` of
+    them from the low end (forward) or the high end (backward); the connection is all seqs
+    above range_lower (afterSeq / since)."""
+
+    forward: bool
+    lower: int
+    range_lower: int
+    upper_cap: int | None
+    size: int
+
+    def bounds(self, last_seq: int) -> tuple[int, int]:
+        """(lo, hi) of the page; the SQL of db.repositories.messages.page_by_ref mirrors this."""
+        upper = last_seq + 1 if self.upper_cap is None else min(last_seq + 1, self.upper_cap)
+        if self.forward:
+            return self.lower + 1, min(upper - 1, self.lower + self.size)
+        return max(self.lower + 1, upper - self.size), upper - 1
+
+    def plan(self, last_seq: int) -> HistoryPlan:
+        upper = last_seq + 1 if self.upper_cap is None else min(last_seq + 1, self.upper_cap)
+        lo, hi = self.bounds(last_seq)
+        if hi < lo:  # an empty page still answers the flags from where it stands
+            lo, hi = (self.lower + 1, self.lower) if self.forward else (upper, upper - 1)
+        return HistoryPlan(
+            lo=lo,
+            hi=hi,
+            has_next_page=hi < (upper - 1 if self.forward else last_seq),
+            has_previous_page=lo > self.range_lower + 1,
+            total_count=max(0, last_seq - self.range_lower),
+        )
+
+
+def page_request(
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    after_seq: int | None = None,
+    since_seq: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> PageRequest:
+    """first/after page forward from the oldest (or from afterSeq, or from `since_seq`, the first
+    seq created at or after `since`); last/before backward from the newest; neither: the last 50."""
+    first = check.page_size(first, limits, "first")
+    last = check.page_size(last, limits, "last")
+    if first is not None and last is not None:
+        raise BadUserInput("give first or last, not both", field="first")
+    if after_seq is not None and after_seq < 0:
+        raise BadUserInput("afterSeq must not be negative", field="afterSeq")
+    range_lower = max(after_seq or 0, (since_seq - 1) if since_seq is not None else 0)
+    lower = range_lower if after is None else max(range_lower, cursors.parse_seq_cursor(after))
+    forward = first is not None or (
+        last is None and (after is not None or after_seq is not None or since_seq is not None)
+    )
+    size = (first if forward else last) if (first if forward else last) is not None else DEFAULT_HISTORY_PAGE
+    return PageRequest(
+        forward=forward,
+        lower=lower,
+        range_lower=range_lower,
+        upper_cap=cursors.parse_seq_cursor(before) if before is not None else None,
+        size=size or 0,
+    )
+
+
 def plan_history(
     conversation: Conversation,
     *,
@@ -337,40 +405,10 @@ def plan_history(
     since_seq: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> HistoryPlan:
-    """first/after page forward from the oldest (or from afterSeq, or from `since_seq`, the first
-    seq created at or after `since`); last/before backward from the newest; neither: the last 50."""
-    first = check.page_size(first, limits, "first")
-    last = check.page_size(last, limits, "last")
-    if first is not None and last is not None:
-        raise BadUserInput("give first or last, not both", field="first")
-    if after_seq is not None and after_seq < 0:
-        raise BadUserInput("afterSeq must not be negative", field="afterSeq")
-    newest = conversation.last_seq
-    # The connection's range is range_lower < seq <= newest; the page's window lower < seq < upper.
-    range_lower = max(after_seq or 0, (since_seq - 1) if since_seq is not None else 0)
-    lower, upper = range_lower, newest + 1
-    if after is not None:
-        lower = max(lower, cursors.parse_seq_cursor(after))
-    if before is not None:
-        upper = min(upper, cursors.parse_seq_cursor(before))
-    forward = first is not None or (
-        last is None and (after is not None or after_seq is not None or since_seq is not None)
+    request = page_request(
+        first=first, after=after, last=last, before=before, after_seq=after_seq, since_seq=since_seq, limits=limits
     )
-    if forward:
-        size = first if first is not None else DEFAULT_HISTORY_PAGE
-        lo, hi = lower + 1, min(upper - 1, lower + size)
-    else:
-        size = last if last is not None else DEFAULT_HISTORY_PAGE
-        lo, hi = max(lower + 1, upper - size), upper - 1
-    if hi < lo:  # an empty page still answers the flags from where it stands
-        lo, hi = (lower + 1, lower) if forward else (upper, upper - 1)
-    return HistoryPlan(
-        lo=lo,
-        hi=hi,
-        has_next_page=hi < (upper - 1 if forward else newest),
-        has_previous_page=lo > range_lower + 1,
-        total_count=max(0, newest - range_lower),
-    )
+    return request.plan(conversation.last_seq)
 
 
 def page_of(plan: HistoryPlan, items: list[Message]) -> Page[Message]:
@@ -415,6 +453,44 @@ async def history(
     )
     items = [] if plan.empty else await repo.range_(conn, tenant_id, conversation.id, plan.lo, plan.hi)
     return page_of(plan, items)
+
+
+async def history_by_ref(
+    conn: Connection,
+    tenant_id: str,
+    target: ConversationRef,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    after_seq: int | None = None,
+    since: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Page[Message]:
+    """A history page by conversation id or sessionId: one statement finds the conversation
+    and reads the page (the hottest read; `since` needs a lookup first and takes two)."""
+    if since is not None:
+        conversation = await conversations.get(conn, tenant_id, target)
+        return await history(
+            conn,
+            tenant_id,
+            conversation,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            after_seq=after_seq,
+            since=since,
+            limits=limits,
+        )
+    request = page_request(first=first, after=after, last=last, before=before, after_seq=after_seq, limits=limits)
+    found = await repo.page_by_ref(conn, tenant_id, target.id, target.session_id, request)
+    if found is None:
+        raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
+    last_seq, rows = found
+    plan = request.plan(last_seq)
+    return page_of(plan, [m for m in rows if plan.lo <= m.seq <= plan.hi])
 
 
 async def ranges(

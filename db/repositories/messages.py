@@ -280,6 +280,40 @@ async def ranges(
     return result
 
 
+_PAGE_TEMPLATE = f"""
+WITH c AS ({{target}}),
+b AS (
+    SELECT c.id, c.last_seq,
+           CASE WHEN $3 THEN $4 + 1
+                ELSE GREATEST($4 + 1, LEAST(c.last_seq + 1, COALESCE($5, c.last_seq + 1)) - $6) END AS lo,
+           CASE WHEN $3 THEN LEAST(LEAST(c.last_seq + 1, COALESCE($5, c.last_seq + 1)) - 1, $4 + $6)
+                ELSE LEAST(c.last_seq + 1, COALESCE($5, c.last_seq + 1)) - 1 END AS hi
+    FROM c
+)
+SELECT b.last_seq, {prefixed(MESSAGE_COLUMNS, "m")}
+FROM b LEFT JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = b.id AND m.seq BETWEEN b.lo AND b.hi
+ORDER BY m.seq
+"""
+_PAGE_BY_ID = _PAGE_TEMPLATE.format(
+    target="SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND id = $2::uuid"
+)
+_PAGE_BY_SESSION = _PAGE_TEMPLATE.format(
+    target="SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
+)
+
+
+async def page_by_ref(
+    conn: Connection, tenant_id: str, id: uuid.UUID | None, session_id: str | None, request: Any
+) -> tuple[int, list[Message]] | None:
+    """(lastSeq, messages of the page) in one statement; None when the conversation is not found.
+    The bounds mirror app.services.messages.PageRequest.bounds."""
+    sql, target = (_PAGE_BY_ID, id) if id is not None else (_PAGE_BY_SESSION, session_id)
+    rows = await conn.fetch(sql, tenant_id, target, request.forward, request.lower, request.upper_cap, request.size)
+    if not rows:
+        return None
+    return rows[0]["last_seq"], [records.message(r) for r in rows if r["seq"] is not None]
+
+
 async def by_seqs(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, seqs: list[int]) -> list[Message]:
     rows = await conn.fetch(
         f"SELECT {MESSAGE_COLUMNS} FROM messages "

@@ -6,10 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from app.api.documents import DocumentRegistry
-from app.api.export import sdl
-from app.settings import PROJECT_ROOT
 from graphql import (
     GraphQLEnumType,
     GraphQLInputObjectType,
@@ -20,6 +16,10 @@ from graphql import (
     parse,
     validate,
 )
+
+from app.api.documents import DocumentRegistry
+from app.api.export import sdl
+from app.settings import PROJECT_ROOT
 
 CONTRACT = PROJECT_ROOT.parent / "shared" / "contract.graphql"
 #: Contract parts that arrive with a later issue (live subscriptions, issue 5).

@@ -324,3 +324,36 @@ async def test_history_pages(db: Database, tenant: str) -> None:
             await messages.history(conn, tenant, conv, first=1, last=1)
         with pytest.raises(BadUserInput):
             await messages.history(conn, tenant, conv, after="not-a-cursor")
+
+
+async def test_one_statement_history_equals_the_planned_one(db: Database, tenant: str) -> None:
+    """history_by_ref computes the page bounds in SQL; they must equal PageRequest.plan's."""
+    from app.services import cursors
+
+    conv = await create_conversation(db, tenant, session_id="paging")
+    for i in range(1, 38):
+        await add_message(db, tenant, conv, content=f"m{i}")
+    async with db.read() as conn:
+        conv = await conversations.get(conn, tenant, ConversationRef(id=conv.id))
+        rng = random.Random(3)
+        for _ in range(300):
+            args: dict[str, object] = {}
+            if rng.random() < 0.5:
+                args["first" if rng.random() < 0.5 else "last"] = rng.randint(0, 12)
+            if rng.random() < 0.4:
+                args["after"] = cursors.seq_cursor(rng.randint(0, 40))
+            if rng.random() < 0.4:
+                args["before"] = cursors.seq_cursor(rng.randint(0, 40))
+            if rng.random() < 0.3:
+                args["after_seq"] = rng.randint(0, 40)
+            ref = ConversationRef(id=conv.id) if rng.random() < 0.5 else ConversationRef(session_id="paging")
+            one = await messages.history_by_ref(conn, tenant, ref, **args)  # type: ignore[arg-type]
+            two = await messages.history(conn, tenant, conv, **args)  # type: ignore[arg-type]
+            assert [m.seq for m in one.items] == [m.seq for m in two.items], args
+            assert (one.has_next_page, one.has_previous_page, one.total_count) == (
+                two.has_next_page,
+                two.has_previous_page,
+                two.total_count,
+            ), args
+        with pytest.raises(NotFound):
+            await messages.history_by_ref(conn, tenant, ConversationRef(session_id="nope"))
