@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -141,19 +142,39 @@ class BatchAppendResult:
 
 @dataclass(slots=True)
 class Page(Generic[T]):
+    """A keyset page. Cursors are made on demand (`cursor_of`): most clients never ask for them."""
+
     items: list[T]
-    cursors: list[str]
+    cursor_of: Callable[[T], str]
     has_next_page: bool
     has_previous_page: bool
     total_count: int
 
     @property
+    def cursors(self) -> list[str]:
+        return [self.cursor_of(item) for item in self.items]
+
+    @property
     def start_cursor(self) -> str | None:
-        return self.cursors[0] if self.cursors else None
+        return self.cursor_of(self.items[0]) if self.items else None
 
     @property
     def end_cursor(self) -> str | None:
-        return self.cursors[-1] if self.cursors else None
+        return self.cursor_of(self.items[-1]) if self.items else None
+
+
+class Edge(Generic[T]):
+    """A connection edge whose cursor is computed only when a client selects it."""
+
+    __slots__ = ("cursor_of", "node")
+
+    def __init__(self, node: T, cursor_of: Callable[[T], str]) -> None:
+        self.node = node
+        self.cursor_of = cursor_of
+
+    @property
+    def cursor(self) -> str:
+        return self.cursor_of(self.node)
 
 
 @dataclass(slots=True)

@@ -100,6 +100,10 @@ def _nullable(plan: Plan, non_null: bool) -> Plan:
     return complete
 
 
+_SHARED_PLANS: dict[Any, tuple[Any, Plan | None]] = {}
+_SHARED_PLANS_MAX = 2048
+
+
 class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
     ENABLED = True
 
@@ -122,16 +126,32 @@ class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return super().complete_iterable_value(item_type, field_details_list, info, path, result, position_context)
 
     def _plan(self, item_type: GraphQLOutputType, field_details_list: Any) -> Plan | None:
-        plans: dict[Any, Any] = self.__dict__.setdefault("_fast_plans", {})
-        key = (id(field_details_list), item_type)
-        if key in plans:
-            return plans[key][1]  # type: ignore[no-any-return]
+        """The compiled plan of this list field. Plans are shared across requests, keyed by the
+        field nodes of the (cached) parsed document, unless directives make the selection
+        depend on variables; then they live for this request only."""
+        nodes = tuple(fd.node for fd in field_details_list)
+        key = (self.schema, item_type, tuple(map(id, nodes)))
+        shared = self._shareable()
+        cache = _SHARED_PLANS if shared else self.__dict__.setdefault("_fast_plans", {})
+        entry = cache.get(key)
+        if entry is not None:
+            return entry[1]
         try:
             plan: Plan | None = self._compile(item_type, field_details_list)
         except _NoPlan:
             plan = None
-        plans[key] = (field_details_list, plan)  # keep the list alive so its id is not reused
+        cache[key] = (nodes, plan)  # the nodes stay referenced, so their ids cannot be reused
+        if shared and len(cache) > _SHARED_PLANS_MAX:
+            cache.pop(next(iter(cache)))
         return plan
+
+    def _shareable(self) -> bool:
+        cached = self.__dict__.get("_plans_shareable")
+        if cached is None:
+            location = self.operation.loc
+            cached = location is not None and "@" not in location.source.body
+            self.__dict__["_plans_shareable"] = cached
+        return bool(cached)
 
     def _compile(self, type_: GraphQLOutputType, field_details_list: Any) -> Plan:
         non_null = isinstance(type_, GraphQLNonNull)

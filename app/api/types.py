@@ -147,7 +147,8 @@ class MessageConnection:
 
     @classmethod
     def from_page(cls, page: models.Page[models.Message]) -> MessageConnection:
-        edges = [MessageEdge(cursor=c, node=cast(Message, m)) for c, m in zip(page.cursors, page.items, strict=True)]
+        cursor_of = page.cursor_of
+        edges = [cast(MessageEdge, models.Edge(m, cursor_of)) for m in page.items]
         return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
 
 
@@ -292,10 +293,8 @@ class ConversationConnection:
 
     @classmethod
     def from_page(cls, page: models.Page[models.Conversation]) -> ConversationConnection:
-        edges = [
-            ConversationEdge(cursor=c, node=cast(Conversation, m))
-            for c, m in zip(page.cursors, page.items, strict=True)
-        ]
+        cursor_of = page.cursor_of
+        edges = [cast(ConversationEdge, models.Edge(c, cursor_of)) for c in page.items]
         return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
 
 

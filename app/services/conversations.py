@@ -106,7 +106,7 @@ async def list_(
     column = "last_activity_at" if order is ConversationOrder.LAST_ACTIVITY_DESC else "created_at"
     return Page(
         items=items,
-        cursors=[cursors.conversation_cursor(getattr(c, column), c.id) for c in items],
+        cursor_of=lambda c: cursors.conversation_cursor(getattr(c, column), c.id),
         has_next_page=len(rows) > size,
         has_previous_page=key is not None,
         total_count=total,

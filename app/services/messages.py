@@ -411,10 +411,14 @@ def plan_history(
     return request.plan(conversation.last_seq)
 
 
+def _seq_cursor_of(message: Message) -> str:
+    return cursors.seq_cursor(message.seq)
+
+
 def page_of(plan: HistoryPlan, items: list[Message]) -> Page[Message]:
     return Page(
         items=items,
-        cursors=[cursors.seq_cursor(m.seq) for m in items],
+        cursor_of=_seq_cursor_of,
         has_next_page=plan.has_next_page,
         has_previous_page=plan.has_previous_page,
         total_count=plan.total_count,

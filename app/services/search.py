@@ -36,7 +36,7 @@ async def search_messages(
     items = rows[:size]
     return Page(
         items=items,
-        cursors=[cursors.search_cursor(m.created_at, m.conversation_id, m.seq) for m in items],
+        cursor_of=lambda m: cursors.search_cursor(m.created_at, m.conversation_id, m.seq),
         has_next_page=len(rows) > size,
         has_previous_page=key is not None,
         total_count=total,

@@ -1,0 +1,86 @@
+"""The compiled list path is an optimisation only: every query answers exactly as graphql-core
+answers with it switched off (documents in graphql/, plus aliases, fragments, directives,
+__typename and nulls)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.api.documents import DocumentRegistry
+from app.api.fast_lists import FastListExecutionContext
+from tests.api.conftest import Caller
+
+TOOL_CALLS = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+
+EXTRA = [
+    """query($id: ID!, $withContent: Boolean!, $skipSeq: Boolean!) { history(conversationId: $id, first: 10) {
+         edges { __typename cursor n: node { ...M content @include(if: $withContent) seq @skip(if: $skipSeq) } } } }
+       fragment M on Message { id role name toolCalls toolCallId metadata tokenCount createdAt clientMessageId }""",
+    """query($id: ID!) { history(conversationId: $id) { edges { node { seq execution { model latencyMs }
+         sources { documentId score } } } } }""",
+    """query { conversations(first: 50) { edges { cursor node { __typename id tags closedAt closeReason lastMessageAt
+         title states { key value version } } } } }""",
+]
+
+
+@pytest.fixture
+def fast_path() -> Iterator[None]:
+    yield
+    FastListExecutionContext.ENABLED = True
+
+
+async def _seed(api: Caller) -> str:
+    conv = (await api.data('mutation { createConversation(input: {sessionId: "f1", tags: ["a", "b"], '
+                           'metadata: {k: [1, {x: null}]}}) { id } }'))["createConversation"]["id"]
+    await api.data(
+        """mutation($in: AddMessagesInput!) { addMessages(input: $in) { createdCount } }""",
+        {"in": {"conversationId": conv, "messages": [
+            {"role": "SYSTEM", "content": "be brief"},
+            {"role": "USER", "content": "hola ñ 🙂", "name": "ana", "clientMessageId": "m1", "metadata": {"lang": "es"}},
+            {"role": "ASSISTANT", "content": "", "toolCalls": TOOL_CALLS,
+             "execution": {"model": "gpt-4o", "latencyMs": 12}},
+            {"role": "TOOL", "content": "42", "toolCallId": "c1", "sources": [{"documentId": "d", "score": 0.5}]},
+        ]}},
+    )
+    await api.data('mutation($id: ID!) { setState(input: {conversationId: $id, key: "s", value: {v: 1}}) { version } }',
+                   {"id": conv})
+    other = (await api.data('mutation { createConversation(input: {title: "t"}) { id } }'))["createConversation"]["id"]
+    await api.data('mutation($id: ID!) { closeSession(conversationId: $id, reason: "r") { id } }', {"id": other})
+    return str(conv)
+
+
+async def _both(api: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
+    FastListExecutionContext.ENABLED = True
+    fast = await api.gql(query, variables)
+    FastListExecutionContext.ENABLED = False
+    slow = await api.gql(query, variables)
+    FastListExecutionContext.ENABLED = True
+    return fast, slow
+
+
+async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path: None) -> None:
+    conv = await _seed(api)
+    variables = {"id": conv, "conversationId": conv, "sessionId": None, "query": "hola", "first": 20,
+                 "last": 20, "lastMessages": 3, "maxTokens": 1000, "withContent": True, "skipSeq": False}
+    queries = [d.text for d in DocumentRegistry.load().documents if d.text.lstrip("# ").find("mutation") < 0]
+    queries = [q for q in queries if not q.split("\n", 1)[1].lstrip().startswith("mutation")] + EXTRA
+    for query in queries:
+        fast, slow = await _both(api, query, variables)
+        assert fast == slow, query
+    for flags in ({"withContent": False, "skipSeq": True}, {"withContent": True, "skipSeq": True}):
+        fast, slow = await _both(api, EXTRA[0], {**variables, **flags})
+        assert fast == slow and "errors" not in fast
+
+
+async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, fast_path: None) -> None:
+    """Shape errors fall back to graphql-core, which reports them as usual."""
+    from app.api.fast_lists import _Fallback, _leaf
+    from graphql import GraphQLString
+
+    plan = _leaf(GraphQLString, non_null=True)
+    with pytest.raises(_Fallback):
+        plan(None)
+    assert plan("x") == "x"
