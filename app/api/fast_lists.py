@@ -107,7 +107,7 @@ _SHARED_PLANS_MAX = 2048
 class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
     ENABLED = True
 
-    def complete_iterable_value(  # type: ignore[override]
+    def complete_iterable_value(
         self,
         item_type: GraphQLOutputType,
         field_details_list: Any,
@@ -159,7 +159,7 @@ class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if isinstance(inner, GraphQLList):
             return _list(self._compile(inner.of_type, field_details_list), non_null)
         if is_leaf_type(inner):
-            return _leaf(inner, non_null)  # type: ignore[arg-type]
+            return _leaf(inner, non_null)
         if not isinstance(inner, GraphQLObjectType):
             raise _NoPlan  # interfaces and unions resolve their type at run time
         return _nullable(self._compile_object(inner, field_details_list), non_null)
@@ -228,7 +228,7 @@ def _generate(
             names[f"p{i}"] = compile_(inner, details)
             lines.append(f"        out[{k}] = p{i}(v)")
             continue
-        names[f"s{i}"] = _checked(inner)  # type: ignore[arg-type]
+        names[f"s{i}"] = _checked(inner)
         lines.append(f"        out[{k}] = {expr}")
     lines.append("    return out")
     exec("\n".join(lines), names)  # generated from the schema, never from input

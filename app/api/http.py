@@ -12,12 +12,15 @@ from typing import Any
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.extensions import SchemaExtension
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 
 from app import metrics
 from app.api.context import RequestContext
@@ -44,6 +47,9 @@ class OperationRecorder(SchemaExtension):
                 context.operation_type = "unknown"
 
 
+_POST_OPERATIONS = frozenset({OperationType.QUERY, OperationType.MUTATION})
+
+
 class GraphQLView(GraphQL[RequestContext, None]):
     def __init__(self, documents: DocumentRegistry, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -67,6 +73,65 @@ class GraphQLView(GraphQL[RequestContext, None]):
         )
         request.state.graphql_context = context
         return context
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A single JSON operation over POST (nearly all traffic) takes a short path straight to
+        the schema; GET, batches, GraphiQL and WebSockets go through Strawberry's view."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            request = Request(scope, receive)
+            if "application/json" in request.headers.get("content-type", ""):
+                response = await self._post(request)
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _post(self, request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return PlainTextResponse("the body is not valid JSON", status_code=400)
+        try:
+            if isinstance(body, list):
+                return await self._post_batch(request, body)
+            data = self._request_data(body)
+        except HTTPException as exc:
+            return PlainTextResponse(exc.reason, status_code=exc.status_code)
+        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        if not data.query:
+            return PlainTextResponse("No GraphQL query found in the request", status_code=400)
+        try:
+            result = await self.schema.execute(
+                data.query,
+                variable_values=data.variables,
+                context_value=context,
+                operation_name=data.operation_name,
+                allowed_operation_types=_POST_OPERATIONS,
+                operation_extensions=data.extensions,
+            )
+        except InvalidOperationTypeError:
+            return PlainTextResponse("subscriptions are served over WebSocket", status_code=400)
+        except CannotGetOperationTypeError as exc:
+            return PlainTextResponse(exc.as_http_error_reason(), status_code=400)
+        return Response(self.encode_json(await self.process_result(request, result)), media_type="application/json")
+
+    async def _post_batch(self, request: Request, body: list[Any]) -> Response:
+        limit = self.schema.config.batching_config
+        if not body or limit is None or len(body) > limit["max_operations"]:
+            raise HTTPException(400, f"a batch holds 1 to {limit['max_operations'] if limit else 0} operations")
+        responses = []
+        for item in body:
+            data = self._request_data(item)
+            context = await self.get_context(request, request)  # type: ignore[arg-type]
+            result = await self.schema.execute(
+                data.query or "",
+                variable_values=data.variables,
+                context_value=context,
+                operation_name=data.operation_name,
+                allowed_operation_types=_POST_OPERATIONS,
+                operation_extensions=data.extensions,
+            )
+            responses.append(await self.process_result(request, result))
+        return Response(self.encode_json(responses), media_type="application/json")
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId is an operation."""

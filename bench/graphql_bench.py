@@ -1,0 +1,327 @@
+"""GraphQL benchmarks with a real HTTP load generator (wrk, 32 connections):
+
+- `addMessage` through our GraphQL API vs a bare Starlette + asyncpg endpoint doing the same
+  durable append (the GraphQL and service-layer tax; aim: >= 50 % of bare);
+- "last 50 messages" through our API vs the bare endpoint vs PostGraphile v4 serving the same
+  query from the same database (aim: at least PostGraphile's throughput).
+
+Run: `python -m bench.graphql_bench [--seconds 10] [--write]` (needs `wrk`, and Node for
+PostGraphile: `npm install` in bench/postgraphile runs on first use). One fresh embedded
+Postgres (fsync on) and Redis; every server gets the machine in turn, never two at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app import embedded
+from app.services import tenants
+from db.migrate import upgrade
+from db.session import Database, UnitOfWork, create_pool
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_DIR = ROOT / "bench" / "postgraphile"
+TENANT = "bench"
+SESSIONS = 64
+
+
+@dataclass
+class Result:
+    scenario: str
+    server: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+async def seed(url: str) -> tuple[str, str]:
+    db = Database(await create_pool(url))
+    try:
+
+        async def setup(uow: UnitOfWork) -> str:
+            await tenants.ensure_tenant(uow, TENANT)
+            _, key = await tenants.create_api_key(uow, TENANT, list(tenants.Scope))
+            return key
+
+        key: str = await db.run(setup)
+        cid = uuid.uuid4()
+        async with db.read() as conn:
+            await conn.execute(
+                "INSERT INTO conversations (tenant_id, id, session_id, last_seq, message_count, token_count, "
+                "last_message_at) VALUES ($1, $2, 'history', 10000, 10000, 500000, now())",
+                TENANT,
+                cid,
+            )
+            await conn.execute(
+                """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+                   SELECT $1, $2, g, gen_random_uuid(), CASE WHEN g % 2 = 0 THEN 'assistant' ELSE 'user' END,
+                          'message number ' || g || ': ' || repeat('lorem ipsum dolor sit amet ', 6), 50,
+                          now() - (10000 - g) * interval '1 second'
+                   FROM generate_series(1, 10000) g""",
+                TENANT,
+                cid,
+            )
+            await conn.execute("ANALYZE")
+        return key, str(cid)
+    finally:
+        await db.close()
+
+
+def lua_script(path: Path, url_path: str, headers: dict[str, str], bodies: list[str]) -> Path:
+    header_lines = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
+    body_table = ",\n".join(json.dumps(b) for b in bodies)
+    path.write_text(
+        f"""wrk.method = "POST"
+wrk.path = {json.dumps(url_path)}
+wrk.headers["Content-Type"] = "application/json"
+{header_lines}local bodies = {{
+{body_table}
+}}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1])
+end
+"""
+    )
+    return path
+
+
+def run_wrk(script: Path, port: int, seconds: int, connections: int) -> tuple[float, float, float, int]:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return rps, ms("50%"), ms("99%"), errors
+
+
+def wait_http(port: int, path: str = "/", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+def start(cmd: list[str], port: int, path: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    wait_http(port, path)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def ensure_postgraphile() -> Path | None:
+    binary = PG_DIR / "node_modules" / ".bin" / "postgraphile"
+    if not binary.exists():
+        if not shutil.which("npm"):
+            return None
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PG_DIR, check=True)
+    return binary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--skip-postgraphile", action="store_true")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    root = Path(tempfile.mkdtemp(prefix="cs-gql-bench-"))
+    pg = embedded.start_postgres(root / "pg", fsync=True)
+    rd = embedded.start_redis(root / "redis", persist=False)
+    results: list[Result] = []
+    try:
+        upgrade(pg.url)
+        key, cid = asyncio.run(seed(pg.url))
+        doc_last = (ROOT / "graphql" / "AgentLastMessages.graphql").read_text()
+        doc_add = (ROOT / "graphql" / "ServiceAddMessage.graphql").read_text()
+        content = "Hola, necesito ayuda con mi pedido número 12345, ¿pueden revisarlo?"
+        auth = {"Authorization": f"Bearer {key}"}
+        scripts = {
+            ("addMessage", "ours"): lua_script(
+                root / "add_ours.lua",
+                "/graphql",
+                auth,
+                [
+                    json.dumps(
+                        {
+                            "query": doc_add,
+                            "variables": {"input": {"sessionId": f"s{i}", "role": "USER", "content": content}},
+                        }
+                    )
+                    for i in range(SESSIONS)
+                ],
+            ),
+            ("addMessage", "bare"): lua_script(
+                root / "add_bare.lua",
+                "/add",
+                {},
+                [
+                    json.dumps({"tenant": TENANT, "sessionId": f"s{i}", "role": "user", "content": content})
+                    for i in range(SESSIONS)
+                ],
+            ),
+            ("last 50", "ours"): lua_script(
+                root / "last_ours.lua",
+                "/graphql",
+                auth,
+                [json.dumps({"query": doc_last, "variables": {"conversationId": cid, "last": 50}})],
+            ),
+            ("last 50", "bare"): lua_script(
+                root / "last_bare.lua", "/last", {}, [json.dumps({"tenant": TENANT, "conversationId": cid, "last": 50})]
+            ),
+            ("last 50", "PostGraphile"): lua_script(
+                root / "last_pg.lua",
+                "/graphql",
+                {},
+                [
+                    json.dumps(
+                        {
+                            "query": 'query($c: UUID!) { allMessages(condition: {tenantId: "bench", conversationId: $c}, '
+                            "orderBy: SEQ_DESC, first: 50) { nodes { id seq role content name toolCallId toolCalls "
+                            "tokenCount createdAt } } }",
+                            "variables": {"c": cid},
+                        }
+                    )
+                ],
+            ),
+        }
+        py = sys.executable
+        port = embedded.free_port()
+        servers: dict[str, list[str]] = {
+            "ours": [py, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url],
+            "bare": [py, "-m", "bench.graphql_servers", "bare", str(port), pg.url, rd.url],
+        }
+        postgraphile = None if args.skip_postgraphile else ensure_postgraphile()
+        if postgraphile is not None:
+            servers["PostGraphile"] = [
+                str(postgraphile),
+                "-c",
+                pg.url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--schema",
+                "public",
+                "--disable-query-log",
+                "--no-setof-functions-contain-nulls",
+            ]
+        for server, cmd in servers.items():
+            env = {**os.environ, "NODE_ENV": "production"}
+            proc = start(cmd, port, "/graphql" if server != "bare" else "/", env)
+            try:
+                for (scenario, who), script in scripts.items():
+                    if who != server:
+                        continue
+                    run_wrk(script, port, 2, args.connections)  # warm-up: caches, JIT, pools
+                    rps, p50, p99, errors = run_wrk(script, port, args.seconds, args.connections)
+                    results.append(Result(scenario, server, rps, p50, p99, errors))
+                    print(
+                        f"{scenario:12} {server:13} {rps:9.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}",
+                        flush=True,
+                    )
+            finally:
+                stop(proc)
+    finally:
+        rd.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    table = render(results)
+    print()
+    print(table)
+    if args.write:
+        write_docs(table, args)
+
+
+def render(results: list[Result]) -> str:
+    by = {(r.scenario, r.server): r for r in results}
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | non-2xx/socket errors | vs bare | vs PostGraphile |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        bare = by.get((r.scenario, "bare"))
+        peer = by.get((r.scenario, "PostGraphile"))
+        vs_bare = f"{100 * r.rps / bare.rps:.0f} %" if bare and r.server != "bare" else ""
+        vs_peer = f"{100 * r.rps / peer.rps:.0f} %" if peer and r.server != "PostGraphile" else ""
+        lines.append(
+            f"| {r.scenario} | {r.server} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {vs_bare} | {vs_peer} |"
+        )
+    return "\n".join(lines)
+
+
+def write_docs(table: str, args: argparse.Namespace) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    section = (
+        "<!-- graphql-bench:start -->\n"
+        "## GraphQL over HTTP (bench/graphql_bench.py)\n\n"
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores; "
+        f"embedded Postgres 18 with fsync on; one uvicorn process per server; wrk -t2 -c{args.connections} "
+        f"-d{args.seconds}s after a 2 s warm-up; Python {platform.python_version()}.\n"
+        f"Command: `python -m bench.graphql_bench --seconds {args.seconds} --write`.\n\n"
+        f"{table}\n\n"
+        "<!-- graphql-bench:end -->\n"
+    )
+    if "<!-- graphql-bench:start -->" in text:
+        text = re.sub(r"<!-- graphql-bench:start -->.*<!-- graphql-bench:end -->\n", section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
