@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -186,3 +186,29 @@ class ConversationFilter:
     created_from: datetime | None = None
     created_to: datetime | None = None
     metadata: dict[str, Any] | None = None
+
+
+class EventType(StrEnum):
+    CREATED = "created"
+    MESSAGE_ADDED = "message_added"
+    STATE_CHANGED = "state_changed"
+    CLOSED = "closed"
+    #: Title, tags, metadata or a status change other than closing: for caches, not subscribers.
+    UPDATED = "updated"
+
+
+@dataclass(slots=True)
+class DomainEvent:
+    """What a committed unit of work changed. Services emit them into the unit of work; after
+    the commit, listeners (the hot cache, the live fan-out) receive them in order."""
+
+    type: EventType
+    tenant_id: str
+    conversation_id: uuid.UUID
+    at: datetime
+    #: The conversation header after the change, when the service had it at hand.
+    conversation: Conversation | None = None
+    message: Message | None = None
+    state_key: str | None = None
+    #: A state write: the entry after it (None when the key was deleted).
+    state: StateEntry | None = None

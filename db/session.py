@@ -8,6 +8,7 @@ defines the schema (db/tables.py) that Alembic migrates.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -17,8 +18,10 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from app.errors import RetryTransaction
+from app.models import DomainEvent
 
 T = TypeVar("T")
+log = logging.getLogger("conversation_service.db")
 
 if TYPE_CHECKING:
     #: What repositories accept: a bare connection or one borrowed from the pool.
@@ -112,12 +115,17 @@ class UnitOfWork:
     first; the unit of work, never the service, commits.
     """
 
-    __slots__ = ("_after_commit", "_tx", "conn")
+    __slots__ = ("_after_commit", "_tx", "conn", "events")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._tx: Any = None
         self._after_commit: list[AfterCommit] = []
+        self.events: list[DomainEvent] = []
+
+    def emit(self, event: DomainEvent) -> None:
+        """Record what changed; listeners hear it only if the work commits."""
+        self.events.append(event)
 
     async def begin(self) -> Connection:
         if self._tx is None:
@@ -141,7 +149,12 @@ class UnitOfWork:
             else:
                 await tx.rollback()
         hooks, self._after_commit = self._after_commit, []
+        if not ok:
+            self.events.clear()
         return hooks if ok else []
+
+
+EventListener = Callable[[list[DomainEvent]], Awaitable[None]]
 
 
 class Database:
@@ -150,6 +163,12 @@ class Database:
     def __init__(self, pool: asyncpg.Pool, *, max_attempts: int = 5) -> None:
         self.pool = pool
         self.max_attempts = max_attempts
+        self.listeners: list[EventListener] = []
+
+    def listen(self, listener: EventListener) -> None:
+        """Hear the events of every committed unit of work (cache write-through, live fan-out).
+        A listener's failure is logged, never raised: the write it follows is already durable."""
+        self.listeners.append(listener)
 
     async def run(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
         """Run `work` in a unit of work, commit, then run its after-commit hooks.
@@ -173,6 +192,12 @@ class Database:
                     await uow._finish(ok=False)
                     raise
                 hooks = await uow._finish(ok=True)
+            if uow.events:
+                for listener in self.listeners:
+                    try:
+                        await listener(uow.events)
+                    except Exception:
+                        log.exception("event listener %r failed after commit", listener)
             for hook in hooks:
                 await hook()
             return result

@@ -6,7 +6,16 @@ import uuid
 from typing import Any
 
 from app.errors import BadUserInput, Conflict, NotFound
-from app.models import Conversation, ConversationFilter, ConversationOrder, ConversationRef, Page, Status
+from app.models import (
+    Conversation,
+    ConversationFilter,
+    ConversationOrder,
+    ConversationRef,
+    DomainEvent,
+    EventType,
+    Page,
+    Status,
+)
 from app.services import cursors
 from app.services import limits as check
 from app.services.limits import DEFAULT_LIMITS, Limits
@@ -82,6 +91,7 @@ async def create(
     )
     if created is None:
         raise Conflict("sessionId is already taken by another conversation", field="sessionId")
+    uow.emit(DomainEvent(EventType.CREATED, tenant_id, created.id, created.created_at, conversation=created))
     return created
 
 
@@ -152,6 +162,9 @@ async def update(
     )
     if updated is None:
         raise NotFound("conversation not found")
+    closing = status is not None and status is not Status.ACTIVE and updated.closed_at == updated.updated_at
+    kind = EventType.CLOSED if closing else EventType.UPDATED
+    uow.emit(DomainEvent(kind, tenant_id, updated.id, updated.updated_at, conversation=updated))
     return updated
 
 
@@ -170,4 +183,6 @@ async def close(
     closed = await repo.close(uow.conn, tenant_id, conversation.id, reason)
     if closed is None:  # closed concurrently between our read and our update
         return await get(uow.conn, tenant_id, target), False
+    assert closed.closed_at is not None
+    uow.emit(DomainEvent(EventType.CLOSED, tenant_id, closed.id, closed.closed_at, conversation=closed))
     return closed, True

@@ -18,6 +18,8 @@ from app.models import (
     Conversation,
     ConversationDefaults,
     ConversationRef,
+    DomainEvent,
+    EventType,
     Message,
     NewMessage,
     Page,
@@ -178,7 +180,9 @@ async def append(
     if row is not None:
         msg, header = repo.split_append_row(row)
         msg.sources = list(message.sources)
-        return AppendResult(message=msg, conversation=records.conversation(header), created=True)
+        conversation = records.conversation(header)
+        uow.emit(DomainEvent(EventType.MESSAGE_ADDED, tenant_id, conversation.id, msg.created_at, conversation, msg))
+        return AppendResult(message=msg, conversation=conversation, created=True)
     return await _append_slow_path(uow, tenant_id, target, message, expected_seq, defaults, limits)
 
 
@@ -290,6 +294,8 @@ async def append_batch(
         if existing
         else {}
     )
+    for msg in inserted:
+        uow.emit(DomainEvent(EventType.MESSAGE_ADDED, tenant_id, conversation.id, msg.created_at, conversation, msg))
     fresh_iter = iter(inserted)
     ordered = [
         originals[m.client_message_id] if m.client_message_id in existing else next(fresh_iter) for m in messages

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import BadUserInput, Conflict, NotFound
-from app.models import StateEntry
+from app.models import DomainEvent, EventType, StateEntry
 from app.services import limits as check
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
@@ -62,6 +63,11 @@ async def set_(
     check.json_value(value, "value", limits.max_state_value_bytes)
     entry = await repo.put(uow.conn, tenant_id, conversation_id, key, value, expected_version)
     if entry is not None:
+        uow.emit(
+            DomainEvent(
+                EventType.STATE_CHANGED, tenant_id, conversation_id, entry.updated_at, state_key=key, state=entry
+            )
+        )
         return entry
     await _require_conversation(uow.conn, tenant_id, conversation_id)
     current = await repo.get(uow.conn, tenant_id, conversation_id, key)
@@ -78,6 +84,7 @@ async def delete(
     """True when the key existed. NOT_FOUND when the conversation does not."""
     key = _key(key, limits)
     if await repo.delete(uow.conn, tenant_id, conversation_id, key):
+        uow.emit(DomainEvent(EventType.STATE_CHANGED, tenant_id, conversation_id, datetime.now(UTC), state_key=key))
         return True
     await _require_conversation(uow.conn, tenant_id, conversation_id)
     return False

@@ -168,18 +168,20 @@ async def update(
 ) -> Conversation | None:
     row = await conn.fetchrow(
         f"""
+        WITH clock AS (SELECT clock_timestamp() AS now)
         UPDATE conversations SET
             title = CASE WHEN $3 THEN $4 ELSE title END,
             tags = COALESCE($5::text[], tags),
             metadata = CASE WHEN $6::jsonb IS NULL THEN metadata ELSE metadata || $6::jsonb END,
             status = COALESCE($7, status),
+            -- closed_at equals updated_at exactly when this statement closed it (one clock read).
             closed_at = CASE WHEN $7 IS NOT NULL AND $7 <> 'active' AND status = 'active'
-                             THEN clock_timestamp()
+                             THEN (SELECT now FROM clock)
                              WHEN $7 = 'active' THEN NULL ELSE closed_at END,
             close_reason = CASE WHEN $7 = 'active' THEN NULL
                                 WHEN $7 IS NOT NULL AND $7 <> 'active' AND status = 'active' THEN $8
                                 ELSE close_reason END,
-            updated_at = clock_timestamp()
+            updated_at = (SELECT now FROM clock)
         WHERE tenant_id = $1 AND id = $2
         RETURNING {CONVERSATION_COLUMNS}
         """,
