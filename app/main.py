@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -17,6 +18,7 @@ from app import metrics, tokens
 from app.api.documents import DocumentRegistry
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
+from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator
 from app.middleware import BodySizeLimit
 from app.resources import Resources
@@ -60,7 +62,20 @@ def create_app(
         schema=build_schema(settings),
         graphql_ide=None if settings.is_production else "graphiql",
         allow_queries_via_get=True,
+        connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout_s),
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        keep_alive=True,  # legacy graphql-ws: "ka" messages
+        keep_alive_interval=settings.ws_keepalive_s,
+        # Auth rides in connection_init, never in cookies: another origin's page gains nothing.
+        allowed_origins=("*",),
     )
+    keepalive_s = settings.ws_keepalive_s
+
+    class TransportWSHandler(KeepaliveTransportWSHandler):
+        pass
+
+    TransportWSHandler.keepalive_s = keepalive_s
+    graphql.graphql_transport_ws_handler_class = TransportWSHandler
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -24,6 +24,11 @@ LATENCY = Histogram(
 ERRORS = Counter("graphql_errors_total", "GraphQL errors by extensions.code.", ["code"], registry=REGISTRY)
 DB_POOL_SIZE = Gauge("db_pool_connections", "Connections in the asyncpg pool.", registry=REGISTRY)
 DB_POOL_IDLE = Gauge("db_pool_idle_connections", "Idle connections in the asyncpg pool.", registry=REGISTRY)
+SUBSCRIBERS = Gauge("graphql_active_subscriptions", "Live subscriptions in this process.", registry=REGISTRY)
+EVENTS_PUBLISHED = Counter("events_published_total", "Domain events published to Redis.", registry=REGISTRY)
+EVENTS_DELIVERED = Counter("events_delivered_total", "Subscription payloads sent.", ["subscription"], registry=REGISTRY)
+BACKFILLS = Counter("subscription_backfills_total", "Storage reads to close a gap or resync.", registry=REGISTRY)
+HUB_CONNECTS = Counter("event_hub_connects_total", "Pub/sub (re)connections of this process.", registry=REGISTRY)
 HTTP_REJECTED = Counter(
     "http_requests_rejected_total", "Requests refused before GraphQL ran.", ["reason"], registry=REGISTRY
 )

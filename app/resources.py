@@ -9,6 +9,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from app.events import EventHub
+from app.models import DomainEvent
+from app.services import conversations
 from app.services.limits import Limits
 from app.settings import Settings
 from db.session import Database, create_pool
@@ -20,6 +23,7 @@ class Resources:
     db: Database
     redis: Redis
     limits: Limits
+    hub: EventHub
 
     @classmethod
     async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Resources:
@@ -35,9 +39,27 @@ class Resources:
             socket_connect_timeout=settings.readiness_timeout_s,
             health_check_interval=30,
         )
-        return cls(settings=settings, db=Database(pool), redis=redis, limits=Limits.from_settings(settings))
+        db = Database(pool)
+        hub = EventHub(redis_url, queue_size=settings.subscriber_queue_size)
+        resources = cls(settings=settings, db=db, redis=redis, limits=Limits.from_settings(settings), hub=hub)
+        db.listen(resources.publish_events)
+        await hub.start()
+        return resources
+
+    async def publish_events(self, events: list[DomainEvent]) -> None:
+        """After commit: to Redis pub/sub, every event with its conversation header (state
+        changes are emitted without one; subscribers filter on it)."""
+        missing = list({e.conversation_id for e in events if e.conversation is None})
+        if missing:
+            async with self.db.read() as conn:
+                headers = await conversations.get_many(conn, events[0].tenant_id, missing)
+            for event in events:
+                if event.conversation is None:
+                    event.conversation = headers.get(event.conversation_id)
+        await self.hub.publish(events)
 
     async def close(self) -> None:
+        await self.hub.close()
         await self.redis.aclose()
         await self.db.close()
 

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = 4 * 1024 * 1024
     trusted_documents_only: bool = False
 
+    # Subscriptions (WebSocket).
+    ws_keepalive_s: float = 15.0
+    ws_init_timeout_s: float = 10.0
+    max_subscriptions_per_connection: int = 100
+    subscriber_queue_size: int = 1000
+
     # arq.
     arq_queue: str = "conversation-service"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from strawberry.dataloader import DataLoader
 
 from app import models
-from app.auth import Principal
+from app.auth import Authenticator, Principal
 from app.errors import DomainError
 from app.resources import Resources
 from app.services import messages, state
@@ -77,12 +77,15 @@ class Loaders:
 @dataclass
 class RequestContext:
     resources: Resources
+    authenticator: Authenticator
     request_id: str
     principal: Principal | None
     auth_error: DomainError | None
     started: float = 0.0
     operation_name: str | None = None
     operation_type: str | None = None
+    #: WebSocket connection_init payload (Strawberry sets it; it carries the auth headers).
+    connection_params: dict[str, Any] | None = None
     _loaders: Loaders | None = field(default=None, repr=False)
 
     def tenant(self, scope: Scope = Scope.READ) -> str:

@@ -1,12 +1,15 @@
-"""GraphQL errors as clients see them: a stable `extensions.code`, internals masked."""
+"""GraphQL errors as clients see them: a stable `extensions.code`, internals masked.
+
+Shaped once, in Schema.process_errors, so HTTP responses and WebSocket messages (which
+Strawberry formats itself) say the same thing."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from graphql import GraphQLError
 
+from app import metrics
 from app.errors import DomainError, ErrorCode
 
 log = logging.getLogger("conversation_service.api")
@@ -22,17 +25,16 @@ def code_of(error: GraphQLError) -> ErrorCode:
     return ErrorCode.INTERNAL
 
 
-def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
+def shape(error: GraphQLError, request_id: str) -> None:
+    """Give the error its code (and details); mask anything unexpected, logging it with the
+    request id the client gets back."""
+    if error.extensions and "code" in error.extensions:
+        return  # already shaped (errors can pass through twice)
     code = code_of(error)
-    formatted: dict[str, Any] = {"message": error.message}
-    if error.locations:
-        formatted["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]
-    if error.path is not None:
-        formatted["path"] = list(error.path)
-    extensions: dict[str, Any] = {"code": code.value}
     original = error.original_error
+    extensions: dict[str, object] = {"code": code.value}
     if isinstance(original, DomainError):
-        formatted["message"] = original.message
+        error.message = original.message
         extensions.update({k: v for k, v in original.details.items() if v is not None})
     elif code is ErrorCode.INTERNAL:
         log.error(
@@ -41,7 +43,7 @@ def format_error(error: GraphQLError, request_id: str) -> dict[str, Any]:
             exc_info=original,
             extra={"request_id": request_id},
         )
-        formatted["message"] = "Internal error"
+        error.message = "Internal error"
         extensions["requestId"] = request_id
-    formatted["extensions"] = extensions
-    return formatted
+    error.extensions = extensions
+    metrics.ERRORS.labels(code.value).inc()

@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import SchemaExtension
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
@@ -25,7 +26,7 @@ from strawberry.types.graphql import OperationType
 from app import metrics
 from app.api.context import RequestContext
 from app.api.documents import DocumentRegistry
-from app.api.errors import format_error
+from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator, Principal
 from app.errors import DomainError
 from app.resources import Resources
@@ -51,9 +52,23 @@ _POST_OPERATIONS = frozenset({OperationType.QUERY, OperationType.MUTATION})
 
 
 class GraphQLView(GraphQL[RequestContext, None]):
+    graphql_transport_ws_handler_class = KeepaliveTransportWSHandler
+
     def __init__(self, documents: DocumentRegistry, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.documents = documents
+
+    async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
+        """Authenticate in connection_init: its payload carries the HTTP header names and values
+        ({"Authorization": "Bearer <key>", "X-Tenant-ID": "<tenant>"}); refused → close 4403."""
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        headers = {str(k).lower(): str(v) for k, v in params.items() if isinstance(v, str)}
+        if headers or context.principal is None:
+            try:
+                context.principal = await context.authenticator.authenticate(headers)
+            except DomainError as exc:
+                raise ConnectionRejectionError({"code": exc.code.value, "message": exc.message}) from exc
+        return None
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> RequestContext:
         resources: Resources = request.app.state.resources
@@ -66,6 +81,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
             auth_error = exc
         context = RequestContext(
             resources=resources,
+            authenticator=authenticator,
             request_id=(request.headers.get("x-request-id") or uuid.uuid4().hex)[:64],
             principal=principal,
             auth_error=auth_error,
@@ -206,11 +222,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
         response: GraphQLHTTPResponse = {"data": result.data}
         codes: list[str] = []
         if result.errors:
-            formatted = [format_error(e, context.request_id) for e in result.errors]
+            # Shaped (codes, masking) by Schema.process_errors already.
+            formatted = [e.formatted for e in result.errors]
             response["errors"] = formatted  # type: ignore[typeddict-item]
-            codes = [f["extensions"]["code"] for f in formatted]
-            for code in codes:
-                metrics.ERRORS.labels(code).inc()
+            codes = [str((f.get("extensions") or {}).get("code", "INTERNAL")) for f in formatted]
         if result.extensions:
             response["extensions"] = result.extensions
         self._record(context, codes)

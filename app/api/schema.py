@@ -11,18 +11,23 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 
 from app.api.documents_cache import DocumentCache, PreparedDocuments
+from app.api.errors import shape
 from app.api.fast_lists import FastListExecutionContext
 from app.api.http import OperationRecorder
 from app.api.mutations import Mutation
 from app.api.queries import Query
 from app.api.scalars import SCALARS
+from app.api.subscriptions import Subscription
 from app.settings import Settings
 
 
 class Schema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
-        """Client errors are answers, not incidents; internal ones are logged where they are
-        formatted (app/api/errors.py), with the request id."""
+        """Codes for client errors, masks (and logs) for internal ones: app/api/errors.py."""
+        context = getattr(execution_context, "context", None)
+        request_id = getattr(context, "request_id", "") or ""
+        for error in errors:
+            shape(error, request_id)
 
 
 def build_schema(settings: Settings | None = None) -> Schema:
@@ -38,6 +43,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         execution_context_class=FastListExecutionContext,
         config=StrawberryConfig(

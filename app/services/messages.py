@@ -303,6 +303,11 @@ async def append_batch(
     return BatchAppendResult(messages=ordered, conversation=conversation, created_count=len(inserted))
 
 
+async def between(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lo: int, hi: int) -> list[Message]:
+    """Messages lo..hi of one conversation, seq ascending (replays and backfills)."""
+    return await repo.range_(conn, tenant_id, conversation_id, lo, hi)
+
+
 async def with_sources(conn: Connection, tenant_id: str, messages: list[Message]) -> list[Message]:
     loaded = await repo.sources_for(conn, tenant_id, [(m.conversation_id, m.seq) for m in messages])
     for m in messages:

@@ -1,0 +1,319 @@
+"""Live fan-out of committed domain events through Redis pub/sub.
+
+Each API process holds ONE pub/sub connection. It subscribes to the channels its local
+subscribers need (reference-counted) and fans every message out in process to per-subscriber
+bounded queues; nothing is polled per subscriber. Publishing happens after commit (a
+Database listener), one pipeline per unit of work.
+
+Channels (the tenant is in every name):
+- `cs:ev:{<tenant>}:c:<conversation_id>`: every event of one conversation (messageAdded);
+- `cs:ev:{<tenant>}:t`: every event of the tenant (conversationEvents, sessions not yet created).
+
+Pub/sub is at-most-once: a message published while our connection is down is lost. That is
+why subscribers track seqs and backfill from storage (Postgres, the truth) whenever they see
+a gap or are told the hub reconnected (RESYNC): delivery is exactly once, in order, anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from app import metrics
+from app.models import Conversation, DomainEvent, EventType, Message, Role, Source, StateEntry, Status
+
+log = logging.getLogger("conversation_service.events")
+
+
+def conversation_channel(tenant_id: str, conversation_id: uuid.UUID) -> str:
+    return f"cs:ev:{{{tenant_id}}}:c:{conversation_id}"
+
+
+def tenant_channel(tenant_id: str) -> str:
+    return f"cs:ev:{{{tenant_id}}}:t"
+
+
+# --- wire format ---------------------------------------------------------------------------
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, uuid.UUID | datetime):
+        return str(value) if isinstance(value, uuid.UUID) else value.isoformat()
+    raise TypeError(type(value))
+
+
+def encode(event: DomainEvent) -> bytes:
+    return orjson.dumps(event, default=_default)
+
+
+def _conversation(d: dict[str, Any]) -> Conversation:
+    return Conversation(
+        tenant_id=d["tenant_id"],
+        id=uuid.UUID(d["id"]),
+        session_id=d["session_id"],
+        user_id=d["user_id"],
+        agent_id=d["agent_id"],
+        channel=d["channel"],
+        title=d["title"],
+        status=Status(d["status"]),
+        tags=d["tags"],
+        metadata=d["metadata"],
+        created_at=datetime.fromisoformat(d["created_at"]),
+        updated_at=datetime.fromisoformat(d["updated_at"]),
+        last_message_at=datetime.fromisoformat(d["last_message_at"]) if d["last_message_at"] else None,
+        last_activity_at=datetime.fromisoformat(d["last_activity_at"]),
+        closed_at=datetime.fromisoformat(d["closed_at"]) if d["closed_at"] else None,
+        close_reason=d["close_reason"],
+        message_count=d["message_count"],
+        token_count=d["token_count"],
+        last_seq=d["last_seq"],
+    )
+
+
+def _message(d: dict[str, Any]) -> Message:
+    return Message(
+        tenant_id=d["tenant_id"],
+        conversation_id=uuid.UUID(d["conversation_id"]),
+        seq=d["seq"],
+        id=uuid.UUID(d["id"]),
+        client_message_id=d["client_message_id"],
+        role=Role(d["role"]),
+        content=d["content"],
+        name=d["name"],
+        tool_call_id=d["tool_call_id"],
+        tool_calls=d["tool_calls"],
+        token_count=d["token_count"],
+        metadata=d["metadata"],
+        execution=d["execution"],
+        created_at=datetime.fromisoformat(d["created_at"]),
+        sources=[Source(**s) for s in d["sources"]] if d.get("sources") is not None else None,
+    )
+
+
+def decode(data: bytes) -> DomainEvent:
+    d = orjson.loads(data)
+    state = d.get("state")
+    return DomainEvent(
+        type=EventType(d["type"]),
+        tenant_id=d["tenant_id"],
+        conversation_id=uuid.UUID(d["conversation_id"]),
+        at=datetime.fromisoformat(d["at"]),
+        conversation=_conversation(d["conversation"]) if d.get("conversation") else None,
+        message=_message(d["message"]) if d.get("message") else None,
+        state_key=d.get("state_key"),
+        state=StateEntry(
+            conversation_id=uuid.UUID(state["conversation_id"]),
+            key=state["key"],
+            value=state["value"],
+            version=state["version"],
+            updated_at=datetime.fromisoformat(state["updated_at"]),
+        )
+        if state
+        else None,
+    )
+
+
+# --- subscribers ---------------------------------------------------------------------------
+
+
+class _Resync:
+    """Told to every subscriber after the hub reconnected: events may have been lost."""
+
+
+RESYNC = _Resync()
+
+
+class SubscriberOverflow(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Subscriber:
+    queue: asyncio.Queue[DomainEvent | _Resync]
+    overflowed: bool = False
+
+    async def get(self) -> DomainEvent | _Resync:
+        if self.overflowed:
+            raise SubscriberOverflow
+        item = await self.queue.get()
+        if self.overflowed:
+            raise SubscriberOverflow
+        return item
+
+    def offer(self, item: DomainEvent | _Resync) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # Never grow without bound for a slow consumer: end it; it resumes with afterSeq.
+            self.overflowed = True
+
+
+@dataclass(eq=False)
+class _Channel:
+    subscribers: set[Subscriber] = field(default_factory=set)
+    confirmed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class EventHub:
+    def __init__(self, redis_url: str, *, queue_size: int = 1000, reconnect_max_s: float = 2.0) -> None:
+        self.redis_url = redis_url
+        self.queue_size = queue_size
+        self.reconnect_max_s = reconnect_max_s
+        self._publisher = Redis.from_url(redis_url)
+        self._channels: dict[str, _Channel] = {}
+        self._pubsub: PubSub | None = None
+        self._client: Redis | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._lock = asyncio.Lock()
+
+    # publishing -----------------------------------------------------------------------------
+
+    async def publish(self, events: list[DomainEvent]) -> None:
+        """A Database listener: one pipeline for the unit of work's events, in order."""
+        async with self._publisher.pipeline(transaction=False) as pipe:
+            for event in events:
+                data = encode(event)
+                pipe.publish(conversation_channel(event.tenant_id, event.conversation_id), data)
+                pipe.publish(tenant_channel(event.tenant_id), data)
+            await pipe.execute()
+        metrics.EVENTS_PUBLISHED.inc(len(events))
+
+    # subscribing ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._run(), name="event-hub-reader")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        await self._drop_connection()
+        await self._publisher.aclose()
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str, *, confirm_timeout: float = 5.0) -> AsyncIterator[Subscriber]:
+        """A queue of the channel's events. When this returns, Redis has confirmed the
+        subscription: anything published from now on reaches the queue."""
+        subscriber = Subscriber(asyncio.Queue(self.queue_size))
+        async with self._lock:
+            entry = self._channels.get(channel)
+            if entry is None:
+                entry = self._channels[channel] = _Channel()
+                if self._pubsub is not None and self._connected.is_set():
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._pubsub.subscribe(channel)
+            entry.subscribers.add(subscriber)
+        metrics.SUBSCRIBERS.inc()
+        try:
+            with contextlib.suppress(TimeoutError):
+                # Redis down: go on; the reconnect re-subscribes and sends RESYNC.
+                await asyncio.wait_for(entry.confirmed.wait(), confirm_timeout)
+            yield subscriber
+        finally:
+            metrics.SUBSCRIBERS.dec()
+            async with self._lock:
+                entry.subscribers.discard(subscriber)
+                if not entry.subscribers and self._channels.get(channel) is entry:
+                    del self._channels[channel]
+                    if self._pubsub is not None and self._connected.is_set():
+                        with contextlib.suppress(RedisError, OSError):
+                            await self._pubsub.unsubscribe(channel)
+
+    # the reader -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            try:
+                await self._connect()
+                delay = 0.05
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("event hub lost Redis (%s); reconnecting", exc)
+            except Exception:
+                log.exception("event hub reader failed; reconnecting")
+            self._connected.clear()
+            for entry in self._channels.values():
+                entry.confirmed.clear()
+            await self._drop_connection()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _connect(self) -> None:
+        self._client = Redis.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=10)
+        self._pubsub = self._client.pubsub()
+        async with self._lock:
+            channels = list(self._channels)
+            # A connection needs at least one subscription before it can be read.
+            await self._pubsub.subscribe("cs:ev:hub", *channels)
+            self._connected.set()
+        metrics.HUB_CONNECTS.inc()
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        resynced = False
+        while not self._closing:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            kind = message["type"]
+            channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+            if kind == "subscribe":
+                entry = self._channels.get(channel)
+                if entry is not None:
+                    entry.confirmed.set()
+                if channel == "cs:ev:hub" and not resynced:
+                    resynced = True
+                    # Whatever was published while we were away is in Postgres: tell everyone.
+                    for entry in self._channels.values():
+                        for subscriber in entry.subscribers:
+                            subscriber.offer(RESYNC)
+                continue
+            if kind != "message":
+                continue
+            entry = self._channels.get(channel)
+            if entry is None or not entry.subscribers:
+                continue
+            try:
+                event = decode(message["data"])
+            except Exception:
+                log.exception("undecodable event on %s", channel)
+                continue
+            for subscriber in entry.subscribers:
+                subscriber.offer(event)
+
+    async def _drop_connection(self) -> None:
+        pubsub, client = self._pubsub, self._client
+        self._pubsub = self._client = None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+EventFilter = Callable[[DomainEvent], bool]
