@@ -128,7 +128,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
             return PlainTextResponse("subscriptions are served over WebSocket", status_code=400)
         except CannotGetOperationTypeError as exc:
             return PlainTextResponse(exc.as_http_error_reason(), status_code=400)
-        return Response(self.encode_json(await self.process_result(request, result)), media_type="application/json")
+        return Response(orjson.dumps(await self.process_result(request, result)), media_type="application/json")
 
     async def _post_batch(self, request: Request, body: list[Any]) -> Response:
         limit = self.schema.config.batching_config
@@ -147,7 +147,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 operation_extensions=data.extensions,
             )
             responses.append(await self.process_result(request, result))
-        return Response(self.encode_json(responses), media_type="application/json")
+        return Response(orjson.dumps(responses), media_type="application/json")
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId is an operation."""
@@ -214,8 +214,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
             raise HTTPException(400, "only trusted documents are accepted here: send a documentId")
         return query
 
-    def encode_json(self, data: object) -> bytes:
-        return orjson.dumps(data)
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: Strawberry sends bytes as binary WebSocket frames, and the
+        # graphql-ws protocols are text. HTTP responses use orjson's bytes directly (_post).
+        return orjson.dumps(data).decode()
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         context: RequestContext = request.state.graphql_context

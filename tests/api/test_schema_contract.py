@@ -22,8 +22,6 @@ from app.api.export import sdl
 from app.settings import PROJECT_ROOT
 
 CONTRACT = PROJECT_ROOT.parent / "shared" / "contract.graphql"
-#: Contract parts that arrive with a later issue (live subscriptions, issue 5).
-PENDING = {"Subscription", "ConversationEvent", "ConversationEventType"}
 
 
 def test_schema_file_is_current() -> None:
@@ -35,9 +33,7 @@ def test_schema_file_is_current() -> None:
 def test_schema_keeps_the_contract() -> None:
     ours = build_schema(sdl())
     contract = build_schema(Path(CONTRACT).read_text())
-    breaking = [c.description for c in find_breaking_changes(contract, ours)]
-    breaking = [b for b in breaking if not any(b.startswith(f"{name} was removed") for name in PENDING)]
-    assert breaking == []
+    assert [c.description for c in find_breaking_changes(contract, ours)] == []
     assert [c.description for c in find_dangerous_changes(contract, ours)] == []
 
 
