@@ -28,6 +28,12 @@ SUBSCRIBERS = Gauge("graphql_active_subscriptions", "Live subscriptions in this 
 EVENTS_PUBLISHED = Counter("events_published_total", "Domain events published to Redis.", registry=REGISTRY)
 EVENTS_DELIVERED = Counter("events_delivered_total", "Subscription payloads sent.", ["subscription"], registry=REGISTRY)
 BACKFILLS = Counter("subscription_backfills_total", "Storage reads to close a gap or resync.", registry=REGISTRY)
+EVENT_EXECUTIONS = Counter(
+    "subscription_event_executions_total", "Subscription selection sets executed for an event.", registry=REGISTRY
+)
+SHARED_EVENT_RESULTS = Counter(
+    "subscription_shared_results_total", "Subscription results reused from another subscriber.", registry=REGISTRY
+)
 HUB_CONNECTS = Counter("event_hub_connects_total", "Pub/sub (re)connections of this process.", registry=REGISTRY)
 HTTP_REJECTED = Counter(
     "http_requests_rejected_total", "Requests refused before GraphQL ran.", ["reason"], registry=REGISTRY

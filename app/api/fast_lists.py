@@ -34,6 +34,8 @@ from graphql import (
 from graphql.pyutils import Undefined
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from app.api.shared_events import share_key, shared
+
 Plan = Callable[[Any], Any]
 
 
@@ -124,6 +126,20 @@ class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
                 except _Fallback:
                     pass
         return super().complete_iterable_value(item_type, field_details_list, info, path, result, position_context)
+
+    def build_per_event_executor(self, payload: Any) -> Any:
+        executor = super().build_per_event_executor(payload)
+        executor.__dict__["_share"] = share_key(payload, self.operation, self.variable_values.coerced)
+        executor.__dict__["_payload"] = payload
+        return executor
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        key = self.__dict__.get("_share")
+        if key is None:
+            return super().execute_operation(serially)
+        return shared(
+            key, self.__dict__["_payload"], lambda: super(FastListExecutionContext, self).execute_operation(serially)
+        )
 
     def _plan(self, item_type: GraphQLOutputType, field_details_list: Any) -> Plan | None:
         """The compiled plan of this list field. Plans are shared across requests, keyed by the

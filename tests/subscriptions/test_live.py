@@ -241,3 +241,23 @@ async def test_a_subscriber_that_falls_behind_is_ended_not_buffered(servers: Ser
                 await sub.get()
     finally:
         await hub.close()
+
+
+async def test_one_execution_per_event_is_shared_by_every_subscriber(server: Server, writer: Caller) -> None:
+    from app import metrics
+
+    await writer.data(ADD, {"s": "shared", "c": "first"})
+    sockets = [await subscriber(server, writer.key, {"s": "shared"}) for _ in range(20)]
+    await asyncio.sleep(0.5)  # live only: let every subscription be set up
+    executed = metrics.EVENT_EXECUTIONS._value.get()
+    reused = metrics.SHARED_EVENT_RESULTS._value.get()
+    try:
+        receivers = [asyncio.create_task(seqs(ws, 5)) for ws in sockets]
+        for i in range(5):
+            await writer.data(ADD, {"s": "shared", "c": f"live {i}"})
+        for got in await asyncio.wait_for(asyncio.gather(*receivers), 20):
+            assert got == [2, 3, 4, 5, 6]
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+    assert metrics.EVENT_EXECUTIONS._value.get() - executed == 5
+    assert metrics.SHARED_EVENT_RESULTS._value.get() - reused == 5 * 19
