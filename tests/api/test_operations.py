@@ -260,3 +260,37 @@ async def test_a_failed_mutation_field_does_not_undo_an_earlier_one(api: Caller,
     assert body["data"] is None or body["data"].get("a")
     assert body["errors"][0]["extensions"]["code"] == "CONFLICT"
     assert await count_rows(db, "conversations", api.tenant) == 1
+
+
+async def test_context_window_over_graphql(api: Caller) -> None:
+    conv = await create(api, sessionId="ctx")
+    await api.data(
+        """mutation($in: AddMessagesInput!) { addMessages(input: $in) { createdCount } }""",
+        {
+            "in": {
+                "conversationId": conv["id"],
+                "messages": [
+                    {"role": "SYSTEM", "content": "You are terse."},
+                    {"role": "USER", "content": "What is 6 x 7?"},
+                    {"role": "ASSISTANT", "content": "", "toolCalls": TOOL_CALLS},
+                    {"role": "TOOL", "content": "42", "toolCallId": "call_1"},
+                    {"role": "ASSISTANT", "content": "42."},
+                ],
+            }
+        },
+    )
+    q = """query($s: String, $max: Int!, $model: String, $reserve: Int) {
+      contextWindow(sessionId: $s, maxTokens: $max, model: $model, reserveTokens: $reserve) {
+        model encoding totalTokens droppedMessages truncated firstSeq lastSeq openaiMessages messages { seq role } } }"""
+    full = (await api.data(q, {"s": "ctx", "max": 1000}))["contextWindow"]
+    assert full["model"] == "gpt-4o" and full["encoding"] == "o200k_base"
+    assert [m["seq"] for m in full["messages"]] == [1, 2, 3, 4, 5] and not full["truncated"]
+    assert full["openaiMessages"][0] == {"role": "system", "content": "You are terse."}
+    assert full["openaiMessages"][2]["tool_calls"] == TOOL_CALLS
+    other = (await api.data(q, {"s": "ctx", "max": 1000, "model": "gpt-4"}))["contextWindow"]
+    assert other["encoding"] == "cl100k_base"
+    nested = await api.data('{ conversation(sessionId: "ctx") { contextWindow(maxTokens: 1000) { totalTokens } } }')
+    assert nested["conversation"]["contextWindow"]["totalTokens"] == full["totalTokens"]
+    assert await api.error_code(q, {"s": "ctx", "max": 1000, "model": "no-such-model"}) == "BAD_USER_INPUT"
+    assert await api.error_code(q, {"s": "ctx", "max": 100, "reserve": 99}) == "BAD_USER_INPUT"
+    assert await api.error_code(q, {"s": "nope", "max": 100}) == "NOT_FOUND"
