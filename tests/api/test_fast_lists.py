@@ -77,8 +77,9 @@ async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path:
 
 async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, fast_path: None) -> None:
     """Shape errors fall back to graphql-core, which reports them as usual."""
-    from app.api.fast_lists import _Fallback, _leaf
     from graphql import GraphQLString
+
+    from app.api.fast_lists import _Fallback, _leaf
 
     plan = _leaf(GraphQLString, non_null=True)
     with pytest.raises(_Fallback):
