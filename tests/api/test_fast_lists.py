@@ -33,20 +33,46 @@ def fast_path() -> Iterator[None]:
 
 
 async def _seed(api: Caller) -> str:
-    conv = (await api.data('mutation { createConversation(input: {sessionId: "f1", tags: ["a", "b"], '
-                           'metadata: {k: [1, {x: null}]}}) { id } }'))["createConversation"]["id"]
+    conv = (
+        await api.data(
+            'mutation { createConversation(input: {sessionId: "f1", tags: ["a", "b"], '
+            "metadata: {k: [1, {x: null}]}}) { id } }"
+        )
+    )["createConversation"]["id"]
     await api.data(
         """mutation($in: AddMessagesInput!) { addMessages(input: $in) { createdCount } }""",
-        {"in": {"conversationId": conv, "messages": [
-            {"role": "SYSTEM", "content": "be brief"},
-            {"role": "USER", "content": "hola ñ 🙂", "name": "ana", "clientMessageId": "m1", "metadata": {"lang": "es"}},
-            {"role": "ASSISTANT", "content": "", "toolCalls": TOOL_CALLS,
-             "execution": {"model": "gpt-4o", "latencyMs": 12}},
-            {"role": "TOOL", "content": "42", "toolCallId": "c1", "sources": [{"documentId": "d", "score": 0.5}]},
-        ]}},
+        {
+            "in": {
+                "conversationId": conv,
+                "messages": [
+                    {"role": "SYSTEM", "content": "be brief"},
+                    {
+                        "role": "USER",
+                        "content": "hola ñ 🙂",
+                        "name": "ana",
+                        "clientMessageId": "m1",
+                        "metadata": {"lang": "es"},
+                    },
+                    {
+                        "role": "ASSISTANT",
+                        "content": "",
+                        "toolCalls": TOOL_CALLS,
+                        "execution": {"model": "gpt-4o", "latencyMs": 12},
+                    },
+                    {
+                        "role": "TOOL",
+                        "content": "42",
+                        "toolCallId": "c1",
+                        "sources": [{"documentId": "d", "score": 0.5}],
+                    },
+                ],
+            }
+        },
     )
-    await api.data('mutation($id: ID!) { setState(input: {conversationId: $id, key: "s", value: {v: 1}}) { version } }',
-                   {"id": conv})
+    await api.data(
+        'mutation($id: ID!) { setState(input: {conversationId: $id, key: "s", value: {v: 1}}) { version } }',
+        {"id": conv},
+    )
     other = (await api.data('mutation { createConversation(input: {title: "t"}) { id } }'))["createConversation"]["id"]
     await api.data('mutation($id: ID!) { closeSession(conversationId: $id, reason: "r") { id } }', {"id": other})
     return str(conv)
@@ -63,8 +89,18 @@ async def _both(api: Caller, query: str, variables: dict[str, Any]) -> tuple[Any
 
 async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path: None) -> None:
     conv = await _seed(api)
-    variables = {"id": conv, "conversationId": conv, "sessionId": None, "query": "hola", "first": 20,
-                 "last": 20, "lastMessages": 3, "maxTokens": 1000, "withContent": True, "skipSeq": False}
+    variables = {
+        "id": conv,
+        "conversationId": conv,
+        "sessionId": None,
+        "query": "hola",
+        "first": 20,
+        "last": 20,
+        "lastMessages": 3,
+        "maxTokens": 1000,
+        "withContent": True,
+        "skipSeq": False,
+    }
     queries = [d.text for d in DocumentRegistry.load().documents if d.text.lstrip("# ").find("mutation") < 0]
     queries = [q for q in queries if not q.split("\n", 1)[1].lstrip().startswith("mutation")] + EXTRA
     for query in queries:

@@ -120,7 +120,9 @@ async def test_unexpected_errors_are_masked_with_a_request_id(
     pg = embedded.start_postgres(data, fsync=False)
     try:
         await upgrade_async(pg.url)
-        app = create_app(Settings(_env_file=None, auth_mode="trusted"), database_url=pg.url, redis_url=servers.redis_url)
+        app = create_app(
+            Settings(_env_file=None, auth_mode="trusted"), database_url=pg.url, redis_url=servers.redis_url
+        )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
