@@ -47,7 +47,9 @@ bump AS (
 ins AS (
     INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
                           tool_call_id, tool_calls, token_count, metadata, execution, created_at)
-    SELECT $1, b.id, b.last_seq, $4, $3, $5, $6, $7, $9, $10, $8, $11, $12, b.last_message_at FROM bump b
+    SELECT $1, b.id, b.last_seq, COALESCE($4::uuid, gen_random_uuid()), $3, $5, $6, $7, $9, $10, $8, $11, $12,
+           b.last_message_at
+    FROM bump b
     RETURNING {MESSAGE_COLUMNS}
 ),
 src AS (
@@ -117,7 +119,7 @@ async def append(
         tenant_id,
         target,
         message.client_message_id,
-        uuid.uuid4(),
+        None,  # the id: gen_random_uuid() in the statement, one syscall fewer here
         message.role.value,
         message.content,
         message.name,
