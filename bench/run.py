@@ -44,7 +44,7 @@ from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages
 from db.migrate import upgrade
 from db.repositories.records import MESSAGE_COLUMNS
-from db.session import Database, UnitOfWork, asyncpg_dsn, create_pool
+from db.session import Database, LeanPool, UnitOfWork, asyncpg_dsn, create_pool
 
 TENANT = "bench"
 ROOT = Path(__file__).resolve().parent.parent
@@ -357,7 +357,7 @@ async def count_round_trips(url: str, make_op: Callable[[Database], Op], n: int 
 # --------------------------------------------------------------------------------------------------
 
 
-async def pool_pids(pool: asyncpg.Pool, n: int) -> list[int]:
+async def pool_pids(pool: LeanPool, n: int) -> list[int]:
     """Server pids of a pool's n connections (min_size = max_size = n: they are all of them)."""
     conns = [await pool.acquire() for _ in range(n)]
     try:

@@ -8,10 +8,13 @@ defines the schema (db/tables.py) that Alembic migrates.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -72,12 +75,134 @@ async def _init_connection(conn: Connection) -> None:
     conn.add_query_logger(STATEMENTS)
 
 
-async def _reset_on_release(conn: Connection) -> None:
-    """Replaces asyncpg's default reset (RESET ALL, UNLISTEN, advisory unlock…: one round trip per
-    release). This service never changes session state; all it must guarantee is that no
-    transaction outlives its unit of work."""
-    if conn.is_in_transaction():
-        await conn.execute("ROLLBACK")
+class LeanPool:
+    """A minimal pool of asyncpg connections: a LIFO of idle ones, new ones made up to max_size.
+
+    asyncpg's own pool costs ~12 µs of CPU per acquire/release (a task per release for its
+    shield, an inactivity timer, a proxy object); on a request or an append that is 10 % of the
+    client's work. This one costs well under 1 µs. What it must still guarantee: a broken
+    connection is dropped, no transaction survives a release, and a cancelled waiter never
+    swallows a connection.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], min_size: int, max_size: int) -> None:
+        self._connect = connect
+        self._min_size = min_size
+        self._max_size = max(max_size, 1)
+        self._idle: list[asyncpg.Connection] = []
+        self._size = 0
+        self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
+        self._closed = False
+
+    async def start(self) -> None:
+        for _ in range(self._min_size):
+            self._size += 1
+            try:
+                self._idle.append(await self._connect())
+            except BaseException:
+                self._size -= 1
+                raise
+
+    def acquire(self) -> _Acquire:
+        return _Acquire(self)
+
+    async def _get(self) -> asyncpg.Connection:
+        while True:
+            if self._closed:
+                raise asyncpg.InterfaceError("the pool is closed")
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.is_closed():
+                    return conn
+                self._size -= 1
+            if self._size < self._max_size:
+                self._size += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self._size -= 1
+                    self._wake()
+                    raise
+            waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._put(cast(asyncpg.Connection, waiter.result()))
+                raise
+            if handed is not None:
+                return handed
+            # None: a slot was freed (a broken connection dropped): loop and make one.
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        if not conn.is_closed() and conn.is_in_transaction():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:
+                conn.terminate()
+        if conn.is_closed() or self._closed:
+            if not conn.is_closed():
+                await conn.close()
+            self._size -= 1
+            self._wake()
+            return
+        self._put(conn)
+
+    def _put(self, conn: asyncpg.Connection) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def get_size(self) -> int:
+        return self._size
+
+    def get_idle_size(self) -> int:
+        return len(self._idle)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._size -= 1
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(asyncpg.InterfaceError("the pool is closed"))
+
+
+class _Acquire:
+    """`async with pool.acquire() as conn` or `conn = await pool.acquire()` (then release)."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: LeanPool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
+        return self._pool._get().__await__()
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._conn = await self._pool._get()
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
 
 
 async def create_pool(
@@ -87,22 +212,29 @@ async def create_pool(
     max_size: int = 20,
     statement_timeout_ms: int = 15_000,
     statement_cache_size: int = 256,
-) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        asyncpg_dsn(url),
-        min_size=min_size,
-        max_size=max_size,
-        init=_init_connection,
-        reset=_reset_on_release,
-        statement_cache_size=statement_cache_size,
-        server_settings={
-            "statement_timeout": str(statement_timeout_ms),
-            "application_name": "conversation-service",
-            # UTC everywhere: DateTime outputs are UTC and daily stats bucket by UTC day.
-            "TimeZone": "UTC",
-        },
-    )
-    assert pool is not None
+) -> LeanPool:
+    dsn = asyncpg_dsn(url)
+
+    async def connect() -> asyncpg.Connection:
+        conn = await asyncpg.connect(
+            dsn,
+            statement_cache_size=statement_cache_size,
+            server_settings={
+                "statement_timeout": str(statement_timeout_ms),
+                "application_name": "conversation-service",
+                # UTC everywhere: DateTime outputs are UTC and daily stats bucket by UTC day.
+                "TimeZone": "UTC",
+            },
+        )
+        try:
+            await _init_connection(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
+
+    pool = LeanPool(connect, min_size, max_size)
+    await pool.start()
     return pool
 
 
@@ -160,7 +292,7 @@ EventListener = Callable[[list[DomainEvent]], Awaitable[None]]
 class Database:
     """The pool plus the one way edges run work against it."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_attempts: int = 5) -> None:
+    def __init__(self, pool: LeanPool, *, max_attempts: int = 5) -> None:
         self.pool = pool
         self.max_attempts = max_attempts
         self.listeners: list[EventListener] = []
