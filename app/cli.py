@@ -24,7 +24,9 @@ DEV_TENANT = "dev"
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from app import logs
+
+    logs.configure(settings.log_level)
 
 
 def _admin_endpoints(settings: Settings) -> runtime.Endpoints:
@@ -139,13 +141,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from arq.worker import Worker
-
-    from jobs.worker import worker_settings
+    from jobs.worker import create_worker
 
     endpoints = runtime.resolve(settings)
-    worker = Worker(**worker_settings(endpoints.redis_url))
-    worker.run()
+    try:
+        create_worker(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url).run()
+    finally:
+        endpoints.stop()
     return 0
 
 
@@ -241,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     kr = key.add_parser("revoke", help="revoke a key by id")
     kr.add_argument("key_id")
     kr.set_defaults(func=cmd_key_revoke)
+
+    from app.cli_data import add_data_commands
+
+    add_data_commands(sub)
     return parser
 
 

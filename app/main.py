@@ -7,7 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from arq.connections import ArqRedis, RedisSettings
+from arq.connections import create_pool as create_arq_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -22,6 +25,7 @@ from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator
 from app.middleware import BodySizeLimit
 from app.resources import Resources
+from app.services import crm
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("conversation_service")
@@ -44,6 +48,29 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics.DB_POOL_SIZE.set(pool.get_size())
     metrics.DB_POOL_IDLE.set(pool.get_idle_size())
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _crm_dispatch(settings: Settings, redis_url: str) -> ArqRedis | None:
+    """CRM deliveries written by this process go to the worker right after commit. With Redis
+    down at start the worker's sweep picks them up instead (within seconds), so start anyway."""
+    from jobs.client import json_deserializer, json_serializer
+    from jobs.crm import dispatcher
+
+    try:
+        redis_settings = RedisSettings.from_dsn(redis_url)
+        redis_settings.conn_retries = 0
+        arq = await create_arq_pool(
+            redis_settings,
+            job_serializer=json_serializer,
+            job_deserializer=json_deserializer,
+            default_queue_name=settings.arq_queue,
+            retry=0,
+        )
+    except (RedisError, OSError) as exc:
+        log.warning("no arq pool for CRM dispatch (%s); the worker's sweep will deliver", exc)
+        return None
+    crm.set_dispatcher(dispatcher(arq, settings.arq_queue))
+    return arq
 
 
 def create_app(
@@ -83,9 +110,13 @@ def create_app(
         resources = await Resources.open(settings, db_url, cache_url)
         app.state.resources = resources
         app.state.authenticator = Authenticator(resources.db, settings.auth_mode)
+        arq = await _crm_dispatch(settings, cache_url)
         try:
             yield
         finally:
+            if arq is not None:
+                crm.set_dispatcher(None)
+                await arq.aclose()
             await resources.close()
 
     return Starlette(

@@ -38,6 +38,23 @@ HUB_CONNECTS = Counter("event_hub_connects_total", "Pub/sub (re)connections of t
 HTTP_REJECTED = Counter(
     "http_requests_rejected_total", "Requests refused before GraphQL ran.", ["reason"], registry=REGISTRY
 )
+# The hot cache (app/cache.py). kind: history, header, state, window, range.
+CACHE_HITS = Counter("cache_hits_total", "Hot-cache reads answered from Redis.", ["kind"], registry=REGISTRY)
+CACHE_MISSES = Counter(
+    "cache_misses_total",
+    "Hot-cache reads that went to Postgres (not cached, or Redis unavailable).",
+    ["kind"],
+    registry=REGISTRY,
+)
+CACHE_FILLS = Counter("cache_fills_total", "Cache entries written from Postgres after a miss.", registry=REGISTRY)
+CACHE_INVALIDATIONS = Counter(
+    "cache_invalidations_total",
+    "Cache entries dropped: an event not provably in order, a failed write repaired, an eviction.",
+    registry=REGISTRY,
+)
+CACHE_ERRORS = Counter(
+    "cache_errors_total", "Redis errors the hot cache met (the request went on from Postgres).", registry=REGISTRY
+)
 
 
 class _StatementCollector:

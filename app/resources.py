@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 from redis.asyncio import Redis
 
+from app.cache import CacheOptions, HotCache
 from app.events import EventHub
 from app.models import DomainEvent
 from app.services import conversations
+from app.services.crm import USER_AGENT, CrmOptions
 from app.services.limits import Limits
 from app.settings import Settings
 from db.session import Database, create_pool
@@ -24,6 +27,11 @@ class Resources:
     redis: Redis
     limits: Limits
     hub: EventHub
+    #: The Redis hot cache (None when CACHE_ENABLED is false); reads pass it to app/services.
+    cache: HotCache | None = None
+    #: Outgoing HTTP (CRM webhooks and customer lookups).
+    http: httpx.AsyncClient | None = None
+    crm: CrmOptions = field(default_factory=CrmOptions)
 
     @classmethod
     async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Resources:
@@ -41,7 +49,20 @@ class Resources:
         )
         db = Database(pool)
         hub = EventHub(redis_url, queue_size=settings.subscriber_queue_size)
-        resources = cls(settings=settings, db=db, redis=redis, limits=Limits.from_settings(settings), hub=hub)
+        cache = HotCache(redis_url, CacheOptions.from_settings(settings)) if settings.cache_enabled else None
+        resources = cls(
+            settings=settings,
+            db=db,
+            redis=redis,
+            limits=Limits.from_settings(settings),
+            hub=hub,
+            cache=cache,
+            http=httpx.AsyncClient(headers={"User-Agent": USER_AGENT}),
+            crm=CrmOptions.from_settings(settings),
+        )
+        if cache is not None:
+            cache.attach(db)  # first: what subscribers read after an event is already cached
+            await cache.start()
         db.listen(resources.publish_events)
         await hub.start()
         return resources
@@ -59,7 +80,11 @@ class Resources:
         await self.hub.publish(events)
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
         await self.hub.close()
+        if self.http is not None:
+            await self.http.aclose()
         await self.redis.aclose()
         await self.db.close()
 

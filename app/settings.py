@@ -71,8 +71,42 @@ class Settings(BaseSettings):
     max_subscriptions_per_connection: int = 100
     subscriber_queue_size: int = 1000
 
-    # arq.
+    # arq (jobs/worker.py, docs/jobs.md).
     arq_queue: str = "conversation-service"
+    arq_max_jobs: int = Field(default=50, ge=1)
+    arq_poll_delay_s: float = Field(default=0.01, gt=0)
+    arq_job_timeout_s: float = Field(default=60.0, gt=0)
+    #: A job whose worker died is run again this long after its timeout (arq's in-progress lock).
+    arq_in_progress_grace_s: float = Field(default=10.0, ge=0)
+    arq_max_tries: int = Field(default=5, ge=1)
+    arq_retry_base_s: float = Field(default=1.0, gt=0)
+    arq_retry_max_s: float = Field(default=60.0, gt=0)
+    arq_keep_result_s: int = Field(default=3600, ge=0)
+    callback_ttl_s: int = Field(default=3600, ge=1)
+    dead_letter_max: int = Field(default=10_000, ge=1)
+    cron_enabled: bool = True
+
+    # Tenant defaults (a tenant's `settings` jsonb overrides them; docs/jobs.md).
+    default_idle_timeout_s: int = Field(default=86_400, ge=0)
+    default_retention_days: int = Field(default=0, ge=0)
+    action_log_retention_days: int = Field(default=7, ge=1)
+    outbox_retention_days: int = Field(default=30, ge=1)
+
+    # CRM webhooks and customer lookups.
+    crm_timeout_s: float = Field(default=10.0, gt=0)
+    crm_max_attempts: int = Field(default=8, ge=1)
+    crm_retry_base_s: float = Field(default=30.0, gt=0)
+    crm_retry_max_s: float = Field(default=3600.0, gt=0)
+    crm_last_messages: int = Field(default=10, ge=0, le=100)
+    crm_profile_ttl_s: int = Field(default=300, ge=1)
+
+    # Hot cache (app/cache.py, docs/decisions.md "Hot cache").
+    cache_enabled: bool = True
+    cache_recent_messages: int = Field(default=200, ge=1, le=10_000)
+    cache_ttl_s: float = Field(default=1800.0, gt=0)
+    cache_closed_grace_s: float = Field(default=300.0, gt=0)
+    cache_timeout_s: float = Field(default=0.5, gt=0)
+    cache_retry_s: float = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
@@ -88,6 +122,12 @@ class Settings(BaseSettings):
                 value = str(getattr(self, name))
                 if ":postgres@" in value or ":password@" in value or ":changeme@" in value:
                     raise ValueError(f"production mode refuses the development password in {name.upper()}")
+        return self
+
+    @model_validator(mode="after")
+    def _crm_calls_fit_in_a_job(self) -> Settings:
+        if self.crm_timeout_s >= self.arq_job_timeout_s:
+            raise ValueError("CRM_TIMEOUT_S must be shorter than ARQ_JOB_TIMEOUT_S (a CRM call runs inside a job)")
         return self
 
     @property

@@ -197,3 +197,72 @@ class ConversationState(SQLModel, table=True):
     value: Any = _jsonb(default=None)
     version: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     updated_at: datetime = _ts(default_now=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs (docs/jobs.md): the CRM outbox, the action log, and the indexes the crons scan.
+# --------------------------------------------------------------------------------------------------
+
+
+class CrmOutbox(SQLModel, table=True):
+    """One CRM delivery: written in the transaction that closes the conversation (or by syncCrm),
+    delivered by a job until the CRM accepts it or the tenant's attempts run out."""
+
+    __tablename__ = "crm_outbox"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "conversation_id"],
+            ["conversations.tenant_id", "conversations.id"],
+            ondelete="CASCADE",
+        ),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        sa.CheckConstraint("trigger IN ('closed', 'manual')", name="trigger"),
+        sa.Index(None, "tenant_id", "conversation_id", "created_at"),
+        #: Only pending rows: the sweep reads this small index across tenants.
+        sa.Index("ix_crm_outbox_due", "tenant_id", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), nullable=False))
+    #: 'closed' (the conversation closed) or 'manual' (syncCrm).
+    trigger: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    status: str = Field(sa_column=sa.Column(sa.Text(), nullable=False, server_default=sa.text("'pending'")))
+    attempts: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default=sa.text("0")))
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    next_attempt_at: datetime = _ts(default_now=True)
+    #: Set while a job is sending; a crashed sender's claim expires and the sweep sends again.
+    locked_until: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(default_now=True)
+    updated_at: datetime = _ts(default_now=True)
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class ActionLog(SQLModel, table=True):
+    """The answer of every domain action that wrote something, by action_id: a repeated action
+    answers like the first instead of acting twice. Pruned after ACTION_LOG_RETENTION_DAYS."""
+
+    __tablename__ = "action_log"
+    __table_args__ = (sa.Index(None, "tenant_id", "created_at"),)
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    action_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    action_type: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    response: Any = _jsonb(default=None)
+    created_at: datetime = _ts(default_now=True)
+
+
+_conversations = Conversation.__table__  # type: ignore[attr-defined]
+#: Idle-close scans active conversations by last activity; retention scans closed ones by closed_at.
+sa.Index(
+    "ix_conversations_idle",
+    _conversations.c.tenant_id,
+    _conversations.c.last_activity_at,
+    postgresql_where=sa.text("status = 'active'"),
+)
+sa.Index(
+    "ix_conversations_closed_at",
+    _conversations.c.tenant_id,
+    _conversations.c.closed_at,
+    postgresql_where=sa.text("closed_at IS NOT NULL"),
+)

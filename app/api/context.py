@@ -13,7 +13,7 @@ from app import models
 from app.auth import Authenticator, Principal
 from app.errors import DomainError
 from app.resources import Resources
-from app.services import messages, state
+from app.services import crm, messages, state
 from app.services.tenants import Scope
 
 if TYPE_CHECKING:
@@ -37,12 +37,12 @@ class Loaders:
 
     async def _load_states(self, keys: list[uuid.UUID]) -> list[list[models.StateEntry]]:
         async with self.resources.db.read() as conn:
-            found = await state.list_many(conn, self.tenant_id, keys)
+            found = await state.list_many(conn, self.tenant_id, keys, cache=self.resources.cache)
         return [found[k] for k in keys]
 
     async def _load_ranges(self, keys: list[tuple[uuid.UUID, int, int]]) -> list[list[models.Message]]:
         async with self.resources.db.read() as conn:
-            found = await messages.ranges(conn, self.tenant_id, keys)
+            found = await messages.ranges(conn, self.tenant_id, keys, cache=self.resources.cache)
         return [found[k] for k in keys]
 
     async def history_page(
@@ -104,14 +104,34 @@ class RequestContext:
     async def context_window(self, conversation: models.Conversation, **kwargs: Any) -> types.ContextWindow:
         from app.services import context as context_service
 
+        tenant, cache = self.tenant(), self.resources.cache
         async with self.resources.db.read() as conn:
+            source = (
+                cache.window_source(
+                    conn,
+                    tenant,
+                    conversation,
+                    max_tokens=kwargs["max_tokens"],
+                    reserve_tokens=kwargs.get("reserve_tokens") or 0,
+                )
+                if cache is not None
+                else None
+            )
             window = await context_service.build_window(
-                conn, self.tenant(), conversation, default_model=self.resources.settings.default_model, **kwargs
+                conn, tenant, conversation, default_model=self.resources.settings.default_model, source=source, **kwargs
             )
         return cast("types.ContextWindow", window)
 
     async def crm_sync(self, conversation: models.Conversation) -> types.CrmSync | None:
-        return None
+        async with self.resources.db.read() as conn:
+            record = await crm.crm_sync_status(conn, self.tenant(), conversation.id)
+        return cast("types.CrmSync | None", record)
 
     async def customer(self, conversation: models.Conversation) -> Any:
-        return None
+        http = self.resources.http
+        if http is None or not conversation.user_id:
+            return None
+        async with self.resources.db.read() as conn:
+            return await crm.customer_profile(
+                conn, self.resources.redis, http, self.tenant(), conversation.user_id, self.resources.crm
+            )

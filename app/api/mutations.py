@@ -23,7 +23,7 @@ from app.api.types import (
     StateEntry,
     UpdateConversationInput,
 )
-from app.services import conversations, messages, state
+from app.services import conversations, crm, messages, state
 from app.services.limits import Limits
 from app.services.tenants import Scope
 
@@ -201,4 +201,8 @@ class Mutation:
 
     @strawberry.mutation(description="Queue a CRM delivery of this conversation now.")
     async def sync_crm(self, info: Ctx, conversation_id: strawberry.ID) -> CrmSync:
-        raise NotImplementedError("syncCrm arrives with the CRM sync jobs (issue 6)")
+        tenant = info.context.tenant(Scope.WRITE)
+        resources = info.context.resources
+        cid = conversations.parse_uuid(conversation_id, "conversationId")
+        record = await resources.db.run(lambda uow: crm.request_sync(uow, tenant, cid, resources.crm))
+        return cast(CrmSync, record)

@@ -30,7 +30,7 @@ async def _conversation(
     tenant = info.context.tenant()
     target = conversations.ref(conversation_id, session_id, info.context.resources.limits)
     async with info.context.resources.db.read() as conn:
-        return await conversations.get(conn, tenant, target)
+        return await conversations.get(conn, tenant, target, cache=info.context.resources.cache)
 
 
 @strawberry.type(description="Reads: conversations, transcripts, context windows, stats and search.")
@@ -42,7 +42,8 @@ class Query:
         tenant = info.context.tenant()
         target = conversations.ref(id, session_id, info.context.resources.limits)
         async with info.context.resources.db.read() as conn:
-            return cast(Conversation | None, await conversations.find(conn, tenant, target))
+            found = await conversations.find(conn, tenant, target, cache=info.context.resources.cache)
+        return cast(Conversation | None, found)
 
     @strawberry.field(description="Conversations of this tenant, filtered, newest activity first by default.")
     async def conversations(
@@ -97,6 +98,7 @@ class Query:
                 after_seq=after_seq,
                 since=since,
                 limits=limits,
+                cache=info.context.resources.cache,
             )
         return MessageConnection.from_page(page)
 

@@ -8,7 +8,6 @@ batched loads) have resolvers that call app/services through the request context
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any, cast
 
 import strawberry
@@ -17,6 +16,7 @@ from strawberry.types import Info
 from app import models
 from app.api.context import RequestContext
 from app.api.scalars import JSON
+from app.services import crm
 
 # The service layer's enums are the GraphQL enums (registered here, in place): no per-row mapping.
 strawberry.enum(models.Role, name="MessageRole", description="Who wrote a message.")
@@ -160,11 +160,8 @@ class StateEntry:
     updated_at: datetime = strawberry.field(description="Last write.")
 
 
-@strawberry.enum(description="Delivery state of a conversation's CRM sync.")
-class CrmSyncStatus(StrEnum):
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
+strawberry.enum(crm.CrmSyncStatus, name="CrmSyncStatus", description="Delivery state of a conversation's CRM sync.")
+CrmSyncStatus = crm.CrmSyncStatus
 
 
 @strawberry.type(description="The conversation's last CRM delivery.")

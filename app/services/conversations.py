@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import BadUserInput, Conflict, NotFound
 from app.models import (
@@ -16,11 +16,14 @@ from app.models import (
     Page,
     Status,
 )
-from app.services import cursors
+from app.services import crm, cursors
 from app.services import limits as check
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as repo
 from db.session import Connection, UnitOfWork
+
+if TYPE_CHECKING:
+    from app.cache import HotCache
 
 DEFAULT_PAGE_SIZE = 20
 
@@ -45,12 +48,22 @@ def parse_uuid(value: uuid.UUID | str, field: str) -> uuid.UUID:
         raise BadUserInput(f"{field} is not a valid UUID", field=field) from None
 
 
-async def find(conn: Connection, tenant_id: str, target: ConversationRef) -> Conversation | None:
+async def find(
+    conn: Connection, tenant_id: str, target: ConversationRef, *, cache: HotCache | None = None
+) -> Conversation | None:
+    """The conversation, or None. With a `cache` (reads only, never inside a write): its
+    cached header when hot, else Postgres."""
+    if cache is not None:
+        cached = await cache.conversation(tenant_id, target)
+        if cached is not None:
+            return cached
     return await repo.get(conn, tenant_id, id=target.id, session_id=target.session_id)
 
 
-async def get(conn: Connection, tenant_id: str, target: ConversationRef) -> Conversation:
-    found = await find(conn, tenant_id, target)
+async def get(
+    conn: Connection, tenant_id: str, target: ConversationRef, *, cache: HotCache | None = None
+) -> Conversation:
+    found = await find(conn, tenant_id, target, cache=cache)
     if found is None:
         raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
     return found
@@ -175,8 +188,12 @@ async def close(
     reason: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[Conversation, bool]:
-    """Close; idempotent. Returns (conversation, whether this call closed it)."""
+    """Close; idempotent. Returns (conversation, whether this call closed it).
+
+    The CRM delivery (when the tenant has a webhook) is written in the same transaction and
+    enqueued after commit (app/services/crm.py)."""
     reason = check.text(reason, "reason", limits.max_title_length)
+    await uow.begin()
     conversation = await get(uow.conn, tenant_id, target)
     if conversation.status is not Status.ACTIVE:
         return conversation, False
@@ -185,4 +202,5 @@ async def close(
         return await get(uow.conn, tenant_id, target), False
     assert closed.closed_at is not None
     uow.emit(DomainEvent(EventType.CLOSED, tenant_id, closed.id, closed.closed_at, conversation=closed))
+    await crm.record_close(uow, closed)
     return closed, True

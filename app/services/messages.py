@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -34,6 +34,9 @@ from db.repositories import conversations as conversation_repo
 from db.repositories import messages as repo
 from db.repositories import records
 from db.session import Connection, UnitOfWork
+
+if TYPE_CHECKING:
+    from app.cache import HotCache
 
 DEFAULT_HISTORY_PAGE = 50
 _CLIENT_ID_CONSTRAINT = "uq_messages_client_message_id"
@@ -482,9 +485,11 @@ async def history_by_ref(
     after_seq: int | None = None,
     since: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    cache: HotCache | None = None,
 ) -> Page[Message]:
     """A history page by conversation id or sessionId: one statement finds the conversation
-    and reads the page (the hottest read; `since` needs a lookup first and takes two)."""
+    and reads the page (the hottest read; `since` needs a lookup first and takes two). With a
+    `cache`, a recent page of a cached conversation is one Redis round trip instead."""
     if since is not None:
         conversation = await conversations.get(conn, tenant_id, target)
         return await history(
@@ -500,7 +505,9 @@ async def history_by_ref(
             limits=limits,
         )
     request = page_request(first=first, after=after, last=last, before=before, after_seq=after_seq, limits=limits)
-    found = await repo.page_by_ref(conn, tenant_id, target.id, target.session_id, request)
+    found = await cache.page(conn, tenant_id, target, request) if cache is not None else None
+    if found is None:
+        found = await repo.page_by_ref(conn, tenant_id, target.id, target.session_id, request)
     if found is None:
         raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
     last_seq, rows = found
@@ -509,7 +516,16 @@ async def history_by_ref(
 
 
 async def ranges(
-    conn: Connection, tenant_id: str, wanted: list[tuple[uuid.UUID, int, int]]
+    conn: Connection,
+    tenant_id: str,
+    wanted: list[tuple[uuid.UUID, int, int]],
+    *,
+    cache: HotCache | None = None,
 ) -> dict[tuple[uuid.UUID, int, int], list[Message]]:
-    """Many (conversation, lo, hi) seq ranges in one statement."""
-    return await repo.ranges(conn, tenant_id, wanted)
+    """Many (conversation, lo, hi) seq ranges in one statement (those a `cache` holds from
+    Redis, in one round trip: messages never change, so a cached one is always right)."""
+    found = await cache.ranges(tenant_id, wanted) if cache is not None else {}
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        found.update(await repo.ranges(conn, tenant_id, missing))
+    return found

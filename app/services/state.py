@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import BadUserInput, Conflict, NotFound
 from app.models import DomainEvent, EventType, StateEntry
@@ -13,6 +13,9 @@ from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
 from db.repositories import state as repo
 from db.session import Connection, UnitOfWork
+
+if TYPE_CHECKING:
+    from app.cache import HotCache
 
 
 def _key(key: str, limits: Limits) -> str:
@@ -32,18 +35,36 @@ async def get(
     conversation_id: uuid.UUID,
     key: str,
     limits: Limits = DEFAULT_LIMITS,
+    *,
+    cache: HotCache | None = None,
 ) -> StateEntry | None:
-    return await repo.get(conn, tenant_id, conversation_id, _key(key, limits))
+    key = _key(key, limits)
+    if cache is not None:
+        cached = await cache.state_entries(tenant_id, conversation_id)
+        if cached is not None:
+            return next((e for e in cached if e.key == key), None)
+    return await repo.get(conn, tenant_id, conversation_id, key)
 
 
-async def list_(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> list[StateEntry]:
+async def list_(
+    conn: Connection, tenant_id: str, conversation_id: uuid.UUID, *, cache: HotCache | None = None
+) -> list[StateEntry]:
+    """All keys, sorted by key; from the `cache` when it holds them."""
+    if cache is not None:
+        cached = await cache.state_entries(tenant_id, conversation_id)
+        if cached is not None:
+            return cached
     return await repo.list_(conn, tenant_id, conversation_id)
 
 
 async def list_many(
-    conn: Connection, tenant_id: str, conversation_ids: list[uuid.UUID]
+    conn: Connection, tenant_id: str, conversation_ids: list[uuid.UUID], *, cache: HotCache | None = None
 ) -> dict[uuid.UUID, list[StateEntry]]:
-    return await repo.list_many(conn, tenant_id, conversation_ids)
+    found = await cache.states(tenant_id, conversation_ids) if cache is not None else {}
+    missing = [cid for cid in conversation_ids if cid not in found]
+    if missing:
+        found.update(await repo.list_many(conn, tenant_id, missing))
+    return found
 
 
 async def set_(

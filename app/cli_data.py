@@ -1,0 +1,228 @@
+"""Data commands: `export`, `import` (JSONL, one conversation per line) and `dead-letters`.
+
+    conversation-service export [--tenant T ...] [--from DATE] [--to DATE] [--output FILE]
+    conversation-service import FILE|- [--tenant T]
+    conversation-service dead-letters [--limit N]
+
+A progress bar is drawn on stderr when it is a terminal (or with --progress); a summary line is
+always printed there, so stdout carries only the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from app import runtime
+from app.errors import BadUserInput
+from app.settings import Settings
+
+
+class Progress:
+    """A small progress bar on a stream (no dependency): redrawn at most 10 times a second."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int | None, unit: str, *, stream: IO[str] | None = None, enabled: bool | None = None):
+        self.total = total
+        self.unit = unit
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def advance(self, n: int = 1, *, done: int | None = None) -> None:
+        self.done = done if done is not None else self.done + n
+        now = time.monotonic()
+        if self.enabled and now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = now - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self.total:
+            share = min(self.done / self.total, 1.0)
+            bar = "#" * int(share * self.WIDTH)
+            text = f"[{bar:<{self.WIDTH}}] {share:6.1%} {self.done}/{self.total} {self.unit}"
+        else:
+            text = f"{self.done} {self.unit}"
+        self.stream.write(f"\r{text}  {rate:,.0f}/s  {elapsed:,.1f}s ")
+        self.stream.flush()
+
+    def close(self, summary: str) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            self.stream.write("\n")
+        self.stream.write(summary + "\n")
+        self.stream.flush()
+
+
+def _date(value: str) -> datetime:
+    """An ISO-8601 date or date-time; without an offset it is UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date or date-time: {value!r}") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _database(settings: Settings) -> runtime.Endpoints:
+    from app.cli import _admin_endpoints
+
+    return _admin_endpoints(settings)
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import transfer
+    from db.session import Database, create_pool
+
+    endpoints = _database(settings)
+
+    async def work() -> int:
+        db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=2))
+        try:
+            tenants = await transfer.export_tenants(db, args.tenant)
+            f = transfer.export_filter(args.date_from, args.date_to)
+            progress = Progress(await transfer.count(db, tenants, f), "conversations", enabled=args.progress)
+            messages = 0
+            with _output(args.output) as out:
+                async for line in transfer.export_conversations(db, tenants, f):
+                    out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n")
+                    messages += len(line["messages"])
+                    progress.advance()
+            progress.close(f"exported {progress.done} conversations, {messages} messages from {len(tenants)} tenants")
+            return 0
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(work())
+    finally:
+        endpoints.stop()
+
+
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    with partial.open("w", encoding="utf-8") as out:
+        yield out
+    os.replace(partial, target)  # a finished file or none, never half a file under the real name
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import transfer
+    from app.services.limits import Limits
+    from db.session import Database, create_pool
+
+    endpoints = _database(settings)
+    limits = Limits.from_settings(settings)
+    source = sys.stdin if args.file == "-" else Path(args.file).open(encoding="utf-8")  # noqa: SIM115
+    size = None if args.file == "-" else os.fstat(source.fileno()).st_size
+
+    async def work() -> int:
+        db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=2))
+        report = transfer.ImportReport()
+        progress = Progress(size, "bytes", enabled=args.progress)
+        read = 0
+        try:
+            for number, text in enumerate(source, start=1):
+                read += len(text.encode())
+                if not text.strip():
+                    continue
+                try:
+                    line = transfer.parse_line(json.loads(text))
+                    tenant_id = args.tenant or line.tenant_id
+                    if tenant_id is None:
+                        raise BadUserInput("the line has no tenant_id: give --tenant", field="tenant_id")
+                    result = await _import_line(db, tenant_id, line, limits)
+                except (ValueError, BadUserInput) as exc:
+                    message = exc.message if isinstance(exc, BadUserInput) else str(exc)
+                    progress.close(_import_summary(report))
+                    print(f"error on line {number}: {message} (lines before it were imported)", file=sys.stderr)
+                    return 1
+                report.add(result)
+                progress.advance(done=read)
+            progress.close(_import_summary(report))
+            return 0
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(work())
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        endpoints.stop()
+
+
+async def _import_line(db: Any, tenant_id: str, line: Any, limits: Any) -> Any:
+    from app.services import transfer
+
+    return await db.run(lambda uow: transfer.import_conversation(uow, tenant_id, line, limits))
+
+
+def _import_summary(report: Any) -> str:
+    return (
+        f"imported {report.lines} conversations ({report.conversations_created} new) into "
+        f"{len(report.tenants)} tenants: {report.messages_added} messages added, "
+        f"{report.messages_skipped} already there, {report.state_added} state keys added"
+    )
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from redis.asyncio import Redis
+
+    from jobs.actions import read_dead_letters
+
+    endpoints = runtime.resolve(settings)
+
+    async def work() -> list[dict[str, Any]]:
+        redis = Redis.from_url(endpoints.redis_url)
+        try:
+            return await read_dead_letters(redis, settings.arq_queue, args.limit)
+        finally:
+            await redis.aclose()
+
+    try:
+        for entry in asyncio.run(work()):
+            print(json.dumps(entry, ensure_ascii=False))
+    finally:
+        endpoints.stop()
+    return 0
+
+
+def add_data_commands(sub: Any) -> None:
+    """Register the data commands on the CLI's subparsers (app/cli.py)."""
+    export = sub.add_parser("export", help="write conversations as JSONL, one per line")
+    export.add_argument("--tenant", action="append", help="a tenant to export (repeat for more; default: all)")
+    export.add_argument("--from", dest="date_from", type=_date, help="created at or after (ISO-8601)")
+    export.add_argument("--to", dest="date_to", type=_date, help="created before (ISO-8601)")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    export.add_argument("--progress", action="store_true", default=None, help="draw the progress bar")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="read JSONL conversations (idempotent: a re-run adds nothing)")
+    imp.add_argument("file", help="a file written by export, or - for stdin")
+    imp.add_argument("--tenant", help="import into this tenant (default: each line's tenant_id)")
+    imp.add_argument("--progress", action="store_true", default=None, help="draw the progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    dead = sub.add_parser("dead-letters", help="print the newest dead-lettered actions, one JSON per line")
+    dead.add_argument("--limit", type=int, default=20)
+    dead.set_defaults(func=cmd_dead_letters)

@@ -1,0 +1,349 @@
+"""Domain actions (DESIGN.md, "Domain actions (arq)"): the envelope, each action's `data`, the JSON
+of results, and the action log that makes a repeated action answer like the first.
+
+The arq adapter (jobs/actions.py) calls these; nothing here knows about arq.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from app.errors import BadUserInput, RetryTransaction
+from app.models import Conversation, ConversationRef, Message, Source, StateEntry
+from app.services import limits as check
+from app.services.crm import CrmSyncRecord
+from app.services.limits import DEFAULT_LIMITS, Limits
+from db.repositories import actions as repo
+from db.session import Connection, UnitOfWork
+
+CREATE = "conversation.create"
+SAVE_MESSAGE = "conversation.save_message"
+ADD_MESSAGE = "conversation.add_message"
+GET_CONTEXT = "conversation.get_context"
+GET_HISTORY = "conversation.get_history"
+UPDATE_STATE = "conversation.update_state"
+SESSION_CLOSED = "conversation.session_closed"
+SYNC_CRM = "conversation.sync_crm"
+
+ALIASES = {ADD_MESSAGE: SAVE_MESSAGE}
+
+MAX_ID = 200
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+
+
+def canonical(action_type: str) -> str:
+    return ALIASES.get(action_type, action_type)
+
+
+# --------------------------------------------------------------------------------------------------
+# Envelope
+# --------------------------------------------------------------------------------------------------
+
+
+class Envelope(BaseModel):
+    """`{action_id, action_type, tenant_id, session_id?, conversation_id?, data, correlation_id?,
+    callback_queue_name?, created_at}`. Unknown envelope keys are ignored (other services add
+    their own); unknown `data` keys are BAD_USER_INPUT."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    action_id: Id
+    action_type: Id
+    tenant_id: str
+    session_id: str | None = None
+    conversation_id: str | None = None
+    data: dict[str, Any] = {}
+    correlation_id: Annotated[str, StringConstraints(max_length=MAX_ID)] | None = None
+    callback_queue_name: str | None = None
+    created_at: str | None = None
+
+
+def target(env: Envelope, limits: Limits = DEFAULT_LIMITS) -> ConversationRef:
+    """The envelope's conversation_id, else its session_id (DESIGN.md); neither is BAD_USER_INPUT."""
+    if env.conversation_id is not None:
+        try:
+            return ConversationRef(id=uuid.UUID(env.conversation_id))
+        except ValueError:
+            raise BadUserInput("conversation_id is not a valid UUID", field="conversation_id") from None
+    if env.session_id is not None:
+        check.text(env.session_id, "session_id", limits.max_id_length, required=True)
+        return ConversationRef(session_id=env.session_id)
+    raise BadUserInput("give conversation_id or session_id", field="conversation_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTo:
+    """Where and how to answer, read leniently so that even a broken envelope gets its answer."""
+
+    action_id: str | None = None
+    correlation_id: str | None = None
+    callback_queue_name: str | None = None
+
+
+def callback_queue_problem(name: str, queue_name: str) -> str | None:
+    """Why `name` may not receive answers, or None. Answers never go into the service's own
+    keys (`cs:…` cache and events, `arq:…` jobs, the queue itself and its dead letters)."""
+    if not name or len(name) > MAX_ID:
+        return f"callback_queue_name must be 1-{MAX_ID} characters"
+    if name.startswith(("arq:", "cs:")) or name in (queue_name, dead_letter_key(queue_name)):
+        return "callback_queue_name may not name one of the service's own keys (arq:…, cs:…, the queue)"
+    return None
+
+
+def dead_letter_key(queue_name: str) -> str:
+    return f"{queue_name}:dead-letters"
+
+
+def reply_to(raw: Any, queue_name: str) -> ReplyTo:
+    if not isinstance(raw, dict):
+        return ReplyTo()
+
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        return value if isinstance(value, str) and len(value) <= MAX_ID else None
+
+    queue = text("callback_queue_name")
+    if queue is not None and callback_queue_problem(queue, queue_name):
+        queue = None
+    return ReplyTo(action_id=text("action_id"), correlation_id=text("correlation_id"), callback_queue_name=queue)
+
+
+def _first_error(exc: ValidationError, prefix: str = "") -> BadUserInput:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    field = f"{prefix}{where}" if where else prefix.rstrip(".") or "envelope"
+    return BadUserInput(f"{field}: {err['msg']}", field=field)
+
+
+def parse_envelope(
+    args: tuple[Any, ...], kwargs: dict[str, Any], function: str, job_id: str, queue_name: str
+) -> Envelope:
+    """Validate a job's arguments as one envelope for `function` (an action type)."""
+    if len(args) != 1 or kwargs:
+        raise BadUserInput("an action job takes exactly one argument, the envelope", field="envelope")
+    raw = args[0]
+    if not isinstance(raw, dict):
+        raise BadUserInput("the envelope must be a JSON object", field="envelope")
+    try:
+        env = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+    check.tenant_id(env.tenant_id)
+    if canonical(env.action_type) != canonical(function):
+        raise BadUserInput(f"action_type {env.action_type!r} was sent to {function!r}", field="action_type")
+    if env.action_id != job_id:
+        raise BadUserInput("action_id must be the arq job id (enqueue with _job_id=action_id)", field="action_id")
+    if env.callback_queue_name is not None and (problem := callback_queue_problem(env.callback_queue_name, queue_name)):
+        raise BadUserInput(problem, field="callback_queue_name")
+    if env.created_at is not None:
+        try:
+            datetime.fromisoformat(env.created_at)
+        except ValueError:
+            raise BadUserInput("created_at is not an ISO-8601 date-time", field="created_at") from None
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# Data of each action
+# --------------------------------------------------------------------------------------------------
+
+
+class ActionData(BaseModel):
+    """An action's `data`: strict types, unknown keys refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class CreateData(ActionData):
+    user_id: str | None = None
+    agent_id: str | None = None
+    channel: str | None = None
+    title: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class SourceData(ActionData):
+    document_id: str
+    chunk_id: str | None = None
+    title: str | None = None
+    uri: str | None = None
+    score: float | None = None
+    snippet: str | None = None
+
+    def to_source(self) -> Source:
+        return Source(self.document_id, self.chunk_id, self.title, self.uri, self.score, self.snippet)
+
+
+class SaveMessageData(ActionData):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: Any = None
+    metadata: dict[str, Any] | None = None
+    sources: list[SourceData] | None = None
+    execution: dict[str, Any] | None = None
+    agent_id: str | None = None
+    user_id: str | None = None
+    channel: str | None = None
+
+
+class GetContextData(ActionData):
+    max_tokens: int
+    model: str | None = None
+    reserve_tokens: int = 0
+    include_system: bool = True
+    include_summary: bool = True
+    #: The customer profile as a system note; absent: the tenant's `crm_customer_note` setting.
+    include_customer: bool | None = None
+
+
+class GetHistoryData(ActionData):
+    limit: int = 50
+    after_seq: int | None = None
+
+
+class UpdateStateData(ActionData):
+    key: str
+    value: Any
+    expected_version: int | None = None
+
+
+class SessionClosedData(ActionData):
+    reason: str | None = None
+
+
+class SyncCrmData(ActionData):
+    pass
+
+
+D = TypeVar("D", bound=ActionData)
+
+
+def parse_data(model: type[D], data: dict[str, Any]) -> D:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, "data.") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Result JSON: snake_case mirrors of the GraphQL types, lowercase enums
+# --------------------------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def conversation_json(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": str(c.id),
+        "tenant_id": c.tenant_id,
+        "session_id": c.session_id,
+        "user_id": c.user_id,
+        "agent_id": c.agent_id,
+        "channel": c.channel,
+        "title": c.title,
+        "status": c.status.value,
+        "tags": c.tags,
+        "metadata": c.metadata,
+        "created_at": _iso(c.created_at),
+        "updated_at": _iso(c.updated_at),
+        "last_message_at": _iso(c.last_message_at),
+        "closed_at": _iso(c.closed_at),
+        "close_reason": c.close_reason,
+        "message_count": c.message_count,
+        "token_count": c.token_count,
+        "last_seq": c.last_seq,
+    }
+
+
+def source_json(s: Source) -> dict[str, Any]:
+    return {
+        "document_id": s.document_id,
+        "chunk_id": s.chunk_id,
+        "title": s.title,
+        "uri": s.uri,
+        "score": s.score,
+        "snippet": s.snippet,
+    }
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    return {
+        "id": str(m.id),
+        "conversation_id": str(m.conversation_id),
+        "seq": m.seq,
+        "client_message_id": m.client_message_id,
+        "role": m.role.value,
+        "content": m.content,
+        "name": m.name,
+        "tool_call_id": m.tool_call_id,
+        "tool_calls": m.tool_calls,
+        "token_count": m.token_count,
+        "metadata": m.metadata,
+        "execution": m.execution,
+        "sources": [source_json(s) for s in m.sources] if m.sources is not None else [],
+        "created_at": _iso(m.created_at),
+    }
+
+
+def state_json(s: StateEntry) -> dict[str, Any]:
+    return {"key": s.key, "value": s.value, "version": s.version, "updated_at": _iso(s.updated_at)}
+
+
+def crm_sync_json(r: CrmSyncRecord) -> dict[str, Any]:
+    return {
+        "id": str(r.id),
+        "conversation_id": str(r.conversation_id),
+        "trigger": r.trigger,
+        "status": r.status.value,
+        "attempts": r.attempts,
+        "last_error": r.last_error,
+        "next_attempt_at": _iso(r.next_attempt_at),
+        "delivered_at": _iso(r.delivered_at),
+        "created_at": _iso(r.created_at),
+        "updated_at": _iso(r.updated_at),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Responses and the action log
+# --------------------------------------------------------------------------------------------------
+
+
+def success(reply: ReplyTo, data: dict[str, Any]) -> dict[str, Any]:
+    return {"correlation_id": reply.correlation_id, "action_id": reply.action_id, "success": True, "data": data}
+
+
+def failure(reply: ReplyTo, code: str, message: str) -> dict[str, Any]:
+    return {
+        "correlation_id": reply.correlation_id,
+        "action_id": reply.action_id,
+        "success": False,
+        "error": {"code": code, "message": message},
+    }
+
+
+async def answered(conn: Connection, tenant_id: str, action_id: str) -> dict[str, Any] | None:
+    """The `data` a logged action answered with, if it ran before."""
+    found: dict[str, Any] | None = await repo.get(conn, tenant_id, action_id)
+    return found
+
+
+async def remember(uow: UnitOfWork, env: Envelope, data: dict[str, Any]) -> None:
+    """Log the answer in the transaction of the write. A concurrent run of the same action that
+    committed first makes the whole work run again, and the rerun finds its answer."""
+    await uow.begin()
+    try:
+        await repo.insert(uow.conn, env.tenant_id, env.action_id, canonical(env.action_type), data)
+    except asyncpg.UniqueViolationError as exc:
+        raise RetryTransaction from exc
