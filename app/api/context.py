@@ -102,10 +102,10 @@ class RequestContext:
         return self._loaders
 
     async def context_window(self, conversation: models.Conversation, **kwargs: Any) -> types.ContextWindow:
-        from app.services import context as context_service
-
-        tenant, cache = self.tenant(), self.resources.cache
-        async with self.resources.db.read() as conn:
+        """The same window as the get_context action: the tenant's customer note included when
+        it asks for one (app/services/crm.context_window), read from the hot cache when hot."""
+        tenant, cache, resources = self.tenant(), self.resources.cache, self.resources
+        async with resources.db.read() as conn:
             source = (
                 cache.window_source(
                     conn,
@@ -117,9 +117,23 @@ class RequestContext:
                 if cache is not None
                 else None
             )
-            window = await context_service.build_window(
-                conn, tenant, conversation, default_model=self.resources.settings.default_model, source=source, **kwargs
-            )
+            if resources.http is None:
+                from app.services import context as context_service
+
+                window = await context_service.build_window(
+                    conn, tenant, conversation, default_model=resources.settings.default_model, source=source, **kwargs
+                )
+            else:
+                window, _ = await crm.context_window(
+                    conn,
+                    resources.redis,
+                    resources.http,
+                    conversation,
+                    default_model=resources.settings.default_model,
+                    options=resources.crm,
+                    source=source,
+                    **kwargs,
+                )
         return cast("types.ContextWindow", window)
 
     async def crm_sync(self, conversation: models.Conversation) -> types.CrmSync | None:

@@ -501,6 +501,7 @@ async def context_window(
     include_customer: bool | None = None,
     default_model: str = "gpt-4o",
     options: CrmOptions | None = None,
+    source: context.WindowSource | None = None,
 ) -> tuple[ContextWindow, CustomerNote | None]:
     """`context.build_window`, optionally with the customer profile as a system note after the
     leading system messages. `include_customer` None: the tenant's `crm_customer_note` decides.
@@ -522,6 +523,7 @@ async def context_window(
             include_system=include_system,
             include_summary=include_summary,
             default_model=default_model,
+            source=source,
         )
 
     wanted = include_customer
