@@ -133,6 +133,14 @@ class Message(SQLModel, table=True):
         ),
         sa.Index(None, "tenant_id", "conversation_id", "created_at"),
         sa.Index(None, "tenant_id", "created_at"),
+        # Finding a conversation's pinned system prompt (context windows) without scanning it.
+        sa.Index(
+            "ix_messages_system",
+            "tenant_id",
+            "conversation_id",
+            "seq",
+            postgresql_where=sa.text("role = 'system'"),
+        ),
         sa.Index(
             "ix_messages_search",
             "tenant_id",

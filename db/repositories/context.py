@@ -47,9 +47,8 @@ LEFT JOIN conversation_state su
        ON su.tenant_id = $1 AND su.conversation_id = $2 AND su.key = '{SUMMARY_KEY}'
 LEFT JOIN LATERAL (
     -- Append runs its branches in order and LIMIT stops it at the first row: the second branch
-    -- (the rest of the range) runs only when the first stretch holds no SYSTEM message. A partial
-    -- index on messages (tenant_id, conversation_id, seq) WHERE role = 'system' would make that
-    -- branch O(log n) too; without it the service remembers what it has searched (context.py).
+    -- (the rest of the range) runs only when the first stretch holds no SYSTEM message, and the
+    -- partial index ix_messages_system makes that branch O(log n) too.
     SELECT * FROM (
         (SELECT {MESSAGE_COLUMNS} FROM messages
          WHERE tenant_id = $1 AND conversation_id = $2 AND role = 'system'
