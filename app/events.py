@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -168,7 +168,9 @@ class _Channel:
 
 
 class EventHub:
-    def __init__(self, redis_url: str, *, queue_size: int = 1000, reconnect_max_s: float = 2.0) -> None:
+    def __init__(
+        self, redis_url: str, *, queue_size: int = 1000, reconnect_max_s: float = 2.0, outbox_size: int = 10_000
+    ) -> None:
         self.redis_url = redis_url
         self.queue_size = queue_size
         self.reconnect_max_s = reconnect_max_s
@@ -180,11 +182,29 @@ class EventHub:
         self._connected = asyncio.Event()
         self._closing = False
         self._lock = asyncio.Lock()
+        self._outbox: asyncio.Queue[list[DomainEvent]] = asyncio.Queue(outbox_size)
+        self._sender: asyncio.Task[None] | None = None
+        #: Completes events before they are published (Resources adds conversation headers).
+        self.enrich: Callable[[list[DomainEvent]], Awaitable[None]] | None = None
 
     # publishing -----------------------------------------------------------------------------
 
+    def enqueue(self, events: list[DomainEvent]) -> None:
+        """Hand committed events to the background publisher and return at once: a write's
+        response never waits on pub/sub. One task publishes, so the order is kept; whatever is
+        queued when it runs goes out in one pipeline. Bounded: if Redis is away long enough to
+        fill the queue, the oldest events go (subscribers backfill from Postgres on the gap)."""
+        if self._outbox.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._outbox.get_nowait()
+                self._outbox.task_done()
+            metrics.EVENTS_DROPPED.inc()
+        self._outbox.put_nowait(events)
+
     async def publish(self, events: list[DomainEvent]) -> None:
-        """A Database listener: one pipeline for the unit of work's events, in order."""
+        """Publish now, in one pipeline (the background publisher's step; also for tools)."""
+        if self.enrich is not None:
+            await self.enrich(events)
         async with self._publisher.pipeline(transaction=False) as pipe:
             for event in events:
                 data = encode(event)
@@ -193,17 +213,44 @@ class EventHub:
             await pipe.execute()
         metrics.EVENTS_PUBLISHED.inc(len(events))
 
+    async def _publish_forever(self) -> None:
+        while True:
+            batch = await self._outbox.get()
+            taken = 1
+            while not self._outbox.empty() and len(batch) < 500:
+                batch = batch + self._outbox.get_nowait()
+                taken += 1
+            try:
+                await self.publish(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.EVENTS_DROPPED.inc(len(batch))
+                log.warning("could not publish %d events (%s); subscribers will backfill", len(batch), exc)
+                await asyncio.sleep(0.05)
+            finally:
+                for _ in range(taken):
+                    self._outbox.task_done()
+
+    async def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until everything enqueued so far is published or given up (shutdown, tests)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), timeout_s)
+
     # subscribing ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._reader = asyncio.create_task(self._run(), name="event-hub-reader")
+        self._sender = asyncio.create_task(self._publish_forever(), name="event-hub-publisher")
 
     async def close(self) -> None:
+        await self.flush()
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        for task in (self._sender, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self._drop_connection()
         await self._publisher.aclose()
 

@@ -26,6 +26,9 @@ DB_POOL_SIZE = Gauge("db_pool_connections", "Connections in the asyncpg pool.", 
 DB_POOL_IDLE = Gauge("db_pool_idle_connections", "Idle connections in the asyncpg pool.", registry=REGISTRY)
 SUBSCRIBERS = Gauge("graphql_active_subscriptions", "Live subscriptions in this process.", registry=REGISTRY)
 EVENTS_PUBLISHED = Counter("events_published_total", "Domain events published to Redis.", registry=REGISTRY)
+EVENTS_DROPPED = Counter(
+    "events_dropped_total", "Events not published (Redis away); subscribers backfill them.", registry=REGISTRY
+)
 EVENTS_DELIVERED = Counter("events_delivered_total", "Subscription payloads sent.", ["subscription"], registry=REGISTRY)
 BACKFILLS = Counter("subscription_backfills_total", "Storage reads to close a gap or resync.", registry=REGISTRY)
 EVENT_EXECUTIONS = Counter(

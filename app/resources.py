@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,21 +64,27 @@ class Resources:
         if cache is not None:
             cache.attach(db)  # first: what subscribers read after an event is already cached
             await cache.start()
+        hub.enrich = resources.add_headers
         db.listen(resources.publish_events)
         await hub.start()
         return resources
 
     async def publish_events(self, events: list[DomainEvent]) -> None:
-        """After commit: to Redis pub/sub, every event with its conversation header (state
-        changes are emitted without one; subscribers filter on it)."""
-        missing = list({e.conversation_id for e in events if e.conversation is None})
-        if missing:
+        """After commit: to the live fan-out, in the background (app/events.py)."""
+        self.hub.enqueue(events)
+
+    async def add_headers(self, events: list[DomainEvent]) -> None:
+        """State changes are emitted without the conversation header; subscribers filter on it."""
+        missing: dict[str, set[uuid.UUID]] = {}
+        for event in events:
+            if event.conversation is None:
+                missing.setdefault(event.tenant_id, set()).add(event.conversation_id)
+        for tenant_id, ids in missing.items():
             async with self.db.read() as conn:
-                headers = await conversations.get_many(conn, events[0].tenant_id, missing)
+                headers = await conversations.get_many(conn, tenant_id, list(ids))
             for event in events:
-                if event.conversation is None:
+                if event.conversation is None and event.tenant_id == tenant_id:
                     event.conversation = headers.get(event.conversation_id)
-        await self.hub.publish(events)
 
     async def close(self) -> None:
         if self.cache is not None:
