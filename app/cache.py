@@ -12,10 +12,11 @@ share the hash tag `{<tenant_id>:<conversation_id>}` (tenant ids never contain b
     cs:{<tenant>:<conversation>}:hdr    HASH   v  version: +1 on every change, the fence fills check
                                                b  boot id of the Redis server that wrote the entry
                                                c  the header (JSON)          s  its last_seq
-                                               n  messages in :msgs          a  "1" while ACTIVE
-                                               q  the sessionId              y  first SYSTEM message
-                                                  (JSON), "" = none among seqs 1..s
-    cs:{<tenant>:<conversation>}:msgs   LIST   the last n messages, oldest first (JSON arrays)
+                                               n  messages in :msgs          z  their bytes
+                                               q  the sessionId              a  "1" while ACTIVE
+                                               y  first SYSTEM message (JSON), "" = none in 1..s
+    cs:{<tenant>:<conversation>}:msgs   LIST   the last n messages, oldest first (JSON arrays):
+                                               at most CACHE_RECENT_MESSAGES and MAX_ENTRY_BYTES
     cs:{<tenant>:<conversation>}:state  HASH   "\\0" → "1" (loaded; Postgres text never holds NUL)
                                                key → "<version>:<updated_at µs>:<entry JSON>"
     cs:{<tenant>}:sess:<sha256(sessionId)[:32]>   STRING  conversation id (immutable; every read
@@ -90,6 +91,8 @@ LOADED = b"\x00"
 #: Where a request's sessionId → conversation id is remembered in process (the mapping never
 #: changes while the conversation exists; every read checks it against the header).
 SESSION_LRU_SIZE = 65_536
+#: Messages cached per conversation stop at this many bytes too (the newest always stays).
+MAX_ENTRY_BYTES = 2 * 1024 * 1024
 #: Decoded messages kept in process (oldest dropped first), keyed by (tenant, conversation, seq).
 DECODED_MESSAGES = 20_000
 
@@ -233,20 +236,23 @@ return all
 """
 
 #: A message appended. ARGV: boot, seq, message, header, is SYSTEM (1/0), max messages, ttl ms,
-#: tombstone ttl ms. Applies only on top of the cached tail seq-1; otherwise invalidates.
+#: tombstone ttl ms, max bytes. Applies only on top of the cached tail seq-1 (dropping the oldest
+#: messages past the count or byte limit); otherwise invalidates.
 _APPLY_APPEND = r"""
-local h = redis.call('HMGET', KEYS[1], 'v', 'b', 'c', 's', 'n', 'y')
+local h = redis.call('HMGET', KEYS[1], 'v', 'b', 'c', 's', 'n', 'y', 'z')
 local v = tonumber(h[1]) or 0
 local seq = tonumber(ARGV[2])
 if h[3] and h[2] == ARGV[1] and tonumber(h[4]) == seq - 1
    and redis.call('LLEN', KEYS[2]) == tonumber(h[5]) then
   local n = redis.call('RPUSH', KEYS[2], ARGV[3])
+  local z = (tonumber(h[7]) or 0) + #ARGV[3]
   local max = tonumber(ARGV[6])
-  if n > max then
-    redis.call('LTRIM', KEYS[2], n - max, -1)
-    n = max
+  local max_bytes = tonumber(ARGV[9])
+  while n > 1 and (n > max or z > max_bytes) do
+    z = z - #redis.call('LPOP', KEYS[2])
+    n = n - 1
   end
-  redis.call('HSET', KEYS[1], 'v', v + 1, 'c', ARGV[4], 's', seq, 'n', n, 'a', '1')
+  redis.call('HSET', KEYS[1], 'v', v + 1, 'c', ARGV[4], 's', seq, 'n', n, 'z', z, 'a', '1')
   if ARGV[5] == '1' and h[6] == '' then redis.call('HSET', KEYS[1], 'y', ARGV[3]) end
   expire_all(tonumber(ARGV[7]))
   return 1
@@ -303,8 +309,10 @@ if now_ms() - tonumber(ARGV[3]) > tonumber(ARGV[4]) then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 local ns = tonumber(ARGV[11])
 local first = 12 + ns
+local z = 0
+for k = first, #ARGV do z = z + #ARGV[k] end
 redis.call('HSET', KEYS[1], 'v', v + 1, 'b', ARGV[1], 'c', ARGV[5], 's', ARGV[6], 'n', #ARGV - first + 1,
-           'y', ARGV[7], 'q', ARGV[8], 'a', ARGV[9])
+           'y', ARGV[7], 'q', ARGV[8], 'a', ARGV[9], 'z', z)
 redis.call('HSET', KEYS[3], LOADED, '1')
 for i = 12, first - 1, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 local j = first
@@ -626,10 +634,6 @@ class HotCache:
     def dirty(self) -> set[tuple[str, uuid.UUID]]:
         return set(self._dirty)
 
-    @property
-    def available(self) -> bool:
-        return not self._closed and self._boot is not None and time.monotonic() >= self._down_until
-
     async def _on_connect(self, conn: Any) -> None:
         """Every new connection learns the server's boot id (and loads the scripts): an entry
         written under another boot id is from before a restart and reads as a miss."""
@@ -643,7 +647,11 @@ class HotCache:
             await conn.send_command("SCRIPT", "LOAD", script.source)
             await conn.read_response()
         if self._boot is not None and boot != self._boot:
-            log.warning("Redis restarted (run_id %s → %s): cached entries from before read as misses", self._boot, boot)
+            log.warning(
+                "Redis restarted (run_id %s → %s): entries from before read as misses",
+                self._boot.decode(errors="replace"),
+                boot.decode(errors="replace"),
+            )
         self._boot = boot
 
     async def _ready(self) -> bool:
@@ -744,6 +752,7 @@ class HotCache:
                     self.options.recent_messages,
                     self._ttl_ms,
                     self._tomb_ms,
+                    MAX_ENTRY_BYTES,
                 ),
             )
         if event.type is EventType.STATE_CHANGED and event.state is not None and event.state.version > 1:
@@ -1120,7 +1129,14 @@ class HotCache:
         ]
         for e in entries:
             args += [e.key, encode_state(e)]
-        args += [encode_message(m) for m in newest]
+        blobs = [encode_message(m) for m in newest]
+        kept, size = 0, 0
+        for blob in reversed(blobs):  # the newest that fit MAX_ENTRY_BYTES (at least one)
+            if kept and size + len(blob) > MAX_ENTRY_BYTES:
+                break
+            kept, size = kept + 1, size + len(blob)
+        args += blobs[len(blobs) - kept :]
+        snapshot.head = last_seq - kept + 1
         try:
             written = await self._eval(FILL, conversation_keys(tenant_id, cid), args)
             if written == 1:
