@@ -77,6 +77,37 @@ def _date(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+class _Evictor:
+    """Drops the hot-cache copies of imported conversations (the service runs elsewhere)."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    async def on_events(self, events: list[Any]) -> None:
+        from app import cache
+
+        try:
+            await cache.evict(self.redis, {(e.tenant_id, e.conversation_id) for e in events})
+        except Exception as exc:  # Redis away: cached copies expire with their TTL
+            print(f"warning: could not evict cached conversations ({exc})", file=sys.stderr)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+async def _cache_evictor(settings: Settings) -> _Evictor | None:
+    """The service's Redis (REDIS_URL, or the embedded one `run` started), if there is one."""
+    from redis.asyncio import Redis
+
+    from app import embedded
+
+    url = settings.redis_url
+    if not url:
+        running = embedded.running_redis(settings.resolved_data_dir / "redis")
+        url = running.url if running is not None else None
+    return _Evictor(Redis.from_url(url)) if url else None
+
+
 def _database(settings: Settings) -> runtime.Endpoints:
     from app.cli import _admin_endpoints
 
@@ -137,6 +168,9 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
 
     async def work() -> int:
         db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=2))
+        evictor = await _cache_evictor(settings)
+        if evictor is not None:
+            db.listen(evictor.on_events)
         report = transfer.ImportReport()
         progress = Progress(size, "bytes", enabled=args.progress)
         read = 0
@@ -162,6 +196,8 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         finally:
             await db.close()
+            if evictor is not None:
+                await evictor.close()
 
     try:
         return asyncio.run(work())

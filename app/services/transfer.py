@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from app import tokens
 from app.errors import BadUserInput, RetryTransaction
-from app.models import Conversation, ConversationFilter, ConversationOrder, Role, Source, Status
+from app.models import Conversation, ConversationFilter, ConversationOrder, DomainEvent, EventType, Role, Source, Status
 from app.services import limits as check
 from app.services.actions import conversation_json, message_json, state_json
 from app.services.conversations import validate_filter
@@ -321,6 +321,9 @@ async def import_conversation(
         conversation.id,
         [(s.key, s.value, s.version, _utc(s.updated_at) or now) for s in line.state],
     )
+    if created or new or state_added:
+        # Caches drop their copy (an import can insert below a cached tail); subscribers ignore UPDATED.
+        uow.emit(DomainEvent(EventType.UPDATED, tenant_id, conversation.id, now, conversation=conversation))
     return ImportResult(
         conversation=conversation,
         created=created,
