@@ -40,8 +40,14 @@ pytest: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m app.api.export > schema.graphql
 
+## Every benchmark, each beside its baseline; `--write` variants update docs/benchmarks.md.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements-context.txt
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.graphql_bench
+	$(BIN)/python -m bench.subscriptions_bench
+	$(BIN)/python -m bench.context_bench
+	$(BIN)/python -m bench.jobs_bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
