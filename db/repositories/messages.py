@@ -52,7 +52,15 @@ ins AS (
     FROM bump b
     RETURNING {MESSAGE_COLUMNS}
 ),
-src AS (
+{{sources}}SELECT {prefixed(MESSAGE_COLUMNS, "i")},
+       b.session_id, b.user_id, b.agent_id, b.channel, b.title, b.status, b.tags,
+       b.metadata AS conversation_metadata, b.created_at AS conversation_created_at, b.updated_at,
+       b.last_message_at, b.last_activity_at, b.closed_at, b.close_reason, b.message_count,
+       b.token_count AS conversation_token_count, b.last_seq
+FROM ins i, bump b
+"""
+
+_SOURCES_CTE = f"""src AS (
     INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title,
                                  uri, score, snippet)
     SELECT i.tenant_id, i.conversation_id, i.seq, s.position - 1, s.document_id, s.chunk_id, s.title, s.uri,
@@ -62,18 +70,15 @@ src AS (
            AS s(document_id, chunk_id, title, uri, score, snippet, position)
     WHERE $14::jsonb IS NOT NULL
 )
-SELECT {prefixed(MESSAGE_COLUMNS, "i")},
-       b.session_id, b.user_id, b.agent_id, b.channel, b.title, b.status, b.tags,
-       b.metadata AS conversation_metadata, b.created_at AS conversation_created_at, b.updated_at,
-       b.last_message_at, b.last_activity_at, b.closed_at, b.close_reason, b.message_count,
-       b.token_count AS conversation_token_count, b.last_seq
-FROM ins i, bump b
 """
-
-APPEND_BY_ID = _APPEND_TEMPLATE.format(target="SELECT $2::uuid AS id")
-APPEND_BY_SESSION = _APPEND_TEMPLATE.format(
-    target="SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
-)
+# Without sources the statement skips the sources CTE (a data-modifying CTE always runs).
+_NO_SOURCES_CTE = "nosrc AS (SELECT $14::jsonb AS unused)\n"
+_BY_ID = "SELECT $2::uuid AS id"
+_BY_SESSION = "SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
+APPEND_BY_ID = _APPEND_TEMPLATE.format(target=_BY_ID, sources=_SOURCES_CTE)
+APPEND_BY_SESSION = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_SOURCES_CTE)
+_APPEND_BY_ID_PLAIN = _APPEND_TEMPLATE.format(target=_BY_ID, sources=_NO_SOURCES_CTE)
+_APPEND_BY_SESSION_PLAIN = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_NO_SOURCES_CTE)
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -106,14 +111,12 @@ async def append(
     expected_seq: int | None,
 ) -> asyncpg.Record | None:
     """Append one message; None when nothing was written (the caller diagnoses why)."""
-    sql, target = (
-        (APPEND_BY_ID, conversation_id)
-        if conversation_id is not None
-        else (
-            APPEND_BY_SESSION,
-            session_id,
-        )
-    )
+    by_id = conversation_id is not None
+    if message.sources:
+        sql = APPEND_BY_ID if by_id else APPEND_BY_SESSION
+    else:
+        sql = _APPEND_BY_ID_PLAIN if by_id else _APPEND_BY_SESSION_PLAIN
+    target = conversation_id if by_id else session_id
     return await conn.fetchrow(
         sql,
         tenant_id,
