@@ -144,3 +144,19 @@ async def test_npm_graphql_ws_client_subscribes(server: Server, writer: Caller) 
     seqs = [json.loads(line)["data"]["messageAdded"]["seq"] for line in lines if line.strip()]
     assert seqs == [1, 2, 3, 4], err.decode()
     assert proc.returncode == 0
+
+
+async def test_subscriptions_per_connection_are_capped(servers: Any, writer: Caller) -> None:
+    from tests.subscriptions.conftest import serve, settings_for
+
+    async for capped in serve(settings_for(servers, max_subscriptions_per_connection=2)):
+        ws = await WS.open(capped.ws)
+        try:
+            assert (await ws.init(writer.key))["type"] == "connection_ack"
+            for op in ("a", "b", "c"):
+                await ws.subscribe(op, SUB, {"s": f"cap-{op}"})
+            refused = await ws.recv()
+            assert refused["type"] == "error" and refused["id"] == "c"
+            assert "limit" in refused["payload"][0]["message"].lower()
+        finally:
+            await ws.close()
