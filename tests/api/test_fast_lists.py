@@ -121,3 +121,22 @@ async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, fast_pa
     with pytest.raises(_Fallback):
         plan(None)
     assert plan("x") == "x"
+
+
+def test_the_encoder_writes_uuids_and_utc_datetimes_as_the_scalars_do() -> None:
+    """The compiled path leaves UUIDs and UTC datetimes to the encoder: it must write them
+    exactly as the ID and DateTime serializers would."""
+    import uuid
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from app.api.http import GraphQLView
+    from app.api.scalars import _serialize_datetime
+
+    values = [uuid.uuid4() for _ in range(20)]
+    moments = [datetime(2026, 1, 2, 3, 4, 5, micro, tzinfo=UTC) for micro in (0, 1, 1000, 123456, 999999)]
+    moments.append(datetime.now(UTC))
+    encode = GraphQLView.encode_json
+    assert orjson.loads(encode(None, values)) == [str(v) for v in values]  # type: ignore[arg-type]
+    assert orjson.loads(encode(None, moments)) == [_serialize_datetime(m) for m in moments]  # type: ignore[arg-type]
