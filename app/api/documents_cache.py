@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import DocumentNode, GraphQLError, parse
-from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule, specified_rules
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
 
@@ -34,7 +34,7 @@ class DocumentCache:
         ]
         if not introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
-        self.extra_rules = tuple(rules)
+        self.rules: tuple[type[ASTValidationRule], ...] = (*specified_rules, *rules)
         self._parsed: OrderedDict[str, DocumentNode] = OrderedDict()
         self._errors: OrderedDict[str, list[GraphQLError]] = OrderedDict()
 
@@ -47,10 +47,12 @@ class DocumentCache:
             self._parsed.move_to_end(query)
         return document
 
-    def validate(self, schema: Any, query: str, document: DocumentNode, rules: tuple[Any, ...]) -> list[GraphQLError]:
+    def validate(self, schema: Any, query: str, document: DocumentNode) -> list[GraphQLError]:
+        """The spec's rules plus our limits: one rule set for every caller, so the cache (keyed
+        by text) can never hold an answer computed with fewer rules."""
         errors = self._errors.get(query)
         if errors is None:
-            errors = validate_document(schema, document, rules + self.extra_rules)
+            errors = validate_document(schema, document, self.rules)
             self._remember(self._errors, query, errors)
         else:
             self._errors.move_to_end(query)
@@ -86,6 +88,6 @@ class PreparedDocuments(SchemaExtension):
         context = self.execution_context
         if context.query and context.graphql_document is not None:
             context.pre_execution_errors = self.cache.validate(
-                context.schema._schema, context.query, context.graphql_document, tuple(context.validation_rules)
+                context.schema._schema, context.query, context.graphql_document
             )
         yield

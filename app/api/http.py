@@ -24,6 +24,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import metrics
+from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import DocumentRegistry
 from app.api.websocket import KeepaliveTransportWSHandler
@@ -57,6 +58,8 @@ class GraphQLView(GraphQL[RequestContext, None]):
     def __init__(self, documents: DocumentRegistry, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.documents = documents
+        cache = getattr(self.schema, "document_cache", None)
+        self.compiled = CompiledOperations(self.schema, cache) if cache is not None else None
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         """Authenticate in connection_init: its payload carries the HTTP header names and values
@@ -115,6 +118,13 @@ class GraphQLView(GraphQL[RequestContext, None]):
         context = await self.get_context(request, request)  # type: ignore[arg-type]
         if not data.query:
             return PlainTextResponse("No GraphQL query found in the request", status_code=400)
+        compiled = self.compiled.get(data.query, data.operation_name, data.variables) if self.compiled else None
+        if compiled is not None:
+            answer = await compiled.run(self.compiled.core_schema, context, data.variables)
+            if answer is not None:
+                context.operation_name, context.operation_type = compiled.operation_name, "query"
+                self._record(context, [])
+                return Response(orjson.dumps({"data": answer}), media_type="application/json")
         try:
             result = await self.schema.execute(
                 data.query,

@@ -22,6 +22,9 @@ from app.settings import Settings
 
 
 class Schema(strawberry.Schema):
+    #: The parse/validate cache its requests share (app/api/documents_cache.py).
+    document_cache: DocumentCache | None = None
+
     def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
         """Codes for client errors, masks (and logs) for internal ones: app/api/errors.py."""
         context = getattr(execution_context, "context", None)
@@ -40,7 +43,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     )
     # Factories: Strawberry builds fresh extensions per request; the cache is shared.
     extensions: list[Callable[[], SchemaExtension]] = [lambda: PreparedDocuments(cache), OperationRecorder]
-    return Schema(
+    built = Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -52,6 +55,8 @@ def build_schema(settings: Settings | None = None) -> Schema:
             batching_config={"max_operations": settings.max_batch_operations},
         ),
     )
+    built.document_cache = cache
+    return built
 
 
 #: For `strawberry export-schema app.api.schema:schema` and the drift test.
