@@ -118,9 +118,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
         context = await self.get_context(request, request)  # type: ignore[arg-type]
         if not data.query:
             return PlainTextResponse("No GraphQL query found in the request", status_code=400)
-        compiled = self.compiled.get(data.query, data.operation_name, data.variables) if self.compiled else None
-        if compiled is not None:
-            answer = await compiled.run(self.compiled.core_schema, context, data.variables)
+        operations = self.compiled
+        compiled = operations.get(data.query, data.operation_name, data.variables) if operations else None
+        if operations is not None and compiled is not None:
+            answer = await compiled.run(operations.core_schema, context, data.variables)
             if answer is not None:
                 context.operation_name, context.operation_type = compiled.operation_name, "query"
                 self._record(context, [])
