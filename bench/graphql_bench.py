@@ -31,6 +31,7 @@ import httpx
 
 from app import embedded
 from app.services import tenants
+from bench.docs import cpu_model, write_section
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
@@ -296,31 +297,15 @@ def render(results: list[Result]) -> str:
 
 
 def write_docs(table: str, args: argparse.Namespace) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    section = (
-        "<!-- graphql-bench:start -->\n"
+    write_section(
+        "graphql-bench",
         "## GraphQL over HTTP (bench/graphql_bench.py)\n\n"
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores; "
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model()}, {os.cpu_count()} cores; "
         f"embedded Postgres 18 with fsync on; one uvicorn process per server; wrk -t2 -c{args.connections} "
         f"-d{args.seconds}s after a 2 s warm-up; Python {platform.python_version()}.\n"
         f"Command: `python -m bench.graphql_bench --seconds {args.seconds} --write`.\n\n"
-        f"{table}\n\n"
-        "<!-- graphql-bench:end -->\n"
+        f"{table}\n",
     )
-    if "<!-- graphql-bench:start -->" in text:
-        text = re.sub(r"<!-- graphql-bench:start -->.*<!-- graphql-bench:end -->\n", section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from redis.asyncio import Redis
 
 from app import embedded
 from app.services import tenants
+from bench.docs import cpu_model, write_section
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
@@ -260,31 +259,15 @@ def main() -> None:
     print(table)
     print(summary)
     if args.write:
-        path = ROOT / "docs" / "benchmarks.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        cpu = next(
-            (
-                ln.split(":", 1)[1].strip()
-                for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")
-            ),
-            platform.processor(),
-        )
-        section = (
-            "<!-- subscriptions-bench:start -->\n## Live subscriptions (bench/subscriptions_bench.py)\n\n"
-            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu}, {os.cpu_count()} cores; one API "
-            f"process (uvicorn), embedded Postgres with fsync on, Redis 6.2; {args.connections} WebSocket connections "
-            f"carrying {args.subscribers} subscriptions; the load generator runs on the same machine.\n"
+        write_section(
+            "subscriptions-bench",
+            "## Live subscriptions (bench/subscriptions_bench.py)\n\n"
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model()}, {os.cpu_count()} cores; "
+            f"one API process (uvicorn), embedded Postgres with fsync on, Redis 6.2; {args.connections} WebSocket "
+            f"connections carrying {args.subscribers} subscriptions; the load generator runs on the same machine.\n"
             f"Command: `python -m bench.subscriptions_bench --seconds {args.seconds} --rate {args.rate:.0f} --write`.\n\n"
-            f"{table}\n\n{summary}.\n<!-- subscriptions-bench:end -->\n"
+            f"{table}\n\n{summary}.\n",
         )
-        if "<!-- subscriptions-bench:start -->" in text:
-            text = re.sub(
-                r"<!-- subscriptions-bench:start -->.*<!-- subscriptions-bench:end -->\n", section, text, flags=re.S
-            )
-        else:
-            text = text.rstrip() + "\n\n" + section
-        path.write_text(text)
 
 
 if __name__ == "__main__":

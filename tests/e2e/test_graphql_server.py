@@ -3,39 +3,25 @@ trusted documents in graphql/, plus documentId / persisted-query requests and /m
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from gql import Client, GraphQLRequest
 from gql.transport.httpx import HTTPXAsyncTransport
 
 from app.api.documents import DocumentRegistry
-from app.embedded import free_port
-from app.main import create_app
 from app.settings import Settings
 from db.session import Database
 from tests.api.conftest import make_caller
 from tests.conftest import Servers
+from tests.subscriptions.conftest import serve
 
 
 async def _serve(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async for server in serve(settings):
+        yield server.url
 
 
 @pytest.fixture(scope="module")
