@@ -52,6 +52,7 @@ class OperationPlan:
     field_node: FieldNode
     resolver: Any
     arguments: dict[str, str]  # GraphQL name -> Python name
+    converters: dict[str, Any]  # GraphQL name -> enum conversion
     plan: Plan
 
     async def run(self, schema: Any, context: Any, variables: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -60,6 +61,9 @@ class OperationPlan:
             if isinstance(coerced, list):
                 return None  # the ordinary path reports the variable errors
             raw = get_argument_values(self.field_def, self.field_node, coerced)
+            for name, convert in self.converters.items():
+                if name in raw:
+                    raw[name] = convert(raw[name])
             kwargs = {self.arguments[name]: value for name, value in raw.items()}
             result = await self.resolver(None, _Info(context), **kwargs)
             return {self.response_key: self.plan(result)}
@@ -67,6 +71,21 @@ class OperationPlan:
             return None
         except Exception:
             return None  # errors are reported by the ordinary path, with their codes
+
+
+def _converter(type_: GraphQLInputType) -> Any:
+    """graphql-core coerces an enum argument to its GraphQL value ("user"); resolvers get the
+    Python enum member (Role.USER), as Strawberry's own argument conversion gives them."""
+    inner = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+    if isinstance(inner, GraphQLList):
+        item = _converter(inner.of_type)
+        if item is None:
+            return None
+        return lambda values: None if values is None else [item(v) for v in values]
+    if isinstance(inner, GraphQLEnumType):
+        members = inner.extensions["strawberry-definition"].wrapped_cls
+        return lambda value: None if value is None else members(value)
+    return None
 
 
 def _scalar_input(type_: GraphQLInputType) -> bool:
@@ -151,5 +170,8 @@ class CompiledOperations:
             field_node=node,
             resolver=definition.base_resolver.wrapped_func,
             arguments=arguments,
+            converters={
+                name: convert for name, arg in field_def.args.items() if (convert := _converter(arg.type)) is not None
+            },
             plan=plan,
         )

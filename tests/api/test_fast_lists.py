@@ -140,3 +140,40 @@ def test_the_encoder_writes_uuids_and_utc_datetimes_as_the_scalars_do() -> None:
     encode = GraphQLView.encode_json
     assert orjson.loads(encode(None, values)) == [str(v) for v in values]  # type: ignore[arg-type]
     assert orjson.loads(encode(None, moments)) == [_serialize_datetime(m) for m in moments]  # type: ignore[arg-type]
+
+
+async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path(api: Caller, fast_path: None) -> None:
+    """Enum arguments reach resolvers as Python enum members on both paths (the cursor column
+    depends on it), so pages and cursors are identical."""
+    for i in range(5):
+        conv = (await api.data(f'mutation {{ createConversation(input: {{sessionId: "o{i}"}}) {{ id }} }}'))[
+            "createConversation"
+        ]["id"]
+        if i % 2:
+            await api.data(
+                'mutation($id: ID!) { addMessage(input: {conversationId: $id, role: USER, content: "x"}) { created } }',
+                {"id": conv},
+            )
+    q = """query($after: String, $order: ConversationOrder) { conversations(first: 2, after: $after, orderBy: $order) {
+             totalCount pageInfo { hasNextPage endCursor } edges { cursor node { sessionId } } } }"""
+    for order in (None, "LAST_ACTIVITY_DESC", "CREATED_AT_DESC", "CREATED_AT_ASC"):
+        after = None
+        for _ in range(3):
+            fast, slow = await _both(api, q, {"after": after, "order": order})
+            assert fast == slow and "errors" not in fast, (order, fast, slow)
+            after = fast["data"]["conversations"]["pageInfo"]["endCursor"]
+
+
+def test_enum_arguments_convert_to_python_members() -> None:
+    from graphql import GraphQLList, GraphQLNonNull
+
+    from app import models
+    from app.api.compiled import _converter
+    from app.api.schema import schema
+
+    order = schema._schema.get_type("ConversationOrder")
+    convert = _converter(GraphQLNonNull(order))  # type: ignore[arg-type]
+    assert convert("last_activity_desc") is models.ConversationOrder.LAST_ACTIVITY_DESC
+    many = _converter(GraphQLList(order))
+    assert many(["created_at_asc"]) == [models.ConversationOrder.CREATED_AT_ASC]
+    assert _converter(schema._schema.get_type("Int")) is None  # type: ignore[arg-type]
