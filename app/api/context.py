@@ -101,9 +101,26 @@ class RequestContext:
             self._loaders = Loaders(self.resources, self.tenant())
         return self._loaders
 
-    async def context_window(self, conversation: models.Conversation, **kwargs: Any) -> types.ContextWindow:
+    async def context_window(
+        self,
+        conversation: models.Conversation,
+        *,
+        max_tokens: int,
+        model: str | None,
+        reserve_tokens: int | None,
+        include_system: bool | None,
+        include_summary: bool | None,
+    ) -> types.ContextWindow:
         """The same window as the get_context action: the tenant's customer note included when
-        it asks for one (app/services/crm.context_window), read from the hot cache when hot."""
+        it asks for one (app/services/crm.context_window), read from the hot cache when hot.
+        An explicit null argument means its default, as the SDL's nullable arguments allow."""
+        kwargs: dict[str, Any] = {
+            "max_tokens": max_tokens,
+            "model": model,
+            "reserve_tokens": reserve_tokens or 0,
+            "include_system": include_system is not False,
+            "include_summary": include_summary is not False,
+        }
         tenant, cache, resources = self.tenant(), self.resources.cache, self.resources
         async with resources.db.read() as conn:
             source = (

@@ -260,10 +260,9 @@ class Conversation:
             cast(models.Conversation, self),
             max_tokens=max_tokens,
             model=model,
-            # An explicit null means the default, as the SDL's nullable arguments allow.
-            reserve_tokens=reserve_tokens or 0,
-            include_system=include_system is not False,
-            include_summary=include_summary is not False,
+            reserve_tokens=reserve_tokens,
+            include_system=include_system,
+            include_summary=include_summary,
         )
 
     @strawberry.field(description="The last CRM delivery of this conversation, if any.")
