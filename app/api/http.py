@@ -123,9 +123,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
         if operations is not None and compiled is not None:
             answer = await compiled.run(operations.core_schema, context, data.variables)
             if answer is not None:
-                context.operation_name, context.operation_type = compiled.operation_name, "query"
-                self._record(context, [])
-                return Response(orjson.dumps({"data": answer}), media_type="application/json")
+                context.operation_name = compiled.operation_name
+                context.operation_type = "mutation" if compiled.mutation else "query"
+                codes = [str(e["extensions"]["code"]) for e in answer.get("errors", ())]
+                self._record(context, codes)
+                return Response(orjson.dumps(answer), media_type="application/json")
         try:
             result = await self.schema.execute(
                 data.query,

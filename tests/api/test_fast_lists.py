@@ -4,6 +4,8 @@ __typename and nulls)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,3 +179,114 @@ def test_enum_arguments_convert_to_python_members() -> None:
     many = _converter(GraphQLList(order))
     assert many(["created_at_asc"]) == [models.ConversationOrder.CREATED_AT_ASC]
     assert _converter(schema._schema.get_type("Int")) is None  # type: ignore[arg-type]
+
+
+async def _twice(api: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
+    """The same request compiled, then through Strawberry and graphql-core."""
+    from app.api.compiled import CompiledOperations
+
+    compiled = await api.gql(query, variables)
+    CompiledOperations.ENABLED = False
+    try:
+        ordinary = await api.gql(query, variables)
+    finally:
+        CompiledOperations.ENABLED = True
+    return compiled, ordinary
+
+
+MUTATION_FAILURES = [
+    (
+        "mutation($i: AddMessageInput!) { addMessage(input: $i) { created } }",
+        {"i": {"conversationId": "0b6d9a3e-4f53-4f0f-9c47-1d2f4a9e5c11", "role": "USER", "content": "x"}},
+    ),
+    (
+        "mutation($i: AddMessageInput!) { addMessage(input: $i) { created } }",
+        {"i": {"sessionId": "m", "role": "USER", "content": "x" * (256 * 1024 + 1)}},
+    ),
+    (
+        "mutation($i: AddMessageInput!) { addMessage(input: $i) { created } }",
+        {"i": {"sessionId": "m", "role": "TOOL", "content": "no call id"}},
+    ),
+    (
+        "mutation($i: AddMessageInput!) { addMessage(input: $i) { created } }",
+        {
+            "i": {
+                "sessionId": "m",
+                "conversationId": "0b6d9a3e-4f53-4f0f-9c47-1d2f4a9e5c11",
+                "role": "USER",
+                "content": "x",
+            }
+        },
+    ),
+    (
+        "mutation($i: AddMessageInput!) { addMessage(input: $i) { created } }",
+        {"i": {"sessionId": "m", "role": "WIZARD", "content": "x"}},
+    ),
+    ("mutation($i: CreateConversationInput!) { createConversation(input: $i) { id } }", {"i": {"sessionId": "taken"}}),
+    (
+        "mutation($i: SetStateInput!) { setState(input: $i) { version } }",
+        {"i": {"conversationId": "not-a-uuid", "key": "k", "value": 1}},
+    ),
+    (
+        "mutation($i: UpdateConversationInput!) { updateConversation(input: $i) { id } }",
+        {"i": {"id": "0b6d9a3e-4f53-4f0f-9c47-1d2f4a9e5c11", "tags": ["x"]}},
+    ),
+    ('mutation { closeSession(sessionId: "nobody") { id } }', {}),
+    (
+        "mutation($i: AddMessagesInput!) { addMessages(input: $i) { createdCount } }",
+        {"i": {"sessionId": "m", "messages": []}},
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "variables"), MUTATION_FAILURES)
+async def test_failed_mutations_answer_the_same_compiled_or_not(
+    api: Caller, query: str, variables: dict[str, Any]
+) -> None:
+    await api.data('mutation { createConversation(input: {sessionId: "taken"}) { id } }')
+    compiled, ordinary = await _twice(api, query, variables)
+    assert compiled == ordinary and compiled.get("errors"), (compiled, ordinary)
+
+
+async def test_mutations_answer_the_same_compiled_or_not(api: Caller) -> None:
+    from app.api.documents import DocumentRegistry
+
+    docs = DocumentRegistry.load()
+    add = docs.by_name("ServiceAddMessage")
+    batch = docs.by_name("ServiceAddMessages")
+    update = docs.by_name("ServiceUpdateConversation")
+    assert add and batch and update
+
+    def plain(body: dict[str, Any]) -> Any:
+        text = json.dumps(body, sort_keys=True)
+        fields = r"id|createdAt|updatedAt|closedAt|conversationId|sessionId"
+        return json.loads(re.sub(rf'"({fields})": "[^"]*"', r'"\1": "x"', text))
+
+    from app.api.compiled import CompiledOperations
+
+    def message(session: str) -> dict[str, Any]:
+        return {
+            "sessionId": session,
+            "role": "ASSISTANT",
+            "content": "",
+            "toolCalls": TOOL_CALLS,
+            "metadata": {"a": [1]},
+            "sources": [{"documentId": "d", "score": 0.5}],
+            "execution": {"model": "m", "latencyMs": 3},
+            "clientMessageId": "c1",
+        }
+
+    first = await api.gql(add.text, {"input": message("d1")})  # compiled
+    CompiledOperations.ENABLED = False
+    try:
+        second = await api.gql(add.text, {"input": message("d2")})  # through graphql-core
+    finally:
+        CompiledOperations.ENABLED = True
+    assert "errors" not in first and plain(first) == plain(second)
+    again, ordinary_again = await _twice(
+        api, add.text, {"input": {"sessionId": "d1", "role": "USER", "content": "retry", "clientMessageId": "c1"}}
+    )
+    assert again == ordinary_again and again["data"]["addMessage"]["created"] is False
+    conv = first["data"]["addMessage"]["conversation"]["id"]
+    upd, upd2 = await _twice(api, update.text, {"input": {"id": conv, "title": None, "tags": ["t"]}})
+    assert plain(upd) == plain(upd2) and upd["data"]["updateConversation"]["title"] is None
