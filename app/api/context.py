@@ -23,12 +23,18 @@ if TYPE_CHECKING:
 class Loaders:
     """Batches the nested fields of one request into a few statements (no N+1)."""
 
-    def __init__(self, resources: Resources, tenant_id: str) -> None:
+    def __init__(self, resources: Resources, tenant_id: str, *, cache: bool = True) -> None:
         self.resources = resources
         self.tenant_id = tenant_id
-        self.sources: DataLoader[tuple[uuid.UUID, int], list[models.Source]] = DataLoader(self._load_sources)
-        self.states: DataLoader[uuid.UUID, list[models.StateEntry]] = DataLoader(self._load_states)
-        self.ranges: DataLoader[tuple[uuid.UUID, int, int], list[models.Message]] = DataLoader(self._load_ranges)
+        # A WebSocket's context lives as long as the connection: its loaders still batch within
+        # an event, but must not remember answers across events (stale state, unbounded memory).
+        self.sources: DataLoader[tuple[uuid.UUID, int], list[models.Source]] = DataLoader(
+            self._load_sources, cache=cache
+        )
+        self.states: DataLoader[uuid.UUID, list[models.StateEntry]] = DataLoader(self._load_states, cache=cache)
+        self.ranges: DataLoader[tuple[uuid.UUID, int, int], list[models.Message]] = DataLoader(
+            self._load_ranges, cache=cache
+        )
 
     async def _load_sources(self, keys: list[tuple[uuid.UUID, int]]) -> list[list[models.Source]]:
         async with self.resources.db.read() as conn:
@@ -86,6 +92,8 @@ class RequestContext:
     operation_type: str | None = None
     #: WebSocket connection_init payload (Strawberry sets it; it carries the auth headers).
     connection_params: dict[str, Any] | None = None
+    #: A WebSocket connection's context: it outlives any one operation or event.
+    long_lived: bool = False
     _loaders: Loaders | None = field(default=None, repr=False)
 
     def tenant(self, scope: Scope = Scope.READ) -> str:
@@ -98,7 +106,7 @@ class RequestContext:
     @property
     def loaders(self) -> Loaders:
         if self._loaders is None:
-            self._loaders = Loaders(self.resources, self.tenant())
+            self._loaders = Loaders(self.resources, self.tenant(), cache=not self.long_lived)
         return self._loaders
 
     async def context_window(

@@ -89,6 +89,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
             principal=principal,
             auth_error=auth_error,
             started=time.perf_counter(),
+            long_lived=isinstance(request, WebSocket),
         )
         request.state.graphql_context = context
         return context

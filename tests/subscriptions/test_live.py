@@ -261,3 +261,29 @@ async def test_one_execution_per_event_is_shared_by_every_subscriber(server: Ser
         await asyncio.gather(*(ws.close() for ws in sockets))
     assert metrics.EVENT_EXECUTIONS._value.get() - executed == 5
     assert metrics.SHARED_EVENT_RESULTS._value.get() - reused == 5 * 19
+
+
+async def test_nested_fields_of_events_are_fresh_on_every_event(server: Server, writer: Caller) -> None:
+    """A WebSocket's context lives for the whole connection: its loaders must not serve an
+    earlier event's answer (here, the conversation's state) to a later one."""
+    ws = await WS.open(server.ws)
+    try:
+        assert (await ws.init(writer.key))["type"] == "connection_ack"
+        await ws.subscribe(
+            "e",
+            'subscription { conversationEvents(agentId: "fresh") { type conversation { states { key version } } } }',
+        )
+        await asyncio.sleep(0.3)
+        conv = await writer.data('mutation { createConversation(input: {sessionId: "fr", agentId: "fresh"}) { id } }')
+        cid = conv["createConversation"]["id"]
+        for _ in range(3):
+            await writer.data(
+                f'mutation {{ setState(input: {{conversationId: "{cid}", key: "k", value: 1}}) {{ version }} }}'
+            )
+        events = [(await ws.recv())["payload"]["data"]["conversationEvents"] for _ in range(4)]
+        versions = [e["conversation"]["states"][0]["version"] if e["conversation"]["states"] else 0 for e in events]
+        # Nested fields read the current state when the event is delivered (it may already be
+        # newer than the event); what must never happen is an earlier event's answer.
+        assert versions[0] == 0 and versions[1:] == sorted(versions[1:]) and versions[-1] == 3, events
+    finally:
+        await ws.close()
