@@ -160,3 +160,21 @@ async def test_subscriptions_per_connection_are_capped(servers: Any, writer: Cal
             assert "limit" in refused["payload"][0]["message"].lower()
         finally:
             await ws.close()
+
+
+async def test_a_revoked_key_ends_its_live_connections(servers: Any, writer: Caller, db: Any) -> None:
+    from app.services import tenants
+    from tests.subscriptions.conftest import serve, settings_for
+
+    async for fast in serve(settings_for(servers, ws_keepalive_s=0.3)):
+        ws = await WS.open(fast.ws)
+        assert (await ws.init(writer.key))["type"] == "connection_ack"
+        await ws.subscribe("1", SUB, {"s": "revoked"})
+        async with db.read() as conn:
+            (key,) = await tenants.list_api_keys(conn, writer.tenant)
+        key_id = key.id
+        await db.run(lambda uow: tenants.revoke_api_key(uow, key_id))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            for _ in range(100):
+                await ws.recv(wait=6)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
