@@ -7,6 +7,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,7 @@ async def test_a_revoked_key_ends_its_live_connections(servers: Any, writer: Cal
         await ws.subscribe("1", SUB, {"s": "revoked"})
         async with db.read() as conn:
             (key,) = await tenants.list_api_keys(conn, writer.tenant)
-        key_id = key.id
-        await db.run(lambda uow: tenants.revoke_api_key(uow, key_id))
+        await db.run(partial(tenants.revoke_api_key, key_id=key.id))
         with pytest.raises(websockets.ConnectionClosed) as closed:
             for _ in range(100):
                 await ws.recv(wait=6)
