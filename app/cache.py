@@ -487,7 +487,11 @@ def _dt(value: str | None) -> datetime | None:
 
 
 def decode_conversation(raw: bytes) -> Conversation:
-    d = orjson.loads(raw)
+    return conversation_from_dict(orjson.loads(raw))
+
+
+def conversation_from_dict(d: dict[str, Any]) -> Conversation:
+    """A Conversation from its orjson form (the cache's header and the live events' payload)."""
     return Conversation(
         tenant_id=d["tenant_id"],
         id=uuid.UUID(d["id"]),

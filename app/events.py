@@ -31,7 +31,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app import metrics
-from app.models import Conversation, DomainEvent, EventType, Message, Role, Source, StateEntry, Status
+from app.cache import conversation_from_dict
+from app.models import DomainEvent, EventType, Message, Role, Source, StateEntry
 
 log = logging.getLogger("conversation_service.events")
 
@@ -55,30 +56,6 @@ def _default(value: Any) -> Any:
 
 def encode(event: DomainEvent) -> bytes:
     return orjson.dumps(event, default=_default)
-
-
-def _conversation(d: dict[str, Any]) -> Conversation:
-    return Conversation(
-        tenant_id=d["tenant_id"],
-        id=uuid.UUID(d["id"]),
-        session_id=d["session_id"],
-        user_id=d["user_id"],
-        agent_id=d["agent_id"],
-        channel=d["channel"],
-        title=d["title"],
-        status=Status(d["status"]),
-        tags=d["tags"],
-        metadata=d["metadata"],
-        created_at=datetime.fromisoformat(d["created_at"]),
-        updated_at=datetime.fromisoformat(d["updated_at"]),
-        last_message_at=datetime.fromisoformat(d["last_message_at"]) if d["last_message_at"] else None,
-        last_activity_at=datetime.fromisoformat(d["last_activity_at"]),
-        closed_at=datetime.fromisoformat(d["closed_at"]) if d["closed_at"] else None,
-        close_reason=d["close_reason"],
-        message_count=d["message_count"],
-        token_count=d["token_count"],
-        last_seq=d["last_seq"],
-    )
 
 
 def _message(d: dict[str, Any]) -> Message:
@@ -109,7 +86,7 @@ def decode(data: bytes) -> DomainEvent:
         tenant_id=d["tenant_id"],
         conversation_id=uuid.UUID(d["conversation_id"]),
         at=datetime.fromisoformat(d["at"]),
-        conversation=_conversation(d["conversation"]) if d.get("conversation") else None,
+        conversation=conversation_from_dict(d["conversation"]) if d.get("conversation") else None,
         message=_message(d["message"]) if d.get("message") else None,
         state_key=d.get("state_key"),
         state=StateEntry(
