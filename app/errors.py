@@ -14,6 +14,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
     CONVERSATION_CLOSED = "CONVERSATION_CLOSED"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     INTERNAL = "INTERNAL"
 
 
@@ -54,6 +56,20 @@ class Conflict(DomainError):
 
 class ConversationClosed(DomainError):
     code = ErrorCode.CONVERSATION_CLOSED
+
+
+class IdempotencyKeyReused(DomainError):
+    """The same clientMessageId / action_id was sent again with a different payload: replaying
+    the first answer would hide the client's mistake (Stripe answers the same way)."""
+
+    code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+
+
+class ServiceUnavailable(DomainError):
+    """Postgres (or Redis, where an operation cannot do without it) is unreachable, so nothing
+    ran: the client may retry later. Distinct from INTERNAL, which is a bug."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
 
 
 class RetryTransaction(Exception):
