@@ -9,9 +9,13 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: The repository root: relative paths in settings resolve against it so the
-#: working directory never changes which data directory is used.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+#: Where relative paths in settings resolve. In a source checkout it is the repository root, so
+#: the working directory never changes which data directory is used. Installed as a wheel
+#: (the Docker image), the package sits in site-packages, which is no place for data: there the
+#: root is the working directory (the image's WORKDIR).
+PROJECT_ROOT = _PACKAGE_PARENT if (_PACKAGE_PARENT / "pyproject.toml").is_file() else Path.cwd()
 
 
 class Environment(StrEnum):

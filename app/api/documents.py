@@ -13,7 +13,10 @@ from pathlib import Path
 
 from app.settings import PROJECT_ROOT
 
-DOCUMENTS_DIR = PROJECT_ROOT / "graphql"
+#: Installed from a wheel, the documents ship inside the package (setup.py copies graphql/*.graphql
+#: to app/api/trusted_documents/ at build time); in a source checkout they are read from graphql/.
+_PACKAGED = Path(__file__).resolve().with_name("trusted_documents")
+DOCUMENTS_DIR = _PACKAGED if _PACKAGED.is_dir() else PROJECT_ROOT / "graphql"
 
 
 def document_hash(text: str) -> str:
