@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -93,8 +94,9 @@ def create_app(
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
         keep_alive=True,  # legacy graphql-ws: "ka" messages
         keep_alive_interval=settings.ws_keepalive_s,
-        # Auth rides in connection_init, never in cookies: another origin's page gains nothing.
-        allowed_origins=("*",),
+        # Auth rides in connection_init, never in cookies, so any origin may open a socket unless
+        # CORS_ALLOWED_ORIGINS names the browser origins allowed (then the same list as for HTTP).
+        allowed_origins=settings.cors_origins or ("*",),
     )
     keepalive_s = settings.ws_keepalive_s
 
@@ -128,6 +130,17 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)],
+        middleware=[
+            # Outermost, so preflights are answered (or refused) before anything reads a body.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Tenant-ID", "X-Request-ID"],
+                expose_headers=["X-Request-ID"],
+                max_age=600,
+            ),
+            Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes),
+        ],
         lifespan=lifespan,
     )

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(default=0.5, gt=0)
     cache_retry_s: float = Field(default=1.0, gt=0)
 
+    # Browsers (CORS): origins whose pages may call the API, comma-separated; none by default.
+    cors_allowed_origins: str = ""
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -138,6 +141,10 @@ class Settings(BaseSettings):
     def resolved_data_dir(self) -> Path:
         path = self.data_dir.expanduser()
         return path if path.is_absolute() else PROJECT_ROOT / path
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
 
     @property
     def is_production(self) -> bool:
