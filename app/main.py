@@ -12,6 +12,7 @@ from arq.connections import create_pool as create_arq_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from app import metrics, tokens
 from app.api.documents import DocumentRegistry
+from app.api.error_guard import JsonErrorGuard, http_exception_as_json
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
@@ -128,6 +130,7 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
-        middleware=[Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)],
+        middleware=[Middleware(JsonErrorGuard), Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)],
+        exception_handlers={HTTPException: http_exception_as_json},
         lifespan=lifespan,
     )

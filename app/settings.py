@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(default=0.5, gt=0)
     cache_retry_s: float = Field(default=1.0, gt=0)
 
+    # Error codes and JSON depth (issue 9: app/services/limits.py, app/api/errors.py).
+    #: JSON values (metadata, toolCalls, state values) nested deeper are refused at write.
+    max_json_depth: int = Field(default=32, ge=1, le=200)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
