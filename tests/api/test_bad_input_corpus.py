@@ -116,9 +116,9 @@ def bad_values(name: str, t: GraphQLInputType) -> list[tuple[str, Any, bool]]:
 def valid_value(name: str, t: GraphQLInputType, ctx: dict[str, Any]) -> Any:
     """A value that passes, so that a case isolates the one bad value it carries."""
     named = get_named_type(t)
-    if (isinstance(t, GraphQLNonNull) and isinstance(t.of_type, GraphQLList)) or isinstance(t, GraphQLList):
-        inner = t.of_type.of_type if isinstance(t, GraphQLNonNull) else t.of_type
-        return [valid_value(name, inner, ctx)]
+    listed = t.of_type if isinstance(t, GraphQLNonNull) else t
+    if isinstance(listed, GraphQLList):
+        return [valid_value(name, listed.of_type, ctx)]
     if isinstance(named, GraphQLInputObjectType):
         return {
             fname: valid_value(fname, f.type, ctx)
