@@ -6,12 +6,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.errors import BadUserInput, Forbidden, Unauthenticated
+from app.errors import BadUserInput, Forbidden, ServiceUnavailable, Unauthenticated
 from app.services import limits as check
 from app.services import tenants
 from app.services.tenants import Scope
 from app.settings import AuthMode
-from db.session import Database
+from db.session import Database, is_unreachable
 
 #: Revocation must take effect within 5 s (DESIGN.md); keys are re-read at least this often.
 KEY_CACHE_SECONDS = 2.0
@@ -67,8 +67,13 @@ class Authenticator:
         cached = self._cache.get(secret)
         if cached is not None and cached[0] > now:
             return cached[1]
-        async with self.db.read() as conn:
-            key = await tenants.key_for_secret(conn, secret)
+        try:
+            async with self.db.read() as conn:
+                key = await tenants.key_for_secret(conn, secret)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise ServiceUnavailable("the database cannot be reached to check the API key; retry later") from exc
+            raise
         if len(self._cache) > 10_000:  # a flood of bad keys must not grow memory without bound
             self._cache.clear()
         self._cache[secret] = (now + KEY_CACHE_SECONDS, key)

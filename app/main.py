@@ -12,6 +12,7 @@ from arq.connections import create_pool as create_arq_pool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from app import metrics, tokens
 from app.api.documents import DocumentRegistry
+from app.api.error_guard import JsonErrorGuard, http_exception_as_json
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
@@ -131,7 +133,9 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
         ],
         middleware=[
-            # Outermost, so preflights are answered (or refused) before anything reads a body.
+            # Outermost: whatever escapes below is still answered as JSON with a code.
+            Middleware(JsonErrorGuard),
+            # Then CORS, so preflights are answered (or refused) before anything reads a body.
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
@@ -142,5 +146,6 @@ def create_app(
             ),
             Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes),
         ],
+        exception_handlers={HTTPException: http_exception_as_json},
         lifespan=lifespan,
     )

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     # Browsers (CORS): origins whose pages may call the API, comma-separated; none by default.
     cors_allowed_origins: str = ""
 
+    # Error codes and JSON depth (issue 9: app/services/limits.py, app/api/errors.py).
+    #: JSON values (metadata, toolCalls, state values) nested deeper are refused at write.
+    max_json_depth: int = Field(default=32, ge=1, le=200)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:

@@ -51,6 +51,35 @@ def sqlalchemy_url(url: str) -> str:
     return plain
 
 
+#: "Postgres cannot be reached, or refuses connections, right now": not a bug, not the request's
+#: fault; the API answers SERVICE_UNAVAILABLE (app/api/errors.py) and the client may retry.
+#: (Python 3.11: TimeoutError, ConnectionRefusedError and ConnectionResetError are OSErrors.)
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,  # class 08, and a connection lost mid-statement
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.exceptions.AdminShutdownError,  # 57P01
+    asyncpg.exceptions.CrashShutdownError,  # 57P02
+    asyncpg.exceptions.TooManyConnectionsError,  # 53300
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says Postgres is unreachable rather than the work is wrong."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 5:
+        if isinstance(current, UNREACHABLE_ERRORS):
+            return True
+        if isinstance(current, asyncpg.InterfaceError) and (
+            "connection is closed" in str(current) or "pool is closed" in str(current)
+        ):
+            return True
+        current = current.__cause__
+        seen += 1
+    return False
+
+
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 

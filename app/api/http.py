@@ -27,6 +27,8 @@ from app import metrics
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import DocumentRegistry
+from app.api.encoding import encode
+from app.api.errors import http_status
 from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator, Principal
 from app.errors import DomainError
@@ -128,7 +130,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 context.operation_type = "mutation" if compiled.mutation else "query"
                 codes = [str(e["extensions"]["code"]) for e in answer.get("errors", ())]
                 self._record(context, codes)
-                return Response(orjson.dumps(answer), media_type="application/json")
+                return Response(encode(answer), status_code=http_status(answer), media_type="application/json")
         try:
             result = await self.schema.execute(
                 data.query,
@@ -142,7 +144,8 @@ class GraphQLView(GraphQL[RequestContext, None]):
             return PlainTextResponse("subscriptions are served over WebSocket", status_code=400)
         except CannotGetOperationTypeError as exc:
             return PlainTextResponse(exc.as_http_error_reason(), status_code=400)
-        return Response(orjson.dumps(await self.process_result(request, result)), media_type="application/json")
+        response = await self.process_result(request, result)
+        return Response(encode(response), status_code=http_status(response), media_type="application/json")
 
     async def _post_batch(self, request: Request, body: list[Any]) -> Response:
         limit = self.schema.config.batching_config
@@ -161,7 +164,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 operation_extensions=data.extensions,
             )
             responses.append(await self.process_result(request, result))
-        return Response(orjson.dumps(responses), media_type="application/json")
+        return Response(encode(responses), media_type="application/json")
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId is an operation."""
@@ -231,7 +234,16 @@ class GraphQLView(GraphQL[RequestContext, None]):
     def encode_json(self, data: object) -> str:
         # Text, not bytes: Strawberry sends bytes as binary WebSocket frames, and the
         # graphql-ws protocols are text. HTTP responses use orjson's bytes directly (_post).
-        return orjson.dumps(data).decode()
+        return encode(data).decode()
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        """GET and Strawberry's batches: the same status rule as _post (503 when nothing ran)."""
+        response = super().create_response(response_data, sub_response)
+        if isinstance(response_data, dict) and response.status_code == 200:
+            response.status_code = http_status(response_data)
+        return response
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         context: RequestContext = request.state.graphql_context

@@ -28,6 +28,11 @@ def _parse_datetime(value: Any) -> datetime:
         raise ValueError(f"invalid DateTime {value!r}: use ISO-8601, e.g. 2026-11-23T13:07:00+00:00") from None
     if parsed.tzinfo is None:
         raise ValueError(f"DateTime {value!r} has no offset: add one, e.g. +00:00 or Z")
+    try:
+        # Stored and compared in UTC: an instant outside year 1..9999 once converted cannot be.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"DateTime {value!r} is out of range once converted to UTC") from None
     return parsed
 
 

@@ -17,6 +17,7 @@ from app import models
 from app.api.context import RequestContext
 from app.api.scalars import JSON
 from app.services import crm
+from app.services import limits as check
 
 # The service layer's enums are the GraphQL enums (registered here, in place): no per-row mapping.
 strawberry.enum(models.Role, name="MessageRole", description="Who wrote a message.")
@@ -239,6 +240,7 @@ class Conversation:
 
     @strawberry.field(description="One state key, or null.")
     async def state(self, info: Ctx, key: str) -> StateEntry | None:
+        check.text(key, "key", info.context.resources.limits.max_state_key_length, required=True)
         entries = await info.context.loaders.states.load(cast(models.Conversation, self).id)
         return next((cast(StateEntry, e) for e in entries if e.key == key), None)
 

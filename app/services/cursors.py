@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from app.errors import BadUserInput
+
+#: Seqs are Postgres integers: a crafted cursor beyond them must not reach a statement.
+_MAX_SEQ = 2**31 - 1
 
 
 def _encode(raw: str) -> str:
@@ -19,6 +22,8 @@ def _decode(cursor: str, kind: str) -> list[str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadUserInput("invalid cursor", field="cursor") from None
+    if "\x00" in raw:
+        raise BadUserInput("invalid cursor", field="cursor")
     parts = raw.split("|")
     if parts[0] != kind:
         raise BadUserInput("invalid cursor: it belongs to another list", field="cursor")
@@ -33,9 +38,27 @@ def parse_seq_cursor(cursor: str) -> int:
     parts = _decode(cursor, "s")
     try:
         (value,) = parts
-        return int(value)
+        return _seq(value)
     except ValueError:
         raise BadUserInput("invalid cursor", field="cursor") from None
+
+
+def _seq(value: str) -> int:
+    seq = int(value)
+    if not 0 <= seq <= _MAX_SEQ:
+        raise ValueError("seq out of range")
+    return seq
+
+
+def _instant(value: str) -> datetime:
+    """An aware datetime that converts to UTC (a naive or overflowing one is a crafted cursor)."""
+    at = datetime.fromisoformat(value)
+    if at.tzinfo is None:
+        raise ValueError("cursor time without an offset")
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("cursor time out of range") from None
 
 
 def conversation_cursor(at: datetime, id: uuid.UUID) -> str:
@@ -46,7 +69,7 @@ def parse_conversation_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     parts = _decode(cursor, "c")
     try:
         at, id = parts
-        return datetime.fromisoformat(at), uuid.UUID(id)
+        return _instant(at), uuid.UUID(id)
     except ValueError:
         raise BadUserInput("invalid cursor", field="cursor") from None
 
@@ -59,6 +82,6 @@ def parse_search_cursor(cursor: str) -> tuple[datetime, uuid.UUID, int]:
     parts = _decode(cursor, "m")
     try:
         at, cid, seq = parts
-        return datetime.fromisoformat(at), uuid.UUID(cid), int(seq)
+        return _instant(at), uuid.UUID(cid), _seq(seq)
     except ValueError:
         raise BadUserInput("invalid cursor", field="cursor") from None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from app.errors import BadUserInput, PayloadTooLarge
 from app.settings import Settings
@@ -26,6 +28,7 @@ class Limits:
     max_sources: int = 50
     max_batch_messages: int = 100
     max_page_size: int = 100
+    max_json_depth: int = 32
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -40,6 +43,7 @@ class Limits:
             max_sources=s.max_sources,
             max_batch_messages=s.max_batch_messages,
             max_page_size=s.max_page_size,
+            max_json_depth=s.max_json_depth,
         )
 
 
@@ -83,17 +87,41 @@ def content(value: str, limits: Limits) -> str:
     return value
 
 
-def json_value(value: Any, field: str, max_bytes: int) -> str:
-    """Serialise once to check size and storability; returns the JSON text."""
+def json_depth(value: Any, field: str, max_depth: int) -> None:
+    """Refuse JSON nested more than `max_depth` containers deep, or holding NaN/Infinity.
+
+    Responses are encoded with orjson, which gives up past 255 levels: a value stored deeper
+    could never be read back. The bound leaves room for the response's own nesting around it."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            if isinstance(node, float) and not math.isfinite(node):
+                raise BadUserInput(f"{field} is not valid JSON: {node} is not a JSON number", field=field)
+            continue
+        if depth + 1 > max_depth:
+            raise BadUserInput(f"{field} is nested deeper than {max_depth} levels", field=field, limit=max_depth)
+        stack.extend((child, depth + 1) for child in children)
+
+
+def json_value(value: Any, field: str, max_bytes: int, max_depth: int = DEFAULT_LIMITS.max_json_depth) -> str:
+    """Check depth, then serialise once with the responses' encoder (orjson: what it cannot
+    encode, e.g. an integer over 64 bits, could not be read back) to check size and storability;
+    returns the JSON text."""
+    json_depth(value, field, max_depth)
     try:
-        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
         raise BadUserInput(f"{field} is not valid JSON: {exc}", field=field) from None
-    if len(encoded.encode()) > max_bytes:
+    if len(encoded) > max_bytes:
         raise PayloadTooLarge(f"{field} is larger than {max_bytes} bytes", field=field, limit=max_bytes)
-    if "\\u0000" in encoded:
+    if b"\\u0000" in encoded:
         raise BadUserInput(f"{field} contains a NUL character, which Postgres cannot store", field=field)
-    return encoded
+    return encoded.decode()
 
 
 def metadata(value: Any, limits: Limits, field: str = "metadata") -> dict[str, Any]:
@@ -101,7 +129,7 @@ def metadata(value: Any, limits: Limits, field: str = "metadata") -> dict[str, A
         return {}
     if not isinstance(value, dict):
         raise BadUserInput(f"{field} must be a JSON object", field=field)
-    json_value(value, field, limits.max_metadata_bytes)
+    json_value(value, field, limits.max_metadata_bytes, limits.max_json_depth)
     return value
 
 

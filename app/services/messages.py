@@ -126,7 +126,7 @@ def _check_tool_calls(tool_calls: Any, limits: Limits) -> None:
                 'each tool call must be {id, type: "function", function: {name, arguments: string}}',
                 field="toolCalls",
             )
-    check.json_value(tool_calls, "toolCalls", limits.max_content_bytes)
+    check.json_value(tool_calls, "toolCalls", limits.max_content_bytes, limits.max_json_depth)
 
 
 def _check_execution(execution: dict[str, Any], limits: Limits) -> dict[str, Any]:

@@ -81,7 +81,7 @@ async def set_(
     key = _key(key, limits)
     if expected_version is not None and expected_version < 0:
         raise BadUserInput("expectedVersion must not be negative", field="expectedVersion")
-    check.json_value(value, "value", limits.max_state_value_bytes)
+    check.json_value(value, "value", limits.max_state_value_bytes, limits.max_json_depth)
     entry = await repo.put(uow.conn, tenant_id, conversation_id, key, value, expected_version)
     if entry is not None:
         uow.emit(

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from app.errors import BadUserInput
 from app.models import Role, Status
+from app.services import limits as check
 from db.repositories import stats as repo
 from db.session import Connection
 
@@ -56,6 +57,7 @@ async def tenant_stats(
 ) -> TenantStats:
     if start is not None and end is not None and start > end:
         raise BadUserInput("from is after to", field="from")
+    check.text(agent_id, "agentId", check.DEFAULT_LIMITS.max_id_length)
     result = TenantStats(start=start, end=end)
     total_messages_of_conversations = 0
     closed = 0

@@ -203,6 +203,16 @@ def parse_line(value: Any) -> ConversationLine:
     return line
 
 
+def _check_json_depths(line: ConversationLine, max_depth: int) -> None:
+    """The depth rule of every write (limits.json_depth): a deeper value could not be read back."""
+    check.json_depth(line.conversation.metadata, "conversation.metadata", max_depth)
+    for i, m in enumerate(line.messages):
+        check.json_depth(m.metadata, f"messages.{i}.metadata", max_depth)
+        check.json_depth(m.tool_calls, f"messages.{i}.tool_calls", max_depth)
+    for i, s in enumerate(line.state):
+        check.json_depth(s.value, f"state.{i}.value", max_depth)
+
+
 @dataclass(slots=True)
 class ImportResult:
     conversation: Conversation
@@ -239,6 +249,7 @@ async def import_conversation(
     c = line.conversation
     session_id = c.session_id or str(c.id)
     check.text(session_id, "conversation.session_id", limits.max_id_length, required=True)
+    _check_json_depths(line, limits.max_json_depth)
     now = datetime.now(UTC)
     conversation = await conversation_repo.get(conn, tenant_id, session_id=session_id, for_update=True)
     created = conversation is None

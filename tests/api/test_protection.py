@@ -111,11 +111,12 @@ async def test_batches_are_capped(api: Caller) -> None:
     assert r.status_code == 400
 
 
-async def test_unexpected_errors_are_masked_with_a_request_id(
+async def test_postgres_vanishing_is_service_unavailable_with_a_request_id(
     servers: Servers, db: Database, tenant: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Postgres vanishing mid-flight is not the client's fault: INTERNAL, no internals, and the
-    request id in the response is the one in our logs."""
+    """Postgres vanishing mid-flight is neither the client's fault nor a bug: SERVICE_UNAVAILABLE
+    with 503 (nothing ran: retry), no internals, and the request id in the response is the one
+    in our logs."""
     data = Path(tempfile.mkdtemp(prefix="cs-pg-"))
     pg = embedded.start_postgres(data, fsync=False)
     try:
@@ -130,9 +131,10 @@ async def test_unexpected_errors_are_masked_with_a_request_id(
                 assert "errors" not in (await post(http, "{ conversations { totalCount } }", headers)).json()
                 pg.stop()
                 r = await post(http, "{ conversations { totalCount } }", headers)
+        assert r.status_code == 503 and r.headers["content-type"].startswith("application/json")
         error = r.json()["errors"][0]
-        assert error["extensions"] == {"code": "INTERNAL", "requestId": "req-123"}
-        assert error["message"] == "Internal error"
+        assert error["extensions"] == {"code": "SERVICE_UNAVAILABLE", "requestId": "req-123"}
+        assert "retry" in error["message"] and "Connection" not in error["message"]
         assert any(getattr(rec, "request_id", None) == "req-123" for rec in caplog.records)
     finally:
         pg.stop()
