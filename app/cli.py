@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 from app import embedded, runtime
 from app.errors import DomainError
 from app.settings import Settings, get_settings
+from app.supervisor import ChildSupervisor
 
 T = TypeVar("T")
 log = logging.getLogger("conversation_service")
@@ -189,11 +189,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     upgrade(endpoints.database_url)
     secret = _ensure_dev_key(settings, endpoints.database_url)
     env = {**os.environ, "DATABASE_URL": endpoints.database_url, "REDIS_URL": endpoints.redis_url}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
-        env=env,
-        preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+    # The supervisor's watcher thread lives as long as `run`, so the restarted worker's
+    # parent-death signal (tied to the thread that spawned it) still fires only when `run` dies.
+    worker = ChildSupervisor(
+        "worker",
+        lambda: subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=env,
+            preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+        ),
     )
+    worker.start()
     host, port = args.host or settings.host, args.port or settings.port
     print(f"Conversation Service on http://{host}:{port}  (health: /readyz)", flush=True)
     if secret:
@@ -202,11 +208,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()
         endpoints.stop()
     return 0
 

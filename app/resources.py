@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
+from app import liveness
 from app.cache import CacheOptions, HotCache
 from app.events import EventHub
 from app.models import DomainEvent
@@ -101,8 +102,20 @@ class Resources:
         postgres, redis = await asyncio.gather(
             _probe(self._ping_postgres(), timeout), _probe(self._ping_redis(), timeout)
         )
-        status = "ok" if postgres["ok"] and redis["ok"] else "degraded" if postgres["ok"] else "down"
-        return {"status": status, "checks": {"postgres": postgres, "redis": redis}}
+        checks = {"postgres": postgres, "redis": redis}
+        if self.settings.worker_stale_s > 0:
+            # Jobs, CRM deliveries and crons stop with the worker while the API still serves.
+            checks["worker"] = await self._worker() if redis["ok"] else {"ok": False, "error": "Redis is down"}
+        healthy = all(c["ok"] for c in checks.values())
+        status = "ok" if healthy else "degraded" if postgres["ok"] else "down"
+        return {"status": status, "checks": checks}
+
+    async def _worker(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.settings.readiness_timeout_s):
+                return await liveness.check(self.redis, self.settings.arq_queue, self.settings.worker_stale_s)
+        except Exception as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
     async def _ping_postgres(self) -> None:
         async with self.db.read() as conn:

@@ -119,6 +119,16 @@ class Settings(BaseSettings):
     #: JSON values (metadata, toolCalls, state values) nested deeper are refused at write.
     max_json_depth: int = Field(default=32, ge=1, le=200)
 
+    # Jobs hardening (issue 9: worker liveness, queue trust; jobs/worker.py, docs/jobs.md).
+    #: Longest pause between the worker's reconnect attempts while Redis is unreachable.
+    worker_reconnect_max_s: float = Field(default=2.0, gt=0)
+    #: How often the worker records its heartbeat (and arq's health-check key).
+    worker_heartbeat_s: float = Field(default=5.0, gt=0)
+    #: /readyz is "degraded" when no worker heartbeat is younger than this (0: no worker check).
+    worker_stale_s: float = Field(default=30.0, ge=0)
+    #: Producer id -> secret (`p1:s1,p2:s2` or a JSON object); set: unsigned actions are refused.
+    action_signing_keys: str | None = Field(default=None, repr=False)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:

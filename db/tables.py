@@ -256,7 +256,10 @@ class ActionLog(SQLModel, table=True):
     tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
     action_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
     action_type: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
-    response: Any = _jsonb(default=None)
+    #: sha256 of the canonical payload: the same action_id with another payload is refused.
+    payload_hash: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    #: NULL for actions that answer from their own rows (save_message: the message).
+    response: Any = _jsonb(nullable=True, default=None)
     created_at: datetime = _ts(default_now=True)
 
 

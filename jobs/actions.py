@@ -28,14 +28,16 @@ from arq.worker import Function, func
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from app.errors import BadUserInput, DomainError, ErrorCode
-from app.models import ConversationDefaults, ConversationRef, Role
+from app.errors import BadUserInput, DomainError, ErrorCode, IdempotencyKeyReused, Unauthenticated
+from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
 from app.services import actions as act
 from app.services import conversations, crm, messages
 from app.services import state as state_service
 from app.services.actions import Envelope, ReplyTo
 from db.session import UnitOfWork
+from jobs import signing
 from jobs.context import WorkerState, is_transient, retry_later, state
+from jobs.metrics import DEAD_LETTERS
 
 log = logging.getLogger("conversation_service.actions")
 
@@ -61,13 +63,13 @@ class Action:
 async def _once(
     st: WorkerState, env: Envelope, work: Callable[[UnitOfWork], Awaitable[dict[str, Any]]]
 ) -> dict[str, Any]:
-    """Run a writing action once per action_id: its answer is logged with its write, and a
-    repeated action gets the logged answer."""
+    """Run a writing action once per action_id: its answer is logged with its write, a repeated
+    action gets the logged answer, the same action_id with another payload is refused."""
 
     async def run(uow: UnitOfWork) -> dict[str, Any]:
-        conn = await uow.begin()
-        prior = await act.answered(conn, env.tenant_id, env.action_id)
-        if prior is not None:
+        claim = await act.claim(uow, env)
+        if not claim.first and claim.response is not None:
+            prior: dict[str, Any] = claim.response
             return prior
         data = await work(uow)
         await act.remember(uow, env, data)
@@ -75,13 +77,15 @@ async def _once(
 
     try:
         return await st.db.run(run)
+    except IdempotencyKeyReused:
+        raise
     except DomainError:
         # A concurrent run of this same action may have committed first (its conversation took
         # the sessionId we wanted): then its answer is ours.
         async with st.db.read() as conn:
-            prior = await act.answered(conn, env.tenant_id, env.action_id)
-        if prior is not None:
-            return prior
+            answer = await act.answered(conn, env)
+        if answer is not None:
+            return answer
         raise
 
 
@@ -121,9 +125,14 @@ async def save_message(
         limits=st.limits,
     )
     defaults = ConversationDefaults(user_id=d.user_id, agent_id=d.agent_id, channel=d.channel)
-    result = await st.db.run(
-        lambda uow: messages.append(uow, env.tenant_id, target, message, defaults=defaults, limits=st.limits)
-    )
+
+    async def work(uow: UnitOfWork) -> AppendResult:
+        # The log binds the action_id to this payload; a replay then finds its message by
+        # clientMessageId (the message is the answer, so the log keeps none).
+        await act.claim(uow, env)
+        return await messages.append(uow, env.tenant_id, target, message, defaults=defaults, limits=st.limits)
+
+    result = await st.db.run(work)
     return {"message": act.message_json(result.message), "created": result.created}
 
 
@@ -265,13 +274,22 @@ async def run_action(
         reply = replace(reply, action_id=job_id)
     dead: dict[str, Any] | None = None
     try:
+        if st.signing_keys:
+            signing.verify(args[0] if len(args) == 1 else None, st.signing_keys)
         action, env, data, target = _validate(st, args, kwargs, function, job_id)
+    except Unauthenticated as exc:
+        # Whoever forged it chose the callback list too: write nothing there.
+        reply = replace(reply, callback_queue_name=None)
+        response = act.failure(reply, exc.code.value, exc.message)
+        dead = {"kind": "unauthenticated"}
     except DomainError as exc:
         response = act.failure(reply, exc.code.value, exc.message)
         dead = {"kind": "invalid_envelope"}
     else:
         try:
             async with asyncio.timeout(st.settings.arq_job_timeout_s * 0.9):
+                async with st.db.read() as conn:
+                    await act.require_tenant(conn, env.tenant_id, st.known_tenants)
                 result = await action.run(st, env, data, target)
             response = act.success(reply, result)
         except DomainError as exc:
@@ -290,8 +308,9 @@ async def run_action(
                 message = f"internal error in action {job_id}; the worker log has the details"
                 dead = {"kind": "internal", "exception": repr(exc)[:2000]}
             response = act.failure(reply, ErrorCode.INTERNAL.value, message)
+    letter = _dead_letter(ctx, function, args, reply, response, dead) if dead is not None else None
     try:
-        await _answer(st, ctx, function, args, reply, response, dead)
+        await _answer(st, reply, response, letter)
     except Exception as exc:
         if is_transient(exc) and (retry := retry_later(ctx)) is not None:
             log.warning("action %s: could not answer (%r); retrying", job_id, exc)
@@ -300,36 +319,38 @@ async def run_action(
     return response
 
 
-async def _answer(
-    st: WorkerState,
+def _dead_letter(
     ctx: dict[str, Any],
     function: str,
     args: tuple[Any, ...],
     reply: ReplyTo,
     response: dict[str, Any],
-    dead: dict[str, Any] | None,
-) -> None:
+    dead: dict[str, Any],
+) -> dict[str, Any]:
+    raw = args[0] if len(args) == 1 else list(args)
+    envelope = json.dumps(raw, separators=(",", ":"), default=str)
+    return {
+        **dead,
+        "action_type": function,
+        "action_id": reply.action_id,
+        "correlation_id": reply.correlation_id,
+        "tenant_id": raw.get("tenant_id") if isinstance(raw, dict) else None,
+        "job_id": ctx.get("job_id"),
+        "job_try": ctx.get("job_try"),
+        "error": response["error"],
+        "failed_at": datetime.now(UTC).isoformat(),
+        "envelope": envelope if len(envelope) <= DEAD_LETTER_ENVELOPE_BYTES else None,
+    }
+
+
+async def _answer(st: WorkerState, reply: ReplyTo, response: dict[str, Any], letter: dict[str, Any] | None) -> None:
     """The dead letter (if any) and the callback, in one MULTI: a retry never records twice."""
-    if dead is None and reply.callback_queue_name is None:
+    if letter is None and reply.callback_queue_name is None:
         return
     async with st.redis.pipeline(transaction=True) as pipe:
-        if dead is not None:
-            raw = args[0] if len(args) == 1 else list(args)
-            envelope = json.dumps(raw, separators=(",", ":"), default=str)
-            entry = {
-                **dead,
-                "action_type": function,
-                "action_id": reply.action_id,
-                "correlation_id": reply.correlation_id,
-                "tenant_id": raw.get("tenant_id") if isinstance(raw, dict) else None,
-                "job_id": ctx.get("job_id"),
-                "job_try": ctx.get("job_try"),
-                "error": response["error"],
-                "failed_at": datetime.now(UTC).isoformat(),
-                "envelope": envelope if len(envelope) <= DEAD_LETTER_ENVELOPE_BYTES else None,
-            }
+        if letter is not None:
             key = act.dead_letter_key(st.queue_name)
-            pipe.lpush(key, json.dumps(entry, separators=(",", ":")))
+            pipe.lpush(key, json.dumps(letter, separators=(",", ":")))
             pipe.ltrim(key, 0, st.settings.dead_letter_max - 1)
         if reply.callback_queue_name is not None:
             pipe.lpush(reply.callback_queue_name, json.dumps(response, separators=(",", ":")))
@@ -338,6 +359,46 @@ async def _answer(
             await pipe.execute()
         except ResponseError as exc:  # e.g. the callback key holds something that is not a list
             log.error("action %s: could not answer on %r: %s", reply.action_id, reply.callback_queue_name, exc)
+    if letter is not None:
+        DEAD_LETTERS.labels(letter["kind"]).inc()
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs that cannot be decoded (jobs/undecodable.py turns them into calls of this function)
+# --------------------------------------------------------------------------------------------------
+
+
+async def undecodable_job(ctx: dict[str, Any], problem: Any = None) -> dict[str, Any]:
+    """A dead letter for a job the worker could not read (not JSON, pickled, too deep, not an
+    arq job, an unknown function): recorded instead of vanishing."""
+    st = state(ctx)
+    info = problem if isinstance(problem, dict) else {}
+    job_id = str(ctx.get("job_id", ""))
+    reason = str(info.get("reason", "undecodable job"))
+    reply = ReplyTo(action_id=job_id)
+    response = act.failure(reply, ErrorCode.BAD_USER_INPUT.value, f"the job could not be decoded: {reason}")
+    letter = {
+        "kind": "undecodable",
+        "action_type": info.get("function"),
+        "action_id": job_id,
+        "correlation_id": None,
+        "tenant_id": None,
+        "job_id": job_id,
+        "job_try": ctx.get("job_try"),
+        "error": response["error"],
+        "failed_at": datetime.now(UTC).isoformat(),
+        "envelope": None,
+        "raw_base64": info.get("raw_base64"),
+        "raw_bytes": info.get("raw_bytes"),
+    }
+    log.warning("job %s could not be decoded (%s); dead-lettered", job_id, reason)
+    try:
+        await _answer(st, reply, response, letter)
+    except Exception as exc:
+        if is_transient(exc) and (retry := retry_later(ctx)) is not None:
+            raise retry from exc
+        raise
+    return response
 
 
 async def read_dead_letters(redis: Redis, queue_name: str, limit: int = 100) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ safe), enqueues it with `_job_id=action_id` and the JSON serializer, and waits o
 callback list. Re-sending an `action_id` arq still knows (queued, running, or its result kept for
 ARQ_KEEP_RESULT_S) enqueues nothing: the client then returns the stored answer. One reader task
 per client serves any number of concurrent calls. docs/jobs.md has the envelope and the answers.
+With `signing_key=(producer id, secret)` every envelope is signed (jobs/signing.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from typing import Any, Self
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 
+from jobs import signing
+
 log = logging.getLogger("conversation_service.client")
 
 DEFAULT_QUEUE = "conversation-service"
@@ -49,9 +52,18 @@ def json_deserializer(data: bytes) -> Any:
 
 
 class ActionClient:
-    def __init__(self, redis: ArqRedis, *, queue_name: str = DEFAULT_QUEUE, owns_redis: bool = False) -> None:
+    def __init__(
+        self,
+        redis: ArqRedis,
+        *,
+        queue_name: str = DEFAULT_QUEUE,
+        owns_redis: bool = False,
+        signing_key: tuple[str, str] | None = None,
+    ) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        #: (producer id, secret): envelopes are signed (workers with ACTION_SIGNING_KEYS require it).
+        self.signing_key = signing_key
         #: This client's callback list (answers expire with CALLBACK_TTL_S if nobody reads them).
         self.reply_queue = f"{queue_name}:replies:{uuid.uuid4().hex}"
         self._owns_redis = owns_redis
@@ -59,14 +71,16 @@ class ActionClient:
         self._reader: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, redis_url: str, *, queue_name: str = DEFAULT_QUEUE) -> ActionClient:
+    async def connect(
+        cls, redis_url: str, *, queue_name: str = DEFAULT_QUEUE, signing_key: tuple[str, str] | None = None
+    ) -> ActionClient:
         redis = await create_pool(
             RedisSettings.from_dsn(redis_url),
             job_serializer=json_serializer,
             job_deserializer=json_deserializer,
             default_queue_name=queue_name,
         )
-        return cls(redis, queue_name=queue_name, owns_redis=True)
+        return cls(redis, queue_name=queue_name, owns_redis=True, signing_key=signing_key)
 
     async def __aenter__(self) -> Self:
         return self
@@ -117,7 +131,9 @@ class ActionClient:
         return envelope
 
     async def send(self, envelope: dict[str, Any]) -> bool:
-        """Enqueue without waiting; False when arq already holds this action_id."""
+        """Enqueue without waiting (signed, with a signing key); False when arq already holds this action_id."""
+        if self.signing_key is not None:
+            envelope = signing.sign(envelope, *self.signing_key)
         job = await self.redis.enqueue_job(
             envelope["action_type"], envelope, _job_id=envelope["action_id"], _queue_name=self.queue_name
         )

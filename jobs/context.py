@@ -16,6 +16,7 @@ from arq.connections import ArqRedis
 
 from app.errors import RetryTransaction
 from app.resources import Resources
+from app.services.actions import KnownTenants
 from app.services.crm import CrmOptions
 from app.services.limits import Limits
 from app.services.maintenance import MaintenanceOptions
@@ -44,6 +45,10 @@ class WorkerState:
     #: The process wiring `db` belongs to (cache write-through and event fan-out listen to it);
     #: the worker closes it at shutdown.
     resources: Resources | None = None
+    #: ACTION_SIGNING_KEYS parsed (jobs/signing.py); empty: envelopes need no signature.
+    signing_keys: dict[str, bytes] = field(default_factory=dict)
+    #: Tenants already seen to exist (app/services/actions.py).
+    known_tenants: KnownTenants = field(default_factory=KnownTenants)
 
 
 def state(ctx: dict[str, Any]) -> WorkerState:

@@ -11,24 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from typing import Any
 
 import arq.worker
 import httpx
-from arq.connections import RedisSettings
+import redis.exceptions
+from arq.connections import RedisSettings, create_pool
+from arq.utils import poll
 from arq.worker import Function, func
 
-from app import tokens
+from app import liveness, tokens
 from app.resources import Resources
 from app.services import crm
 from app.services.crm import CrmOptions
 from app.services.maintenance import MaintenanceOptions
 from app.settings import Settings, get_settings
-from jobs import actions
+from jobs import actions, metrics, signing, undecodable
 from jobs import crm as crm_jobs
 from jobs import maintenance as maintenance_jobs
-from jobs.client import json_deserializer, json_serializer
-from jobs.context import WorkerState, state
+from jobs.client import json_serializer
+from jobs.context import WorkerState, is_transient, state
 
 log = logging.getLogger("conversation_service.worker")
 
@@ -57,6 +61,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         crm=CrmOptions.from_settings(settings),
         maintenance=MaintenanceOptions.from_settings(settings),
         resources=resources,
+        signing_keys=signing.parse_keys(settings.action_signing_keys),
     )
     ctx["state"] = st
     crm.set_dispatcher(crm_jobs.dispatcher(st.redis, st.queue_name))
@@ -81,17 +86,20 @@ def worker_settings(
     queue = queue_name or settings.arq_queue
     functions: list[Function] = [
         func(ping, name="ping"),
+        func(actions.undecodable_job, name=undecodable.UNDECODABLE, keep_result=settings.arq_keep_result_s),
         *actions.functions(settings.arq_keep_result_s),
         *crm_jobs.functions(),
     ]
+    cron_jobs = maintenance_jobs.cron_jobs(settings.arq_job_timeout_s) if settings.cron_enabled else []
     return {
         "functions": functions,
-        "cron_jobs": maintenance_jobs.cron_jobs(settings.arq_job_timeout_s) if settings.cron_enabled else [],
+        "cron_jobs": cron_jobs,
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "queue_name": queue,
         "health_check_key": f"{queue}:health-check",
+        "health_check_interval": settings.worker_heartbeat_s,
         "job_serializer": json_serializer,
-        "job_deserializer": json_deserializer,
+        "job_deserializer": undecodable.worker_deserializer([f.name for f in functions] + [c.name for c in cron_jobs]),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings, "database_url": database_url, "redis_url": redis_url, "queue_name": queue},
@@ -104,15 +112,110 @@ def worker_settings(
     }
 
 
+#: What an unreachable (restarting, partitioned) Redis raises; the worker waits it out.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
+
 class Worker(arq.worker.Worker):
-    """arq's Worker, minus one waste: on every poll with free slots arq re-checks each queued job
-    with three Redis round trips (WATCH, EXISTS, ZSCORE), including the jobs this very worker is
-    running (they stay in the queue until they finish): with tens of jobs in flight and a 10 ms
-    poll, thousands of useless round trips a second. Jobs this worker runs are skipped here
-    without asking Redis (docs/jobs.md, "Throughput")."""
+    """arq's Worker, made to outlive Redis and to waste fewer round trips.
+
+    - arq's poll loop lets a Redis ConnectionError escape and the process exits (issue 9): here
+      the loop reconnects with capped, jittered backoff instead, for as long as it takes, and
+      logs the outage once and its end once. Startup waits for Redis (and Postgres) the same way.
+    - arq counts a job slot before asking Redis about the job and never gives it back if Redis
+      fails in between: after `max_jobs` such failures the worker would poll for ever and run
+      nothing. The slot is returned here.
+    - Each heartbeat also writes `<queue>:worker-heartbeat` (app/liveness.py) for /readyz, and
+      each successful poll sets the `worker_last_poll_timestamp_seconds` gauge.
+    - On every poll with free slots arq re-checks each queued job with three Redis round trips
+      (WATCH, EXISTS, ZSCORE), including the jobs this very worker is running: with tens of jobs
+      in flight and a 10 ms poll, thousands of useless round trips a second. Jobs this worker
+      runs are skipped without asking Redis (docs/jobs.md, "Throughput").
+    """
+
+    reconnect_max_s: float = 2.0
+    _down_since: float | None = None
+    _reconnects: int = 0
+
+    async def main(self) -> None:
+        await self._start_when_reachable()
+        async for _ in poll(self.poll_delay_s):
+            try:
+                await self._poll_iteration()
+            except REDIS_DOWN as exc:
+                await self._wait_out(exc)
+                continue
+            if self._down_since is not None:
+                log.warning("Redis is back after %.1f s; polling again", time.monotonic() - self._down_since)
+                self._down_since, self._reconnects = None, 0
+            metrics.LAST_POLL.set(time.time())
+
+    async def _start_when_reachable(self) -> None:
+        """arq's main() up to its poll loop, retried while Redis or Postgres cannot be reached."""
+        while True:
+            try:
+                if self._pool is None:
+                    self._pool = await create_pool(
+                        self.redis_settings,
+                        job_deserializer=self.job_deserializer,
+                        job_serializer=self.job_serializer,
+                        default_queue_name=self.queue_name,
+                        expires_extra_ms=self.expires_extra_ms,
+                    )
+                log.info("Starting worker for %d functions: %s", len(self.functions), ", ".join(self.functions))
+                self.ctx["redis"] = self.pool
+                if self.on_startup:
+                    await self.on_startup(self.ctx)
+                return
+            except Exception as exc:
+                if not (isinstance(exc, REDIS_DOWN) or is_transient(exc)):
+                    raise
+                await self._wait_out(exc)
+
+    async def _wait_out(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            metrics.REDIS_OUTAGES.inc()
+            log.warning("a server is unreachable (%s: %s); reconnecting with backoff", type(exc).__name__, exc)
+        else:
+            log.debug("still unreachable: %r", exc)
+        delay = min(0.1 * (1 << min(self._reconnects, 10)), self.reconnect_max_s)
+        self._reconnects += 1
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        await super().start_jobs([j for j in job_ids if j.decode() not in self.tasks])
+        for job_id_b in job_ids:
+            job_id = job_id_b.decode()
+            if job_id in self.tasks:
+                continue
+            try:
+                await super().start_jobs([job_id_b])
+            except REDIS_DOWN:
+                if job_id not in self.tasks:  # arq took the slot, then Redis failed: give it back
+                    self._release_sem_dec_counter_on_complete()
+                raise
+
+    async def record_health(self) -> None:
+        due = time.time() - self._last_health_check >= self.health_check_interval
+        await super().record_health()
+        if due:
+            await liveness.beat(self.pool, self.queue_name)
+
+    async def close(self) -> None:
+        """arq's close, except that Redis being down at shutdown is no error (and on_shutdown runs)."""
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.pool.delete(self.health_check_key)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
 
 def create_worker(
@@ -129,4 +232,5 @@ def create_worker(
     # arq keeps a started job locked for (longest timeout + 10 s); after that another worker runs
     # the job of a worker that died. The grace is a setting so a dead worker's job comes back sooner.
     worker.in_progress_timeout_s = settings.arq_job_timeout_s + settings.arq_in_progress_grace_s
+    worker.reconnect_max_s = settings.worker_reconnect_max_s
     return worker

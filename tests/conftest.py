@@ -16,6 +16,9 @@ import pytest
 from redis.asyncio import Redis
 
 from app import embedded
+
+# The suite's APIs run without a worker; tests of the worker check in /readyz set their own.
+os.environ.setdefault("WORKER_STALE_S", "0")
 from db.migrate import upgrade
 from db.session import Database, create_pool
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import tempfile
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from app import embedded
+from app import embedded, liveness
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import Servers
@@ -71,3 +75,21 @@ async def test_down_when_postgres_is_gone(servers: Servers) -> None:
             assert (await client.get("/healthz")).status_code == 200
     finally:
         pg.stop()
+
+
+async def test_degraded_when_no_worker_heartbeat_is_fresh(servers: Servers) -> None:
+    """Issue 9: with the worker gone, jobs, CRM deliveries and crons stop: /readyz says so."""
+    queue = f"cs-test-ready-{uuid.uuid4().hex[:8]}"
+    settings = Settings(_env_file=None, readiness_timeout_s=1.0, arq_queue=queue, worker_stale_s=30)
+    app = create_app(settings, database_url=servers.database_url, redis_url=servers.redis_url)
+    async with running(app) as client, Redis.from_url(servers.redis_url) as redis:
+        body = (await client.get("/readyz")).json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["worker"]["ok"] is False and "no worker heartbeat" in body["checks"]["worker"]["error"]
+        await liveness.beat(redis, queue, now=time.time() - 2)
+        body = (await client.get("/readyz")).json()
+        assert body["status"] == "ok" and body["checks"]["worker"] == {"ok": True, "ageS": pytest.approx(2, abs=1)}
+        await liveness.beat(redis, queue, now=time.time() - 95)
+        r = await client.get("/readyz")
+        assert r.status_code == 200 and r.json()["status"] == "degraded"
+        assert r.json()["checks"]["worker"]["ok"] is False and r.json()["checks"]["worker"]["ageS"] >= 95

@@ -6,17 +6,20 @@ The arq adapter (jobs/actions.py) calls these; nothing here knows about arq.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-import asyncpg
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from app.errors import BadUserInput, RetryTransaction
+from app.errors import BadUserInput, IdempotencyKeyReused, NotFound, RetryTransaction
 from app.models import Conversation, ConversationRef, Message, Source, StateEntry
 from app.services import limits as check
+from app.services import tenants
 from app.services.crm import CrmSyncRecord
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import actions as repo
@@ -333,17 +336,95 @@ def failure(reply: ReplyTo, code: str, message: str) -> dict[str, Any]:
     }
 
 
-async def answered(conn: Connection, tenant_id: str, action_id: str) -> dict[str, Any] | None:
-    """The `data` a logged action answered with, if it ran before."""
-    found: dict[str, Any] | None = await repo.get(conn, tenant_id, action_id)
-    return found
+def payload_hash(env: Envelope) -> str:
+    """What an action_id is bound to: its action type, tenant, target and data (not its
+    correlation id, callback queue, timestamp or signature, which a retry may change)."""
+    body = {
+        "action_type": canonical(env.action_type),
+        "tenant_id": env.tenant_id,
+        "conversation_id": env.conversation_id,
+        "session_id": env.session_id,
+        "data": env.data,
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The action log's say on an action about to run."""
+
+    #: True: nobody ran this action_id before (this run's transaction now holds it).
+    first: bool
+    #: A prior run's logged answer (None for actions that answer from their own rows).
+    response: Any = None
+
+
+def _reused(env: Envelope) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        f"action_id {env.action_id!r} was already used with a different payload "
+        "(action type, tenant, target or data); use a new action_id for a new action",
+        field="action_id",
+    )
+
+
+async def claim(uow: UnitOfWork, env: Envelope) -> Claim:
+    """Bind the action_id to this payload, in the transaction of the action's write. A replay
+    with the same payload gets the first run's answer; another payload is IDEMPOTENCY_KEY_REUSED.
+    A concurrent run of the same action waits here until the first commits."""
+    conn = await uow.begin()
+    digest = payload_hash(env)
+    if await repo.claim(conn, env.tenant_id, env.action_id, canonical(env.action_type), digest):
+        return Claim(first=True)
+    row = await repo.get(conn, env.tenant_id, env.action_id)
+    if row is None:  # pruned between the two statements
+        raise RetryTransaction
+    if row["payload_hash"] is not None and row["payload_hash"] != digest:
+        raise _reused(env)
+    return Claim(first=False, response=row["response"])
+
+
+async def answered(conn: Connection, env: Envelope) -> dict[str, Any] | None:
+    """The `data` a logged run of this action answered with, if any (another payload: refused)."""
+    row = await repo.get(conn, env.tenant_id, env.action_id)
+    if row is None:
+        return None
+    if row["payload_hash"] is not None and row["payload_hash"] != payload_hash(env):
+        raise _reused(env)
+    response: dict[str, Any] | None = row["response"]
+    return response
 
 
 async def remember(uow: UnitOfWork, env: Envelope, data: dict[str, Any]) -> None:
-    """Log the answer in the transaction of the write. A concurrent run of the same action that
-    committed first makes the whole work run again, and the rerun finds its answer."""
-    await uow.begin()
-    try:
-        await repo.insert(uow.conn, env.tenant_id, env.action_id, canonical(env.action_type), data)
-    except asyncpg.UniqueViolationError as exc:
-        raise RetryTransaction from exc
+    """Log the answer of a claimed action, in the transaction of its write."""
+    await repo.set_response(uow.conn, env.tenant_id, env.action_id, data)
+
+
+class KnownTenants:
+    """Tenants seen to exist, remembered for a while so that an action costs no tenant lookup
+    (tenants are created by admins and never deleted under running actions). Bounded."""
+
+    def __init__(self, ttl_s: float = 60.0, max_size: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self._seen: dict[str, float] = {}
+
+    def fresh(self, tenant_id: str) -> bool:
+        seen = self._seen.get(tenant_id)
+        return seen is not None and time.monotonic() - seen < self.ttl_s
+
+    def add(self, tenant_id: str) -> None:
+        if len(self._seen) >= self.max_size:
+            self._seen.clear()
+        self._seen[tenant_id] = time.monotonic()
+
+
+async def require_tenant(conn: Connection, tenant_id: str, known: KnownTenants | None = None) -> None:
+    """Actions act only for tenants that exist: anyone who can write to the queue could
+    otherwise create data under any name (issue 9)."""
+    if known is not None and known.fresh(tenant_id):
+        return
+    if await tenants.get_tenant(conn, tenant_id) is None:
+        raise NotFound(f"tenant {tenant_id!r} does not exist", field="tenant_id")
+    if known is not None:
+        known.add(tenant_id)

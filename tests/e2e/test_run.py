@@ -45,9 +45,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(data_dir: Path, port: int, **extra: str) -> tuple[subprocess.Popen[bytes], Path]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(DATA_DIR=str(data_dir), PORT=str(port), LOG_LEVEL="WARNING")
+    env.update(DATA_DIR=str(data_dir), PORT=str(port), LOG_LEVEL="WARNING", **extra)
     log = data_dir.parent / f"{data_dir.name}-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "run"], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -92,3 +92,43 @@ def test_run_comes_up_ready_and_leaves_nothing_behind(how: signal.Signals) -> No
     finally:
         proc2.send_signal(signal.SIGINT)
         proc2.wait(timeout=30)
+
+
+def _workers(pid: int) -> set[int]:
+    found = set()
+    for child in _descendants(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"app.cli" in cmdline and b"worker" in cmdline and _alive(child):
+            found.add(child)
+    return found
+
+
+def test_run_restarts_a_killed_worker_and_readyz_follows_it() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cs-run-"))
+    port = free_port()
+    # With the worker check on, "ok" needs the worker's heartbeat (fresh within 3 s).
+    proc, log = _start(data_dir, port, WORKER_STALE_S="3", WORKER_HEARTBEAT_S="0.5")
+    try:
+        (first,) = _workers(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (_workers(proc.pid) - {first}):
+            time.sleep(0.2)
+        assert _workers(proc.pid) - {first}, f"no new worker within 30 s:\n{log.read_text()}"
+        assert proc.poll() is None
+        # The new worker polls: /readyz is ok again (the heartbeat is fresh).
+        deadline = time.monotonic() + 30
+        body: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).json()
+            if body["status"] == "ok":
+                break
+            time.sleep(0.3)
+        assert body["status"] == "ok", body
+        assert "restarting" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

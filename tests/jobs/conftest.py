@@ -20,6 +20,8 @@ import pytest
 from redis.asyncio import Redis
 
 from app import embedded
+from app.services import tenants
+from db.session import Database
 from jobs.client import ActionClient
 from tests.conftest import Servers
 
@@ -108,6 +110,23 @@ async def pop_answer(redis: Redis, queue: str, within_s: float = 10.0) -> dict[s
     assert item is not None, f"no answer on {queue} within {within_s} s"
     answer: dict[str, Any] = json.loads(item[1])
     return answer
+
+
+async def create_tenant(db: Database, prefix: str = "t") -> str:
+    tenant_id = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    await db.run(lambda uow: tenants.ensure_tenant(uow, tenant_id, None))
+    return tenant_id
+
+
+@pytest.fixture
+async def tenant(db: Database) -> str:
+    """A fresh tenant that exists: actions refuse tenants that do not."""
+    return await create_tenant(db)
+
+
+@pytest.fixture
+async def other_tenant(db: Database) -> str:
+    return await create_tenant(db, "o")
 
 
 @pytest.fixture(scope="module")

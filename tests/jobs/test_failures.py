@@ -146,8 +146,8 @@ async def test_postgres_unreachable_mid_action_is_retried_with_backoff_without_a
     finally:
         await proxy.close()
     assert answer["success"] is True, answer
-    # The retry found the message its first try committed: the same message, not a second one.
-    assert answer["data"]["created"] is False
+    # The first try's transaction (action log claim + append) died with its connection, or
+    # committed before the answer was lost: either way one message, never a second one.
     assert await count_rows(db, "messages", tenant) == 1
     assert "retrying" in worker.output()
 
@@ -181,7 +181,6 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_runs_once(
         await wait_ready(second, redis)
         answer = await call
     assert answer["success"] is True, answer
-    assert answer["data"]["created"] is False  # the killed worker's statement had committed
-    assert await count_rows(db, "messages", tenant) == 1
+    assert await count_rows(db, "messages", tenant) == 1  # whether or not the killed try committed
     assert "try=2" in second.output()
     assert answer["action_id"] == action_id
