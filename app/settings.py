@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(default=0.5, gt=0)
     cache_retry_s: float = Field(default=1.0, gt=0)
 
+    # Idempotency and in-process caches (issue 9, "idem"): decoded hot-cache messages, in bytes.
+    decoded_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:

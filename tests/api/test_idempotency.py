@@ -80,7 +80,7 @@ async def test_a_batch_reusing_a_key_for_another_message_writes_nothing(api: Cal
     session = f"s-{uuid.uuid4()}"
     batch = [{"role": "USER", "content": "one", "clientMessageId": "a"}]
     await api.data(ADD_MANY, {"input": {"sessionId": session, "messages": batch}})
-    replay = batch + [{"role": "USER", "content": "two", "clientMessageId": "b"}]
+    replay = [*batch, {"role": "USER", "content": "two", "clientMessageId": "b"}]
     done = await api.data(ADD_MANY, {"input": {"sessionId": session, "messages": replay}})
     assert done["addMessages"]["createdCount"] == 1
     wrong = [
