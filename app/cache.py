@@ -70,6 +70,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from app import metrics
+from app.decoded_messages import DecodedMessages
 from app.models import Conversation, ConversationRef, DomainEvent, EventType, Message, Role, Source, StateEntry, Status
 from app.services import context
 from app.services.context import PostgresWindowSource, Prelude
@@ -93,8 +94,6 @@ LOADED = b"\x00"
 SESSION_LRU_SIZE = 65_536
 #: Messages cached per conversation stop at this many bytes too (the newest always stays).
 MAX_ENTRY_BYTES = 2 * 1024 * 1024
-#: Decoded messages kept in process (oldest dropped first), keyed by (tenant, conversation, seq).
-DECODED_MESSAGES = 20_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ROLES = {r.value: r for r in Role}
@@ -108,6 +107,8 @@ class CacheOptions:
     closed_grace_s: float = 300.0
     timeout_s: float = 0.5
     retry_s: float = 1.0
+    #: Decoded messages kept in process (app/decoded_messages.py), in approximate bytes.
+    decoded_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CacheOptions:
@@ -117,6 +118,7 @@ class CacheOptions:
             closed_grace_s=settings.cache_closed_grace_s,
             timeout_s=settings.cache_timeout_s,
             retry_s=settings.cache_retry_s,
+            decoded_bytes=settings.decoded_cache_bytes,
         )
 
 
@@ -606,7 +608,7 @@ class HotCache:
         self._recovery: asyncio.Task[None] | None = None
         self._closed = False
         self.sessions: OrderedDict[tuple[str, str], uuid.UUID] = OrderedDict()
-        self._decoded: dict[tuple[str, uuid.UUID, int], tuple[bytes, Message]] = {}
+        self.decoded = DecodedMessages(self.options.decoded_bytes)
         self._ttl_ms = int(self.options.ttl_s * 1000)
         self._grace_ms = int(self.options.closed_grace_s * 1000)
         self._tomb_ms = int(TOMBSTONE_TTL_S * 1000)
@@ -1053,15 +1055,13 @@ class HotCache:
         """Messages first_seq, first_seq+1, … from their cached bytes. Messages never change, so a
         message decoded before from the very same bytes is reused (decoding is most of a hot
         read's CPU). The objects are shared: readers must not mutate them (none does)."""
-        memo = self._decoded
+        memo = self.decoded
         out: list[Message | None] = []
         todo: list[int] = []
         for i, raw in enumerate(items):
-            known = memo.get((tenant_id, cid, first_seq + i))
-            if known is not None and known[0] == raw:
-                out.append(known[1])
-            else:
-                out.append(None)
+            known = memo.get((tenant_id, cid, first_seq + i), raw)
+            out.append(known)
+            if known is None:
                 todo.append(i)
         if todo:
             decoded = decode_messages(tenant_id, cid, [items[i] for i in todo])
@@ -1069,9 +1069,7 @@ class HotCache:
                 if m.seq != first_seq + i:
                     raise ValueError(f"cached message {m.seq} where {first_seq + i} belongs")
                 out[i] = m
-                memo[(tenant_id, cid, m.seq)] = (items[i], m)
-            while len(memo) > DECODED_MESSAGES:
-                del memo[next(iter(memo))]
+                memo.put((tenant_id, cid, m.seq), items[i], m)
         return out  # type: ignore[return-value]
 
     async def _range(self, tenant_id: str, cid: uuid.UUID, lo: int, hi: int) -> list[Message] | None:

@@ -128,6 +128,8 @@ class Settings(BaseSettings):
     worker_stale_s: float = Field(default=30.0, ge=0)
     #: Producer id -> secret (`p1:s1,p2:s2` or a JSON object); set: unsigned actions are refused.
     action_signing_keys: str | None = Field(default=None, repr=False)
+    # Idempotency and in-process caches (issue 9, "idem"): decoded hot-cache messages, in bytes.
+    decoded_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -205,6 +205,11 @@ class ConversationState(SQLModel, table=True):
     value: Any = _jsonb(default=None)
     version: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False))
     updated_at: datetime = _ts(default_now=True)
+    #: A deleted key is a tombstone (value null, hidden from reads) that keeps its version, so a
+    #: key re-created later continues from it: versions never go back (no ABA across deletes).
+    deleted: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.text("false"))
+    )
 
 
 # --------------------------------------------------------------------------------------------------

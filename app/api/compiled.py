@@ -14,11 +14,12 @@ they are read-only, so running the resolver again on that path is harmless.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from graphql import (
     FieldNode,
+    FragmentDefinitionNode,
     GraphQLEnumType,
     GraphQLInputObjectType,
     GraphQLInputType,
@@ -38,12 +39,15 @@ from app.api.fast_lists import FastListExecutionContext, Plan, _NoPlan
 
 
 class _Info:
-    """What our resolvers read from `info`: the request context."""
+    """What our resolvers read from `info`: the request context, and the field's syntax tree
+    (app/api/write_only.py checks a write-only caller's mutation selection on it)."""
 
-    __slots__ = ("context",)
+    __slots__ = ("context", "field_nodes", "fragments")
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, plan: OperationPlan | None = None) -> None:
         self.context = context
+        self.field_nodes = (plan.field_node,) if plan is not None else ()
+        self.fragments = plan.fragments if plan is not None else {}
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class OperationPlan:
     converters: dict[str, Any]  # GraphQL name -> conversion (enums, input objects)
     plan: Plan
     mutation: bool = False
+    fragments: dict[str, FragmentDefinitionNode] = field(default_factory=dict)
 
     async def run(self, schema: Any, context: Any, variables: dict[str, Any] | None) -> dict[str, Any] | None:
         """The response ({"data": …} and, for a failed mutation, "errors"), or None: take the
@@ -77,12 +82,12 @@ class OperationPlan:
             return None
         if not self.mutation:
             try:
-                result = await self.resolver(None, _Info(context), **kwargs)
+                result = await self.resolver(None, _Info(context, self), **kwargs)
                 return {"data": {self.response_key: self.plan(result)}}
             except Exception:
                 return None  # a query is read-only: the ordinary path runs it again and reports
         try:
-            result = await self.resolver(None, _Info(context), **kwargs)
+            result = await self.resolver(None, _Info(context, self), **kwargs)
         except Exception as exc:
             return self._failed(exc, context)
         try:
@@ -240,4 +245,5 @@ class CompiledOperations:
             converters=converters,
             plan=plan,
             mutation=mutation,
+            fragments={name: f.definition for name, f in executor.fragments.items()},
         )

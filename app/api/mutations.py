@@ -7,6 +7,7 @@ from typing import Any, cast
 import strawberry
 
 from app import models
+from app.api import write_only
 from app.api.types import (
     AddMessageInput,
     AddMessagePayload,
@@ -23,6 +24,7 @@ from app.api.types import (
     StateEntry,
     UpdateConversationInput,
 )
+from app.errors import Forbidden
 from app.services import conversations, crm, messages, state
 from app.services.limits import Limits
 from app.services.tenants import Scope
@@ -60,6 +62,7 @@ class Mutation:
     @strawberry.mutation(description="Start a conversation; a taken sessionId is CONFLICT.")
     async def create_conversation(self, info: Ctx, input: CreateConversationInput) -> Conversation:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(info, write_only.CREATED_CONVERSATION)
         limits = info.context.resources.limits
         created = await info.context.resources.db.run(
             lambda uow: conversations.create(
@@ -80,6 +83,7 @@ class Mutation:
     @strawberry.mutation(description="Append one message (idempotent with clientMessageId).")
     async def add_message(self, info: Ctx, input: AddMessageInput) -> AddMessagePayload:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(info, write_only.ADD_MESSAGE)
         limits = info.context.resources.limits
         target = conversations.ref(input.conversation_id, input.session_id, limits)
         msg = _new_message(
@@ -109,6 +113,7 @@ class Mutation:
     @strawberry.mutation(description="Append 1 to 100 messages atomically, in order.")
     async def add_messages(self, info: Ctx, input: AddMessagesInput) -> AddMessagesPayload:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(info, write_only.ADD_MESSAGES)
         limits = info.context.resources.limits
         target = conversations.ref(input.conversation_id, input.session_id, limits)
         batch = [
@@ -136,9 +141,10 @@ class Mutation:
             created_count=result.created_count,
         )
 
-    @strawberry.mutation(description="Write a state key (version 1 when created, +1 on every write).")
+    @strawberry.mutation(description="Write a state key (1 when first created, +1 per write; versions never go back).")
     async def set_state(self, info: Ctx, input: SetStateInput) -> StateEntry:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(info, write_only.SET_STATE)
         limits = info.context.resources.limits
         conversation_id = conversations.parse_uuid(input.conversation_id, "conversationId")
         entry = await info.context.resources.db.run(
@@ -164,6 +170,15 @@ class Mutation:
     @strawberry.mutation(description="Change title, tags, metadata (merged) or status.")
     async def update_conversation(self, info: Ctx, input: UpdateConversationInput) -> Conversation:
         tenant = info.context.tenant(Scope.WRITE)
+        # Only what this input sets: metadata is merged with stored keys, so it always needs read.
+        write_only.require_selection(
+            info,
+            write_only.CONVERSATION_RECEIPT
+            | write_only.fields(
+                *(["title"] if input.title is not strawberry.UNSET else []),
+                *(["tags"] if input.tags is not None else []),
+            ),
+        )
         limits = info.context.resources.limits
         cid = conversations.parse_uuid(input.id, "id")
         kwargs: dict[str, Any] = {}
@@ -192,16 +207,26 @@ class Mutation:
         reason: str | None = None,
     ) -> Conversation:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(
+            info, write_only.CONVERSATION_RECEIPT | write_only.fields(*(["closeReason"] if reason else []))
+        )
         limits = info.context.resources.limits
         target = conversations.ref(conversation_id, session_id, limits)
-        closed, _ = await info.context.resources.db.run(
-            lambda uow: conversations.close(uow, tenant, target, reason, limits)
-        )
-        return cast(Conversation, closed)
+        shows_reason = not write_only.can_read(info) and "closeReason" in write_only.selected(info)
+
+        async def close(uow: Any) -> models.Conversation:
+            closed, _ = await conversations.close(uow, tenant, target, reason, limits)
+            if shows_reason and closed.close_reason != reason:
+                # Closed earlier for another reason: that reason is not this caller's to read.
+                raise Forbidden("the conversation was already closed; reading its closeReason needs read")
+            return closed
+
+        return cast(Conversation, await info.context.resources.db.run(close))
 
     @strawberry.mutation(description="Queue a CRM delivery of this conversation now.")
     async def sync_crm(self, info: Ctx, conversation_id: strawberry.ID) -> CrmSync:
         tenant = info.context.tenant(Scope.WRITE)
+        write_only.require_selection(info, write_only.CRM_SYNC)
         resources = info.context.resources
         cid = conversations.parse_uuid(conversation_id, "conversationId")
         record = await resources.db.run(lambda uow: crm.request_sync(uow, tenant, cid, resources.crm))

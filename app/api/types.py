@@ -157,7 +157,9 @@ class MessageConnection:
 class StateEntry:
     key: str = strawberry.field(description="The key.")
     value: JSON = strawberry.field(description="Its JSON value.")
-    version: int = strawberry.field(description="1 when created, +1 on every write.")
+    version: int = strawberry.field(
+        description="1 when first created, +1 on every write and delete: never goes back, even across deletes."
+    )
     updated_at: datetime = strawberry.field(description="Last write.")
 
 

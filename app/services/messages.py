@@ -27,7 +27,7 @@ from app.models import (
     Source,
     Status,
 )
-from app.services import conversations, cursors
+from app.services import conversations, cursors, idempotency
 from app.services import limits as check
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
@@ -162,7 +162,8 @@ async def append(
     """Append one message (one SQL statement on the common path).
 
     A new sessionId creates the conversation in the same transaction. A
-    clientMessageId seen before returns the original message (created=False).
+    clientMessageId seen before returns the original message (created=False) when the
+    payload is the same, and is IDEMPOTENCY_KEY_REUSED otherwise (app/services/idempotency).
     """
     check.tenant_id(tenant_id)
     if expected_seq is not None and expected_seq < 1:
@@ -223,6 +224,7 @@ async def _append_slow_path(
             (original,) = await with_sources(
                 uow.conn, tenant_id, await repo.by_seqs(uow.conn, tenant_id, conversation.id, [seq])
             )
+            idempotency.check_replay(message, original)
             return AppendResult(message=original, conversation=conversation, created=False)
     if conversation.status is not Status.ACTIVE:
         raise ConversationClosed(f"conversation is {conversation.status.value}", conversationId=str(conversation.id))
@@ -272,6 +274,20 @@ async def append_batch(
         conversation = await conversation_repo.get(conn, tenant_id, session_id=target.session_id, for_update=True)
         assert conversation is not None
     existing = await repo.seqs_of_client_messages(conn, tenant_id, conversation.id, client_ids) if client_ids else {}
+    originals = (
+        {
+            m.client_message_id: m
+            for m in await with_sources(
+                conn, tenant_id, await repo.by_seqs(conn, tenant_id, conversation.id, list(existing.values()))
+            )
+        }
+        if existing
+        else {}
+    )
+    # A key reused for another message fails the whole batch before anything is written.
+    for m in messages:
+        if m.client_message_id in originals:
+            idempotency.check_replay(m, originals[m.client_message_id])
     fresh = [m for m in messages if m.client_message_id not in existing]
     inserted: list[Message] = []
     if fresh:
@@ -287,16 +303,6 @@ async def append_batch(
         inserted = await repo.insert_many(
             conn, tenant_id, conversation.id, first_seq, fresh, conversation.last_message_at
         )
-    originals = (
-        {
-            m.client_message_id: m
-            for m in await with_sources(
-                conn, tenant_id, await repo.by_seqs(conn, tenant_id, conversation.id, list(existing.values()))
-            )
-        }
-        if existing
-        else {}
-    )
     for msg in inserted:
         uow.emit(DomainEvent(EventType.MESSAGE_ADDED, tenant_id, conversation.id, msg.created_at, conversation, msg))
     fresh_iter = iter(inserted)

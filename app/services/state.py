@@ -1,4 +1,8 @@
-"""Conversation state: versioned keys with compare-and-set."""
+"""Conversation state: versioned keys with compare-and-set.
+
+A key's version only goes up: 1 when first written, +1 on every write and on a delete, and a
+key written again after a delete continues from there (its tombstone keeps the version), so an
+expectedVersion a client read before a delete can never match a later value (no ABA)."""
 
 from __future__ import annotations
 
@@ -77,7 +81,8 @@ async def set_(
     expected_version: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> StateEntry:
-    """Write a key: version 1 when created, +1 on every write; expectedVersion 0 means "must not exist"."""
+    """Write a key: version 1 when first created, +1 on every write (and after a delete);
+    expectedVersion 0 means "must not exist" (a deleted key does not)."""
     key = _key(key, limits)
     if expected_version is not None and expected_version < 0:
         raise BadUserInput("expectedVersion must not be negative", field="expectedVersion")
@@ -102,7 +107,7 @@ async def set_(
 async def delete(
     uow: UnitOfWork, tenant_id: str, conversation_id: uuid.UUID, key: str, limits: Limits = DEFAULT_LIMITS
 ) -> bool:
-    """True when the key existed. NOT_FOUND when the conversation does not."""
+    """True when the key existed (its version goes on from here). NOT_FOUND when the conversation does not."""
     key = _key(key, limits)
     if await repo.delete(uow.conn, tenant_id, conversation_id, key):
         uow.emit(DomainEvent(EventType.STATE_CHANGED, tenant_id, conversation_id, datetime.now(UTC), state_key=key))

@@ -6,7 +6,7 @@ seqs, times and token counts as stored. Import writes them into a tenant as they
 - the conversation is found by sessionId in the target tenant, or created with the exported
   fields (its id is kept unless the target tenant already uses it);
 - a message already there is skipped: the same clientMessageId, or, for a message without one,
-  the same id. So importing a file twice adds nothing, and an import that stopped half-way can
+  the same id. The same clientMessageId with another payload is IDEMPOTENCY_KEY_REUSED. So importing a file twice adds nothing, and an import that stopped half-way can
   simply be run again;
 - new messages are appended after the conversation's last seq, in the file's order, keeping their
   ids, times and counts (a message time earlier than the previous message's is raised to it:
@@ -28,7 +28,18 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from app import tokens
 from app.errors import BadUserInput, RetryTransaction
-from app.models import Conversation, ConversationFilter, ConversationOrder, DomainEvent, EventType, Role, Source, Status
+from app.models import (
+    Conversation,
+    ConversationFilter,
+    ConversationOrder,
+    DomainEvent,
+    EventType,
+    NewMessage,
+    Role,
+    Source,
+    Status,
+)
+from app.services import idempotency, messages
 from app.services import limits as check
 from app.services.actions import conversation_json, message_json, state_json
 from app.services.conversations import validate_filter
@@ -240,6 +251,37 @@ class ImportReport:
         self.tenants.add(result.conversation.tenant_id)
 
 
+async def _check_reused_keys(
+    conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lines: list[MessageRecord]
+) -> None:
+    """A line whose clientMessageId is already there is skipped only when it is that message:
+    the same key with another payload is IDEMPOTENCY_KEY_REUSED (app/services/idempotency)."""
+    if not lines:
+        return
+    stored = await message_repo.by_client_message_ids(
+        conn, tenant_id, conversation_id, [m.client_message_id for m in lines if m.client_message_id is not None]
+    )
+    by_key = {m.client_message_id: m for m in await messages.with_sources(conn, tenant_id, stored)}
+    for m in lines:
+        original = by_key.get(m.client_message_id)
+        if original is None:
+            continue
+        idempotency.check_replay(
+            NewMessage(
+                role=m.role,
+                content=m.content,
+                name=m.name,
+                tool_call_id=m.tool_call_id,
+                tool_calls=m.tool_calls,
+                metadata=dict(m.metadata),
+                sources=[Source(s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet) for s in m.sources],
+                execution=m.execution,
+                client_message_id=m.client_message_id,
+            ),
+            original,
+        )
+
+
 async def import_conversation(
     uow: UnitOfWork, tenant_id: str, line: ConversationLine, limits: Limits = DEFAULT_LIMITS
 ) -> ImportResult:
@@ -285,6 +327,9 @@ async def import_conversation(
     skipped = 0
     seq = conversation.last_seq
     previous_at = conversation.last_message_at
+    await _check_reused_keys(
+        conn, tenant_id, conversation.id, [m for m in ordered if m.client_message_id in client_ids]
+    )
     for m in ordered:
         if (m.client_message_id is not None and m.client_message_id in client_ids) or (
             m.id is not None and m.id in ids

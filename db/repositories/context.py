@@ -42,9 +42,9 @@ SELECT sp.value AS sp_value, sp.version AS sp_version, sp.updated_at AS sp_updat
        {prefixed(MESSAGE_COLUMNS, "m")}
 FROM (SELECT 1) AS one
 LEFT JOIN conversation_state sp
-       ON sp.tenant_id = $1 AND sp.conversation_id = $2 AND sp.key = '{SYSTEM_PROMPT_KEY}'
+       ON sp.tenant_id = $1 AND sp.conversation_id = $2 AND NOT sp.deleted AND sp.key = '{SYSTEM_PROMPT_KEY}'
 LEFT JOIN conversation_state su
-       ON su.tenant_id = $1 AND su.conversation_id = $2 AND su.key = '{SUMMARY_KEY}'
+       ON su.tenant_id = $1 AND su.conversation_id = $2 AND NOT su.deleted AND su.key = '{SUMMARY_KEY}'
 LEFT JOIN LATERAL (
     -- Append runs its branches in order and LIMIT stops it at the first row: the second branch
     -- (the rest of the range) runs only when the first stretch holds no SYSTEM message, and the

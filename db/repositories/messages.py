@@ -187,6 +187,19 @@ async def seqs_of_client_messages(
     return {r["client_message_id"]: r["seq"] for r in rows}
 
 
+async def by_client_message_ids(
+    conn: Connection, tenant_id: str, conversation_id: uuid.UUID, client_message_ids: list[str]
+) -> list[Message]:
+    rows = await conn.fetch(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND client_message_id = ANY($3::text[]) ORDER BY seq",
+        tenant_id,
+        conversation_id,
+        client_message_ids,
+    )
+    return [records.message(r) for r in rows]
+
+
 async def insert_many(
     conn: Connection,
     tenant_id: str,

@@ -1,4 +1,9 @@
-"""SQL for conversation state (versioned key → JSON value)."""
+"""SQL for conversation state (versioned key → JSON value).
+
+A deleted key stays as a tombstone row (`deleted`, value null) holding its last version: every
+read below skips tombstones, and a write over one continues its version, so a key's version
+never goes back across deletes (a client holding an old version cannot overwrite a newer value).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ _COLUMNS = "conversation_id, key, value, version, updated_at"
 
 async def get(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, key: str) -> StateEntry | None:
     row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM conversation_state WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3",
+        f"SELECT {_COLUMNS} FROM conversation_state "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND NOT deleted",
         tenant_id,
         conversation_id,
         key,
@@ -24,7 +30,8 @@ async def get(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, key:
 
 async def list_(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> list[StateEntry]:
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM conversation_state WHERE tenant_id = $1 AND conversation_id = $2 ORDER BY key",
+        f"SELECT {_COLUMNS} FROM conversation_state "
+        "WHERE tenant_id = $1 AND conversation_id = $2 AND NOT deleted ORDER BY key",
         tenant_id,
         conversation_id,
     )
@@ -36,7 +43,7 @@ async def list_many(
 ) -> dict[uuid.UUID, list[StateEntry]]:
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM conversation_state WHERE tenant_id = $1 AND conversation_id = ANY($2::uuid[]) "
-        "ORDER BY conversation_id, key",
+        "AND NOT deleted ORDER BY conversation_id, key",
         tenant_id,
         conversation_ids,
     )
@@ -54,13 +61,13 @@ async def put(
     value: Any,
     expected_version: int | None,
 ) -> StateEntry | None:
-    """Create (version 1) or overwrite (version + 1); None when the conversation is
-    missing or `expected_version` does not hold (the caller tells which)."""
+    """Create (version 1, or the tombstone's version + 1) or overwrite (version + 1); None when
+    the conversation is missing or `expected_version` does not hold (the caller tells which)."""
     if expected_version is not None and expected_version > 0:
         row = await conn.fetchrow(
             f"""
             UPDATE conversation_state SET value = $4::jsonb, version = version + 1, updated_at = clock_timestamp()
-            WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND version = $5
+            WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND version = $5 AND NOT deleted
             RETURNING {_COLUMNS}
             """,
             tenant_id,
@@ -70,15 +77,15 @@ async def put(
             expected_version,
         )
     else:
-        # expected_version 0 means "must not exist": the conflict arm then updates nothing.
+        # expected_version 0 means "must not exist": the conflict arm then updates only a tombstone.
         row = await conn.fetchrow(
             f"""
             INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
             SELECT $1, $2, $3, $4::jsonb, 1, clock_timestamp()
             WHERE EXISTS (SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2)
             ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
-            SET value = EXCLUDED.value, version = s.version + 1, updated_at = clock_timestamp()
-            WHERE $5::int IS NULL
+            SET value = EXCLUDED.value, version = s.version + 1, updated_at = clock_timestamp(), deleted = false
+            WHERE $5::int IS NULL OR s.deleted
             RETURNING {_COLUMNS}
             """,
             tenant_id,
@@ -91,8 +98,13 @@ async def put(
 
 
 async def delete(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, key: str) -> bool:
+    """Turn the key into a tombstone (its version + 1); False when there was no live key."""
     status = await conn.execute(
-        "DELETE FROM conversation_state WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3",
+        """
+        UPDATE conversation_state
+        SET deleted = true, value = 'null'::jsonb, version = version + 1, updated_at = clock_timestamp()
+        WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND NOT deleted
+        """,
         tenant_id,
         conversation_id,
         key,

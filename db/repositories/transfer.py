@@ -196,10 +196,14 @@ async def insert_state(
         return 0
     status = await conn.execute(
         """
-        INSERT INTO conversation_state (tenant_id, conversation_id, key, value, version, updated_at)
+        INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
         SELECT $1, $2, e.key, e.value::jsonb, e.version, e.updated_at
         FROM unnest($3::text[], $4::text[], $5::int[], $6::timestamptz[]) AS e(key, value, version, updated_at)
-        ON CONFLICT (tenant_id, conversation_id, key) DO NOTHING
+        ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
+        -- Over a tombstone (a deleted key): the imported value, never a version below the tombstone's.
+        SET value = EXCLUDED.value, version = GREATEST(EXCLUDED.version, s.version + 1),
+            updated_at = EXCLUDED.updated_at, deleted = false
+        WHERE s.deleted
         """,
         tenant_id,
         conversation_id,

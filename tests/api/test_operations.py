@@ -69,7 +69,7 @@ async def test_create_get_update_close(api: Caller) -> None:
 async def test_add_message_idempotency_expected_seq_and_batch(api: Caller, db: Database) -> None:
     conv = await create(api)
     first = await add(api, conv["id"], clientMessageId="k1")
-    again = await add(api, conv["id"], "changed", clientMessageId="k1")
+    again = await add(api, conv["id"], clientMessageId="k1")
     assert again["created"] is False and again["message"]["id"] == first["message"]["id"]
     assert (
         await api.error_code(
@@ -87,7 +87,7 @@ async def test_add_message_idempotency_expected_seq_and_batch(api: Caller, db: D
                 "messages": [
                     {"role": "ASSISTANT", "content": "", "toolCalls": TOOL_CALLS},
                     {"role": "TOOL", "content": "42", "toolCallId": "call_1"},
-                    {"role": "USER", "content": "dup", "clientMessageId": "k1"},
+                    {"role": "USER", "content": "hi", "clientMessageId": "k1"},  # a retry
                 ],
             }
         },

@@ -74,7 +74,7 @@ async def test_token_count_follows_the_chat_recipe(db: Database, tenant: str) ->
 async def test_retry_with_client_message_id_returns_original(db: Database, tenant: str) -> None:
     conv = await create_conversation(db, tenant)
     first = await add_message(db, tenant, conv, content="a", client_message_id="k1")
-    again = await add_message(db, tenant, conv, content="a (retried)", client_message_id="k1")
+    again = await add_message(db, tenant, conv, content="a", client_message_id="k1")
     assert again.created is False
     assert again.message.id == first.message.id and again.message.content == "a"
     assert again.conversation.message_count == 1
@@ -193,7 +193,7 @@ async def test_batch_is_atomic_and_ordered(db: Database, tenant: str) -> None:
         messages.new_message(role=Role.USER, content="q", client_message_id="b1"),
         messages.new_message(role=Role.ASSISTANT, content="", tool_calls=TOOL_CALLS, client_message_id="b2"),
         messages.new_message(role=Role.TOOL, content="r", tool_call_id="call_1", sources=[Source(document_id="d")]),
-        messages.new_message(role=Role.USER, content="dup", client_message_id="old"),
+        messages.new_message(role=Role.USER, content="before", client_message_id="old"),  # a retry
     ]
     target = ConversationRef(id=conv.id)
     result = await db.run(lambda uow: messages.append_batch(uow, tenant, target, batch))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.errors import BadUserInput
+from app.errors import BadUserInput, IdempotencyKeyReused
 from app.models import ConversationRef, Role, Source
 from app.services import conversations, state, transfer
 from db.session import Database
@@ -202,3 +202,18 @@ async def test_cli_export_and_import_with_progress(
     broken.write_text(out.read_text().splitlines()[0] + "\n{not json\n")
     failed = _cli(servers, "import", str(broken), "--tenant", f"x-{uuid.uuid4().hex[:8]}")
     assert failed.returncode == 1 and "error on line 2" in failed.stderr and "imported 1 conversations" in failed.stderr
+
+
+async def test_import_with_a_client_message_id_bound_to_another_message_writes_nothing(
+    db: Database, tenant: str, other_tenant: str
+) -> None:
+    source = await create_conversation(db, tenant, session_id="s")
+    await add_message(db, tenant, source, content="theirs", client_message_id="k1")
+    await add_message(db, tenant, source, content="new", client_message_id="k2")
+    line = (await _export(db, tenant))[0]
+    target = await create_conversation(db, other_tenant, session_id="s")
+    await add_message(db, other_tenant, target, content="ours", client_message_id="k1")
+    with pytest.raises(IdempotencyKeyReused) as err:
+        await _import(db, other_tenant, [line])
+    assert err.value.details["fields"] == ["content"]
+    assert await count_rows(db, "messages", other_tenant) == 1
