@@ -125,9 +125,13 @@ async def test_each_action_changes_postgres_and_answers_on_its_callback(
         )
         assert closed["data"]["conversation"]["status"] == "closed"
         assert closed["data"]["conversation"]["close_reason"] == "user left"
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-    assert message is not None
-    event = events.decode(message["data"])
+        # Events are published in the background: update_state's may still be in flight.
+        event = None
+        async with asyncio.timeout(10):
+            while event is None or event.type is not EventType.CLOSED:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+                if message is not None:
+                    event = events.decode(message["data"])
     assert event.type is EventType.CLOSED and str(event.conversation_id) == conversation["id"]
     async with db.read() as conn:
         assert (await conversations.get(conn, tenant, ConversationRef(id=stored.id))).status is Status.CLOSED
