@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphql import DocumentNode, GraphQLError, parse
+from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, parse
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule, specified_rules
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
@@ -167,7 +167,9 @@ class PreparedDocuments(SchemaExtension):
         if context.query and context.graphql_document is not None:
             schema = context.schema._schema
             errors = self.cache.validate(schema, context.query, context.graphql_document)
-            if not errors:
+            if not errors and _unnamed_choice(context):
+                errors = [GraphQLError(SEVERAL_OPERATIONS)]
+            elif not errors:
                 # Here, not in the resolvers: WebSocket operations pass this way too.
                 refused = self.cache.refuse_costly(
                     schema, context.query, context.graphql_document, context.operation_name, context.variables
@@ -180,3 +182,15 @@ class PreparedDocuments(SchemaExtension):
 def cost_error(cost: int, max_cost: int) -> GraphQLError:
     refused = QueryTooCostly(cost, max_cost)
     return GraphQLError(refused.message, original_error=refused)
+
+
+SEVERAL_OPERATIONS = "the document holds several operations: name the one to run in operationName"
+
+
+def _unnamed_choice(context: Any) -> bool:
+    """Several operations and no operationName: the spec requires an error, where Strawberry
+    would run the first one."""
+    if getattr(context, "_provided_operation_name", None) is not None or context.graphql_document is None:
+        return False
+    definitions = context.graphql_document.definitions
+    return sum(isinstance(d, OperationDefinitionNode) for d in definitions) > 1

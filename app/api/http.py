@@ -29,7 +29,7 @@ from app import metrics
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import DocumentRegistry
-from app.api.documents_cache import DocumentCache, cost_error
+from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.errors import shape
 from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator, Principal
@@ -402,7 +402,7 @@ def _operation_refusal(exc: Exception) -> str:
         return "subscriptions are served over WebSocket"
     if isinstance(exc, CannotGetOperationTypeError):
         if exc.operation_name is None:
-            return "the document holds several operations: name the one to run in operationName"
+            return SEVERAL_OPERATIONS
         return f"the document has no operation named {exc.operation_name!r}"[:300]
     return str(exc)
 
