@@ -283,13 +283,7 @@ async def test_a_trickling_body_is_cut_off_with_408(servers: Servers, writer_key
         )
         started = time.perf_counter()
 
-        async def trickle() -> None:
-            for byte in body:
-                writer.write(bytes([byte]))
-                await writer.drain()
-                await asyncio.sleep(0.2)
-
-        trickling = asyncio.create_task(trickle())
+        trickling = asyncio.create_task(trickle(writer, body))
         try:
             answer = await asyncio.wait_for(reader.read(), 10)  # until the server closes
         finally:
@@ -307,6 +301,13 @@ async def test_a_trickling_body_is_cut_off_with_408(servers: Servers, writer_key
                 headers={"Authorization": f"Bearer {writer_key}", "Content-Type": "application/json"},
             )
             assert r.json()["data"]["conversations"]["totalCount"] == 0
+
+
+async def trickle(writer: asyncio.StreamWriter, body: bytes) -> None:
+    for byte in body:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.2)
 
 
 # 6. Operations the spec refuses, bad batch items, refusals as JSON.
