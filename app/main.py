@@ -26,7 +26,7 @@ from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator
-from app.middleware import BodySizeLimit
+from app.middleware import BodyReadTimeout, BodySizeLimit
 from app.resources import Resources
 from app.services import crm
 from app.settings import Settings, get_settings
@@ -46,10 +46,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    resources: Resources = request.app.state.resources
-    pool = resources.db.pool
-    metrics.DB_POOL_SIZE.set(pool.get_size())
-    metrics.DB_POOL_IDLE.set(pool.get_idle_size())
+    token: str | None = request.app.state.metrics_token
+    if not metrics.authorized(request.headers.get("authorization"), token):
+        return Response("metrics need Authorization: Bearer <METRICS_TOKEN>", status_code=401)
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -89,6 +88,7 @@ def create_app(
         )
     graphql = GraphQLView(
         documents=DocumentRegistry.load(trusted_only=settings.trusted_documents_only),
+        max_query_bytes=settings.max_query_bytes,
         schema=build_schema(settings),
         graphql_ide=None if settings.is_production else "graphiql",
         allow_queries_via_get=True,
@@ -114,21 +114,31 @@ def create_app(
         resources = await Resources.open(settings, db_url, cache_url)
         app.state.resources = resources
         app.state.authenticator = Authenticator(resources.db, settings.auth_mode)
+        metrics.watch_pool(resources.db.pool)
+        metrics_server = (
+            metrics.serve(settings.host, settings.metrics_port, settings.metrics_token)
+            if settings.metrics_port is not None
+            else None
+        )
         arq = await _crm_dispatch(settings, cache_url)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.stop()
             if arq is not None:
                 crm.set_dispatcher(None)
                 await arq.aclose()
             await resources.close()
 
-    return Starlette(
+    # With METRICS_PORT, /metrics lives on that port only (a private interface, say).
+    metrics_routes = [Route("/metrics", metrics_endpoint)] if settings.metrics_port is None else []
+    app = Starlette(
         debug=False,
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
+            *metrics_routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
         ],
@@ -144,8 +154,11 @@ def create_app(
                 expose_headers=["X-Request-ID"],
                 max_age=600,
             ),
+            Middleware(BodyReadTimeout, timeout_s=settings.body_read_timeout_s),
             Middleware(BodySizeLimit, max_bytes=settings.max_request_bytes),
         ],
         exception_handlers={HTTPException: http_exception_as_json},
         lifespan=lifespan,
     )
+    app.state.metrics_token = settings.metrics_token
+    return app

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: The operation label of every operation that is not a trusted document's (app/api/http.py).
+OTHER_OPERATION = "other"
 
 OPERATIONS = Counter(
     "graphql_operations_total",
@@ -74,3 +82,50 @@ class _StatementCollector:
 
 
 REGISTRY.register(_StatementCollector())
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """METRICS_TOKEN unset: open. Set: `Authorization: Bearer <token>`, compared in constant time."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def watch_pool(pool: Any) -> None:
+    """The pool gauges read the pool at scrape time, whichever port serves the scrape."""
+    DB_POOL_SIZE.set_function(pool.get_size)
+    DB_POOL_IDLE.set_function(pool.get_idle_size)
+
+
+class MetricsServer:
+    """/metrics on its own port (METRICS_PORT): prometheus_client's threaded WSGI server, so a
+    scrape never waits on the API's event loop, with the METRICS_TOKEN check in front."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def serve(host: str, port: int, token: str | None) -> MetricsServer:
+    exposition = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not authorized(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"metrics need Authorization: Bearer <METRICS_TOKEN>"]
+        return exposition(environ, start_response)  # type: ignore[no-any-return]
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)

@@ -130,6 +130,21 @@ class Settings(BaseSettings):
     action_signing_keys: str | None = Field(default=None, repr=False)
     # Idempotency and in-process caches (issue 9, "idem"): decoded hot-cache messages, in bytes.
     decoded_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # HTTP gate (issue 9, area http): documents, cost, metrics, slow bodies.
+    #: Bytes the parsed-document cache may hold (an estimate: ~64 bytes per character of text).
+    document_cache_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    #: Documents longer than this are parsed every time and never cached (trusted ones are < 2 KiB).
+    max_cached_document_bytes: int = Field(default=16 * 1024, ge=0)
+    #: Query texts longer than this are BAD_USER_INPUT before parsing (comments escape the token limit).
+    max_query_bytes: int = Field(default=64 * 1024, ge=1)
+    #: Objects a response may hold (app/api/cost.py); every trusted document fits at full page sizes.
+    max_query_cost: int = Field(default=150_000, ge=1)
+    #: Seconds a request body may take to arrive; slower ones get 408.
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
+    #: When set, /metrics needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
+    #: When set, /metrics is served on this port (HOST) by `serve`/`run`, and not on the API port.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -162,11 +162,15 @@ class CompiledOperations:
         self.core_schema = schema._schema
         self.documents = documents
         self.maxsize = maxsize
+        # At most maxsize keys of at most MAX_CACHED_DOCUMENT_BYTES each (see get).
         self._plans: OrderedDict[tuple[str, str | None], OperationPlan | None] = OrderedDict()
 
     def get(self, query: str, operation_name: str | None, variables: dict[str, Any] | None) -> OperationPlan | None:
         if not (self.ENABLED and FastListExecutionContext.ENABLED) or "@" in query:
             return None
+        if len(query) > self.documents.max_cached_chars:
+            return None  # the plans are keyed by text: only documents the cache would keep
+
         key = (query, operation_name)
         if key in self._plans:
             self._plans.move_to_end(key)

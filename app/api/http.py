@@ -3,6 +3,7 @@ error codes, metrics and structured logs."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -11,8 +12,9 @@ from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, parse
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -27,11 +29,12 @@ from app import metrics
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import DocumentRegistry
+from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
-from app.api.errors import http_status
+from app.api.errors import http_status, shape
 from app.api.websocket import KeepaliveTransportWSHandler
 from app.auth import Authenticator, Principal
-from app.errors import DomainError
+from app.errors import DomainError, ErrorCode
 from app.resources import Resources
 
 log = logging.getLogger("conversation_service.api")
@@ -52,14 +55,19 @@ class OperationRecorder(SchemaExtension):
 
 
 _POST_OPERATIONS = frozenset({OperationType.QUERY, OperationType.MUTATION})
+#: Apollo's code for an unknown persisted-query hash; clients retry with the query text.
+PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+_OPERATION_KINDS = frozenset({"query", "mutation", "subscription", "unknown"})
 
 
 class GraphQLView(GraphQL[RequestContext, None]):
     graphql_transport_ws_handler_class = KeepaliveTransportWSHandler
 
-    def __init__(self, documents: DocumentRegistry, **kwargs: Any) -> None:
+    def __init__(self, documents: DocumentRegistry, *, max_query_bytes: int = 64 * 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.documents = documents
+        self.max_query_bytes = max_query_bytes
+        self.operation_labels = operation_names(documents)
         cache = getattr(self.schema, "document_cache", None)
         self.compiled = CompiledOperations(self.schema, cache) if cache is not None else None
 
@@ -98,32 +106,56 @@ class GraphQLView(GraphQL[RequestContext, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A single JSON operation over POST (nearly all traffic) takes a short path straight to
-        the schema; GET, batches, GraphiQL and WebSockets go through Strawberry's view."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            request = Request(scope, receive)
-            if "application/json" in request.headers.get("content-type", ""):
-                response = await self._post(request)
-                await response(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+        the schema; GET, GraphiQL and WebSockets go through Strawberry's view. Every refusal
+        is a JSON GraphQL error with a code, never text."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        if scope["method"] == "POST" and "application/json" in request.headers.get("content-type", ""):
+            response = await self._post(request)
+        else:
+            response = await self._strawberry(request)
+        await response(scope, receive, send)
+
+    async def _strawberry(self, request: Request) -> Response:
+        try:
+            if request.method == "GET" and not self.should_render_graphql_ide(self.request_adapter_class(request)):
+                # Authenticated before the query string's document is parsed, as on POST.
+                context = await self.get_context(request, request)  # type: ignore[arg-type]
+                if context.auth_error is not None:
+                    return self._unauthenticated(context.auth_error)
+                return await self.run(request, context=context)
+            return await self.run(request)
+        except RequestRefused as exc:
+            return refusal(exc.reason, exc.code, exc.status_code)
+        except HTTPException as exc:
+            return refusal(exc.reason, ErrorCode.BAD_USER_INPUT, exc.status_code)
 
     async def _post(self, request: Request) -> Response:
+        # Who is calling comes first: an unauthenticated body is never read, parsed or cached.
+        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        if context.auth_error is not None:
+            return self._unauthenticated(context.auth_error)
         try:
             body = orjson.loads(await request.body())
         except orjson.JSONDecodeError:
-            return PlainTextResponse("the body is not valid JSON", status_code=400)
+            return refusal("the body is not valid JSON", ErrorCode.BAD_USER_INPUT, 400)
         try:
             if isinstance(body, list):
                 return await self._post_batch(request, body)
             data = self._request_data(body)
-        except HTTPException as exc:
-            return PlainTextResponse(exc.reason, status_code=exc.status_code)
-        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        except RequestRefused as exc:
+            return refusal(exc.reason, exc.code, exc.status_code)
         if not data.query:
-            return PlainTextResponse("No GraphQL query found in the request", status_code=400)
+            return refusal("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT, 400)
         operations = self.compiled
         compiled = operations.get(data.query, data.operation_name, data.variables) if operations else None
         if operations is not None and compiled is not None:
+            # The ordinary path checks the cost in PreparedDocuments; this one skips extensions.
+            costly = self._costly(data)
+            if costly is not None:
+                return self._refused_operation(context, costly)
             answer = await compiled.run(operations.core_schema, context, data.variables)
             if answer is not None:
                 context.operation_name = compiled.operation_name
@@ -140,31 +172,96 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 allowed_operation_types=_POST_OPERATIONS,
                 operation_extensions=data.extensions,
             )
-        except InvalidOperationTypeError:
-            return PlainTextResponse("subscriptions are served over WebSocket", status_code=400)
-        except CannotGetOperationTypeError as exc:
-            return PlainTextResponse(exc.as_http_error_reason(), status_code=400)
+        except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
+            return refusal(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT, 400)
         response = await self.process_result(request, result)
         return Response(encode(response), status_code=http_status(response), media_type="application/json")
 
     async def _post_batch(self, request: Request, body: list[Any]) -> Response:
+        """Each item answers for itself (a refused item is an error entry, never a 500); the
+        items' costs are added up before any of them runs."""
         limit = self.schema.config.batching_config
         if not body or limit is None or len(body) > limit["max_operations"]:
-            raise HTTPException(400, f"a batch holds 1 to {limit['max_operations'] if limit else 0} operations")
-        responses = []
+            raise RequestRefused(400, f"a batch holds 1 to {limit['max_operations'] if limit else 0} operations")
+        items: list[GraphQLRequestData | RequestRefused] = []
         for item in body:
-            data = self._request_data(item)
+            try:
+                items.append(self._request_data(item))
+            except RequestRefused as exc:
+                items.append(exc)
+        total = sum(self._cost(item) for item in items if isinstance(item, GraphQLRequestData))
+        cache = self.schema.document_cache  # type: ignore[attr-defined]
+        max_cost = cache.max_cost if isinstance(cache, DocumentCache) else None
+        responses: list[Any] = []
+        for item in items:
             context = await self.get_context(request, request)  # type: ignore[arg-type]
-            result = await self.schema.execute(
-                data.query or "",
-                variable_values=data.variables,
-                context_value=context,
-                operation_name=data.operation_name,
-                allowed_operation_types=_POST_OPERATIONS,
-                operation_extensions=data.extensions,
-            )
+            if isinstance(item, RequestRefused):
+                responses.append(_error_entry(item.reason, item.code))
+                continue
+            if not item.query:
+                responses.append(_error_entry("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT))
+                continue
+            if max_cost is not None and total > max_cost:
+                responses.append(self._operation_error(context, cost_error(total, max_cost)))
+                continue
+            try:
+                result = await self.schema.execute(
+                    item.query,
+                    variable_values=item.variables,
+                    context_value=context,
+                    operation_name=item.operation_name,
+                    allowed_operation_types=_POST_OPERATIONS,
+                    operation_extensions=item.extensions,
+                )
+            except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
+                responses.append(_error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT))
+                continue
             responses.append(await self.process_result(request, result))
         return Response(encode(responses), media_type="application/json")
+
+    def _valid_document(self, data: GraphQLRequestData) -> tuple[DocumentCache, DocumentNode] | None:
+        cache = self.schema.document_cache  # type: ignore[attr-defined]
+        if not isinstance(cache, DocumentCache) or cache.max_cost is None or not data.query:
+            return None
+        try:
+            document = cache.parse(data.query)
+        except GraphQLError:
+            return None  # reported when it runs
+        if cache.validate(self.schema._schema, data.query, document):  # type: ignore[attr-defined]
+            return None
+        return cache, document
+
+    def _cost(self, data: GraphQLRequestData) -> int:
+        found = self._valid_document(data)
+        if found is None:
+            return 0
+        cache, document = found
+        cost = cache.cost(self.schema._schema, data.query or "", document, data.operation_name, data.variables)  # type: ignore[attr-defined]
+        return cost or 0
+
+    def _costly(self, data: GraphQLRequestData) -> GraphQLError | None:
+        found = self._valid_document(data)
+        if found is None:
+            return None
+        cache, document = found
+        core = self.schema._schema  # type: ignore[attr-defined]
+        return cache.refuse_costly(core, data.query or "", document, data.operation_name, data.variables)
+
+    def _operation_error(self, context: RequestContext, error: GraphQLError) -> dict[str, Any]:
+        shape(error, context.request_id)
+        context.operation_type = context.operation_type or "unknown"
+        self._record(context, [str((error.extensions or {}).get("code", "INTERNAL"))])
+        return {"data": None, "errors": [error.formatted]}
+
+    def _refused_operation(self, context: RequestContext, error: GraphQLError) -> Response:
+        return Response(orjson.dumps(self._operation_error(context, error)), media_type="application/json")
+
+    @staticmethod
+    def _unauthenticated(error: DomainError) -> Response:
+        metrics.HTTP_REJECTED.labels("unauthenticated").inc()
+        # Postgres down during the key lookup: nothing ran, the client may retry (503).
+        status = 503 if error.code is ErrorCode.SERVICE_UNAVAILABLE else 200
+        return refusal(error.message, error.code, status)
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId is an operation."""
@@ -196,19 +293,27 @@ class GraphQLView(GraphQL[RequestContext, None]):
 
     def _request_data(self, data: Any) -> GraphQLRequestData:
         if not isinstance(data, dict):
-            raise HTTPException(400, "a GraphQL request is a JSON object")
+            raise RequestRefused(400, "a GraphQL request is a JSON object")
         query, variables, extensions = data.get("query"), data.get("variables"), data.get("extensions")
         if not isinstance(query, str | None):
-            raise HTTPException(400, "`query` must be a string")
+            raise RequestRefused(400, "`query` must be a string")
         if not isinstance(variables, dict | None):
-            raise HTTPException(400, "`variables` must be an object")
+            raise RequestRefused(400, "`variables` must be an object")
         if not isinstance(extensions, dict | None):
-            raise HTTPException(400, "`extensions` must be an object")
+            raise RequestRefused(400, "`extensions` must be an object")
+        operation_name = data.get("operationName")
+        if not isinstance(operation_name, str | None):
+            raise RequestRefused(400, "`operationName` must be a string")
+        if query is not None and _too_long(query, self.max_query_bytes):
+            # Comments and strings escape the token limit: without this a document's size is
+            # bounded only by the body's (4 MiB), and it is all parsed.
+            metrics.HTTP_REJECTED.labels("query_too_long").inc()
+            raise RequestRefused(400, f"the query is over the {self.max_query_bytes}-byte limit")
         query = self._trusted_query(query, data.get("documentId"), extensions or {})
         return GraphQLRequestData(
             query=query,
             variables=variables,
-            operation_name=data.get("operationName"),
+            operation_name=operation_name,
             extensions=extensions,
             protocol="http",
         )
@@ -222,13 +327,13 @@ class GraphQLView(GraphQL[RequestContext, None]):
             document = self.documents.by_id(str(document_id))
             if document is None:
                 metrics.HTTP_REJECTED.labels("unknown_document").inc()
-                raise HTTPException(400, "PERSISTED_QUERY_NOT_FOUND: no trusted document has that id")
+                raise RequestRefused(400, "no trusted document has that id", code=PERSISTED_QUERY_NOT_FOUND)
             if query is not None and query != document.text:
-                raise HTTPException(400, "the query does not match its document id")
+                raise RequestRefused(400, "the query does not match its document id")
             return document.text
         if self.documents.trusted_only and (query is None or not self.documents.is_trusted(query)):
             metrics.HTTP_REJECTED.labels("untrusted_document").inc()
-            raise HTTPException(400, "only trusted documents are accepted here: send a documentId")
+            raise RequestRefused(400, "only trusted documents are accepted here: send a documentId")
         return query
 
     def encode_json(self, data: object) -> str:
@@ -259,23 +364,72 @@ class GraphQLView(GraphQL[RequestContext, None]):
         self._record(context, codes)
         return response
 
-    @staticmethod
-    def _record(context: RequestContext, codes: list[str]) -> None:
+    def _record(self, context: RequestContext, codes: list[str]) -> None:
         elapsed = time.perf_counter() - context.started
         name = context.operation_name or "anonymous"
+        # Labels from a bounded set: a client choosing operation names must not grow /metrics.
+        label = name if name in self.operation_labels else metrics.OTHER_OPERATION
         kind = context.operation_type or "unknown"
-        metrics.OPERATIONS.labels(name, kind, "error" if codes else "ok").inc()
-        metrics.LATENCY.labels(name, kind).observe(elapsed)
+        if kind not in _OPERATION_KINDS:
+            kind = "unknown"
+        metrics.OPERATIONS.labels(label, kind, "error" if codes else "ok").inc()
+        metrics.LATENCY.labels(label, kind).observe(elapsed)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "graphql %s %s",
                 kind,
-                name,
+                label,
                 extra={
                     "request_id": context.request_id,
                     "tenant": context.principal.tenant_id if context.principal else None,
-                    "operation": name,
+                    "operation": name[:200],
                     "duration_ms": round(elapsed * 1000, 2),
                     "codes": codes or None,
                 },
             )
+
+
+class RequestRefused(HTTPException):
+    """A request refused before GraphQL ran: answered as a GraphQL error with a code."""
+
+    def __init__(self, status_code: int, reason: str, *, code: str = ErrorCode.BAD_USER_INPUT) -> None:
+        super().__init__(status_code, reason)
+        self.code = code
+
+
+def _error_entry(message: str, code: str) -> dict[str, Any]:
+    metrics.ERRORS.labels(str(code)).inc()
+    return {"data": None, "errors": [{"message": message, "extensions": {"code": str(code)}}]}
+
+
+def refusal(message: str, code: str, status: int) -> Response:
+    body = _error_entry(message, code)
+    del body["data"]  # nothing ran: a request error (GraphQL over HTTP) has no data entry
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _operation_refusal(exc: Exception) -> str:
+    if isinstance(exc, InvalidOperationTypeError):
+        return "subscriptions are served over WebSocket"
+    if isinstance(exc, CannotGetOperationTypeError):
+        if exc.operation_name is None:
+            return SEVERAL_OPERATIONS
+        return f"the document has no operation named {exc.operation_name!r}"[:300]
+    return str(exc)
+
+
+def _too_long(text: str, limit: int) -> bool:
+    # A character is at most 4 UTF-8 bytes: most texts are decided without encoding them.
+    return len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit)
+
+
+def operation_names(documents: DocumentRegistry) -> frozenset[str]:
+    """The trusted documents' operation names: the only operation labels metrics use."""
+    names = {"anonymous"}
+    for document in documents.documents:
+        names.add(document.name)
+        with contextlib.suppress(GraphQLError):
+            for definition in parse(document.text).definitions:
+                if isinstance(definition, OperationDefinitionNode) and definition.name is not None:
+                    names.add(definition.name.value)
+    return frozenset(names)

@@ -40,6 +40,10 @@ def build_schema(settings: Settings | None = None) -> Schema:
         max_aliases=settings.max_query_aliases,
         max_tokens=settings.max_query_tokens,
         introspection=not settings.is_production,
+        max_bytes=settings.document_cache_bytes,
+        max_cached_chars=settings.max_cached_document_bytes,
+        max_page_size=settings.max_page_size,
+        max_cost=settings.max_query_cost,
     )
     # Factories: Strawberry builds fresh extensions per request; the cache is shared.
     extensions: list[Callable[[], SchemaExtension]] = [lambda: PreparedDocuments(cache), OperationRecorder]

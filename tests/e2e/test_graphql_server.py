@@ -122,8 +122,14 @@ async def test_metrics_and_health(server_url: str, db: Database, tenant: str) ->
             json={"query": "query Broken { conversations(first: 1000) { totalCount } }"},
             headers=caller.headers,
         )
+        stats = DocumentRegistry.load().by_name("CrmStats")
+        assert stats is not None
+        await http.post("/graphql", json={"documentId": stats.sha256}, headers=caller.headers)
         text = (await http.get("/metrics")).text
-        assert 'graphql_operations_total{operation="Probe",outcome="ok",type="query"}' in text
+        # Operation labels come from the trusted documents only; any other name is "other".
+        assert 'graphql_operations_total{operation="CrmStats",outcome="ok",type="query"}' in text
+        assert 'graphql_operations_total{operation="other",outcome="ok",type="query"}' in text
+        assert 'operation="Probe"' not in text
         assert 'graphql_errors_total{code="BAD_USER_INPUT"}' in text
         assert "graphql_operation_duration_seconds_bucket" in text
         assert "db_pool_connections" in text and "db_statements_total" in text
