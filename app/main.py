@@ -22,7 +22,9 @@ from app.api.documents import DocumentRegistry
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
+from app.api.ws_connections import ConnectionRegistry
 from app.auth import Authenticator
+from app.events import KEY_REVOKED_CHANNEL
 from app.middleware import BodySizeLimit
 from app.resources import Resources
 from app.services import crm
@@ -110,10 +112,21 @@ def create_app(
         resources = await Resources.open(settings, db_url, cache_url)
         app.state.resources = resources
         app.state.authenticator = Authenticator(resources.db, settings.auth_mode)
+        app.state.ws_connections = connections = ConnectionRegistry(
+            app.state.authenticator,
+            max_connections=settings.max_ws_connections,
+            max_per_tenant=settings.max_ws_connections_per_tenant,
+            max_per_key=settings.max_ws_connections_per_key,
+            max_subscriptions_per_tenant=settings.max_subscriptions_per_tenant,
+            recheck_s=settings.ws_auth_recheck_s,
+        )
+        await resources.hub.listen(KEY_REVOKED_CHANNEL, connections.on_key_revoked, connections.recheck_now)
+        connections.start()
         arq = await _crm_dispatch(settings, cache_url)
         try:
             yield
         finally:
+            await connections.stop()
             if arq is not None:
                 crm.set_dispatcher(None)
                 await arq.aclose()

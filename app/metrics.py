@@ -74,3 +74,12 @@ class _StatementCollector:
 
 
 REGISTRY.register(_StatementCollector())
+
+# WebSocket connections and their operations (app/api/ws_connections.py).
+WS_CONNECTIONS = Gauge("ws_connections", "Admitted WebSocket connections in this process.", registry=REGISTRY)
+WS_OPERATIONS = Gauge(
+    "ws_operations", "Operations running on WebSocket connections in this process.", registry=REGISTRY
+)
+WS_CLOSED = Counter(
+    "ws_closed_total", "WebSocket connections closed by the server, by reason.", ["reason"], registry=REGISTRY
+)
