@@ -277,8 +277,11 @@ class EventHub:
         metrics.SUBSCRIBERS.inc()
         try:
             with contextlib.suppress(TimeoutError):
-                # Redis down: go on; the reconnect re-subscribes and sends RESYNC.
-                await asyncio.wait_for(entry.confirmed.wait(), confirm_timeout)
+                # Redis down: go on; the reconnect re-subscribes and sends RESYNC. Not
+                # wait_for: on 3.11 it can swallow a cancellation that lands as the wait
+                # completes, and the subscriber (and its connection) would never end.
+                async with asyncio.timeout(confirm_timeout):
+                    await entry.confirmed.wait()
             yield subscriber
         finally:
             metrics.SUBSCRIBERS.dec()
