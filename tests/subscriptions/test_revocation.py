@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
-from functools import partial
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
 import pytest
