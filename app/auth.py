@@ -79,6 +79,16 @@ class Authenticator:
         self._cache[secret] = (now + KEY_CACHE_SECONDS, key)
         return key
 
+    def forget_secret(self, secret: str) -> None:
+        """The next lookup of this secret reads the database (a WebSocket credential re-check)."""
+        self._cache.pop(secret, None)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a revoked key from the cache, so it is refused at once, not after KEY_CACHE_SECONDS."""
+        for secret, (_, key) in list(self._cache.items()):
+            if key is not None and str(key.id) == key_id:
+                del self._cache[secret]
+
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)

@@ -118,10 +118,19 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: {args.key_id!r} is not a key id (a UUID from `api-key list`)", file=sys.stderr)
         return 2
+    from app import embedded, events
+
     endpoints = _admin_endpoints(settings)
+    # Live WebSocket connections of the key close at once when the API processes hear of it.
+    running = None if settings.redis_url else embedded.running_redis(settings.resolved_data_dir / "redis")
+    redis_url = settings.redis_url or (running.url if running is not None else None)
+
+    async def announce(key: Any) -> None:
+        if redis_url:
+            await events.announce_key_revoked(redis_url, str(key.id), key.tenant_id)
 
     async def work(db: Any) -> Any:
-        return await db.run(lambda uow: tenants.revoke_api_key(uow, key_id))
+        return await db.run(lambda uow: tenants.revoke_api_key(uow, key_id, announce=announce))
 
     key = asyncio.run(_with_db(endpoints.database_url, work))
     print(f"api key {key.id} revoked at {key.revoked_at.isoformat()}")

@@ -45,6 +45,30 @@ def tenant_channel(tenant_id: str) -> str:
     return f"cs:ev:{{{tenant_id}}}:t"
 
 
+#: Process-wide signals (not domain events): a revoked API key, `{"key_id": ..., "tenant_id": ...}`.
+KEY_REVOKED_CHANNEL = "cs:auth:key-revoked"
+
+SignalHandler = Callable[[bytes], None]
+"""Called with a signal's raw payload; must not block (schedule work instead)."""
+ResyncHandler = Callable[[], None]
+"""Called each time the hub (re)connects: signals published while it was away are lost."""
+
+
+async def announce_key_revoked(redis_url: str, key_id: str, tenant_id: str, *, timeout_s: float = 2.0) -> bool:
+    """Tell every API process a key was revoked (after the revocation committed). Best effort:
+    when Redis is away, processes still notice within WS_AUTH_RECHECK_S by re-checking."""
+    client = Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        await client.publish(KEY_REVOKED_CHANNEL, orjson.dumps({"key_id": key_id, "tenant_id": tenant_id}))
+        return True
+    except (RedisError, OSError) as exc:
+        log.warning("could not announce the revocation of key %s (%s); re-checks will catch it", key_id, exc)
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
 # --- wire format ---------------------------------------------------------------------------
 
 
@@ -161,6 +185,8 @@ class EventHub:
         self._lock = asyncio.Lock()
         self._outbox: asyncio.Queue[list[DomainEvent]] = asyncio.Queue(outbox_size)
         self._sender: asyncio.Task[None] | None = None
+        self._signals: dict[str, list[SignalHandler]] = {}
+        self._resync_handlers: list[ResyncHandler] = []
         #: Completes events before they are published (Resources adds conversation headers).
         self.enrich: Callable[[list[DomainEvent]], Awaitable[None]] | None = None
 
@@ -251,8 +277,11 @@ class EventHub:
         metrics.SUBSCRIBERS.inc()
         try:
             with contextlib.suppress(TimeoutError):
-                # Redis down: go on; the reconnect re-subscribes and sends RESYNC.
-                await asyncio.wait_for(entry.confirmed.wait(), confirm_timeout)
+                # Redis down: go on; the reconnect re-subscribes and sends RESYNC. Not
+                # wait_for: on 3.11 it can swallow a cancellation that lands as the wait
+                # completes, and the subscriber (and its connection) would never end.
+                async with asyncio.timeout(confirm_timeout):
+                    await entry.confirmed.wait()
             yield subscriber
         finally:
             metrics.SUBSCRIBERS.dec()
@@ -263,6 +292,18 @@ class EventHub:
                     if self._pubsub is not None and self._connected.is_set():
                         with contextlib.suppress(RedisError, OSError):
                             await self._pubsub.unsubscribe(channel)
+
+    async def listen(self, channel: str, handler: SignalHandler, on_resync: ResyncHandler | None = None) -> None:
+        """Hear a signal channel for the life of the hub (no queue: the handler runs in the
+        reader and must return at once). `on_resync` runs after every (re)connect."""
+        async with self._lock:
+            handlers = self._signals.setdefault(channel, [])
+            handlers.append(handler)
+            if on_resync is not None:
+                self._resync_handlers.append(on_resync)
+            if len(handlers) == 1 and self._pubsub is not None and self._connected.is_set():
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.subscribe(channel)
 
     # the reader -----------------------------------------------------------------------------
 
@@ -290,7 +331,7 @@ class EventHub:
         self._client = Redis.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=10)
         self._pubsub = self._client.pubsub()
         async with self._lock:
-            channels = list(self._channels)
+            channels = [*self._channels, *self._signals]
             # A connection needs at least one subscription before it can be read.
             await self._pubsub.subscribe("cs:ev:hub", *channels)
             self._connected.set()
@@ -315,8 +356,15 @@ class EventHub:
                     for entry in self._channels.values():
                         for subscriber in entry.subscribers:
                             subscriber.offer(RESYNC)
+                    for on_resync in self._resync_handlers:
+                        _call_safely(on_resync)
                 continue
             if kind != "message":
+                continue
+            signal_handlers = self._signals.get(channel)
+            if signal_handlers:
+                for handler in signal_handlers:
+                    _call_safely(handler, message["data"])
                 continue
             entry = self._channels.get(channel)
             if entry is None or not entry.subscribers:
@@ -338,6 +386,13 @@ class EventHub:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+def _call_safely(handler: Callable[..., None], *args: Any) -> None:
+    try:
+        handler(*args)
+    except Exception:
+        log.exception("event hub signal handler %r failed", handler)
 
 
 EventFilter = Callable[[DomainEvent], bool]

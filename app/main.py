@@ -25,7 +25,9 @@ from app.api.error_guard import JsonErrorGuard, http_exception_as_json
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
+from app.api.ws_connections import ConnectionRegistry
 from app.auth import Authenticator
+from app.events import KEY_REVOKED_CHANNEL
 from app.middleware import BodyReadTimeout, BodySizeLimit
 from app.resources import Resources
 from app.services import crm
@@ -120,12 +122,23 @@ def create_app(
             if settings.metrics_port is not None
             else None
         )
+        app.state.ws_connections = connections = ConnectionRegistry(
+            app.state.authenticator,
+            max_connections=settings.max_ws_connections,
+            max_per_tenant=settings.max_ws_connections_per_tenant,
+            max_per_key=settings.max_ws_connections_per_key,
+            max_subscriptions_per_tenant=settings.max_subscriptions_per_tenant,
+            recheck_s=settings.ws_auth_recheck_s,
+        )
+        await resources.hub.listen(KEY_REVOKED_CHANNEL, connections.on_key_revoked, connections.recheck_now)
+        connections.start()
         arq = await _crm_dispatch(settings, cache_url)
         try:
             yield
         finally:
             if metrics_server is not None:
                 metrics_server.stop()
+            await connections.stop()
             if arq is not None:
                 crm.set_dispatcher(None)
                 await arq.aclose()

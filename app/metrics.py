@@ -129,3 +129,13 @@ def serve(host: str, port: int, token: str | None) -> MetricsServer:
     thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
     thread.start()
     return MetricsServer(server, thread)
+
+
+# WebSocket connections and their operations (app/api/ws_connections.py).
+WS_CONNECTIONS = Gauge("ws_connections", "Admitted WebSocket connections in this process.", registry=REGISTRY)
+WS_OPERATIONS = Gauge(
+    "ws_operations", "Operations running on WebSocket connections in this process.", registry=REGISTRY
+)
+WS_CLOSED = Counter(
+    "ws_closed_total", "WebSocket connections closed by the server, by reason.", ["reason"], registry=REGISTRY
+)

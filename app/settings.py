@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     #: When set, /metrics is served on this port (HOST) by `serve`/`run`, and not on the API port.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # WebSocket hardening (issue 9, area "ws"): credential re-checks and per-process caps.
+    #: Live connections re-check their credentials this often, whatever the keepalive (pub/sub down).
+    ws_auth_recheck_s: float = Field(default=3.0, gt=0)
+    max_ws_connections: int = Field(default=10_000, ge=1)
+    max_ws_connections_per_tenant: int = Field(default=1_000, ge=1)
+    max_ws_connections_per_key: int = Field(default=1_000, ge=1)
+    max_subscriptions_per_tenant: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -18,6 +18,7 @@ from app.services.tenants import Scope
 
 if TYPE_CHECKING:
     from app.api import types
+    from app.api.ws_connections import LiveConnection
 
 
 class Loaders:
@@ -94,6 +95,8 @@ class RequestContext:
     connection_params: dict[str, Any] | None = None
     #: A WebSocket connection's context: it outlives any one operation or event.
     long_lived: bool = False
+    #: The WebSocket connection this context belongs to (its credentials, caps and close).
+    live: LiveConnection | None = None
     _loaders: Loaders | None = field(default=None, repr=False)
 
     def tenant(self, scope: Scope = Scope.READ) -> str:

@@ -32,7 +32,8 @@ from app.api.documents import DocumentRegistry
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
 from app.api.errors import http_status, shape
-from app.api.websocket import KeepaliveTransportWSHandler
+from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
+from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers
 from app.auth import Authenticator, Principal
 from app.errors import DomainError, ErrorCode
 from app.resources import Resources
@@ -62,6 +63,7 @@ _OPERATION_KINDS = frozenset({"query", "mutation", "subscription", "unknown"})
 
 class GraphQLView(GraphQL[RequestContext, None]):
     graphql_transport_ws_handler_class = KeepaliveTransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(self, documents: DocumentRegistry, *, max_query_bytes: int = 64 * 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -73,14 +75,22 @@ class GraphQLView(GraphQL[RequestContext, None]):
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         """Authenticate in connection_init: its payload carries the HTTP header names and values
-        ({"Authorization": "Bearer <key>", "X-Tenant-ID": "<tenant>"}); refused → close 4403."""
+        ({"Authorization": "Bearer <key>", "X-Tenant-ID": "<tenant>"}); refused → close 4403.
+        An empty payload keeps the upgrade request's Authorization, if it authenticated. The
+        credentials used are kept for re-checks; over a connection cap → ConnectionRefused (4429)."""
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         headers = {str(k).lower(): str(v) for k, v in params.items() if isinstance(v, str)}
+        live = context.live
+        credentials = auth_headers(headers)
         if headers or context.principal is None:
             try:
                 context.principal = await context.authenticator.authenticate(headers)
             except DomainError as exc:
                 raise ConnectionRejectionError({"code": exc.code.value, "message": exc.message}) from exc
+        elif live is not None:
+            credentials = live.upgrade_headers
+        if live is not None:
+            live.registry.admit(live, context.principal, credentials)
         return None
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> RequestContext:
@@ -101,6 +111,9 @@ class GraphQLView(GraphQL[RequestContext, None]):
             started=time.perf_counter(),
             long_lived=isinstance(request, WebSocket),
         )
+        if isinstance(request, WebSocket):
+            registry: ConnectionRegistry = request.app.state.ws_connections
+            context.live = LiveConnection(registry, request, auth_headers(request.headers))
         request.state.graphql_context = context
         return context
 

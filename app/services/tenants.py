@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -119,11 +120,20 @@ async def list_api_keys(conn: Connection, tenant_id: str) -> list[ApiKey]:
     return [_key(r) for r in await repo.list_keys(conn, tenant_id)]
 
 
-async def revoke_api_key(uow: UnitOfWork, key_id: uuid.UUID) -> ApiKey:
+KeyRevoked = Callable[[ApiKey], Awaitable[None]]
+"""Announces a revocation to the API processes (app/events.announce_key_revoked)."""
+
+
+async def revoke_api_key(uow: UnitOfWork, key_id: uuid.UUID, *, announce: KeyRevoked | None = None) -> ApiKey:
+    """Revoke the key; once that is durable, `announce` tells the API processes so its live
+    WebSocket connections close at once (without it they notice on their next re-check)."""
     row = await repo.revoke_key(uow.conn, key_id)
     if row is None:
         raise NotFound("api key not found")
-    return _key(row)
+    key = _key(row)
+    if announce is not None:
+        uow.after_commit(lambda: announce(key))
+    return key
 
 
 async def key_for_secret(conn: Connection, secret: str) -> ApiKey | None:

@@ -104,7 +104,7 @@ async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path:
         "skipSeq": False,
     }
     queries = [d.text for d in DocumentRegistry.load().documents if d.text.lstrip("# ").find("mutation") < 0]
-    queries = [q for q in queries if not q.split("\n", 1)[1].lstrip().startswith(("mutation", "subscription"))] + EXTRA
+    queries = [q for q in queries if q.split("\n", 1)[1].lstrip().startswith("query")] + EXTRA
     for query in queries:
         fast, slow = await _both(api, query, variables)
         assert fast == slow, query
