@@ -111,7 +111,9 @@ async def _subscribe_and_add(url: str, key: str, documents: DocumentRegistry) ->
         async with websockets.connect(ws_url, subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
             await ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {key}"}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
-            query = "subscription($c: ID) { messageAdded(conversationId: $c) { seq content } }"
+            # afterSeq 0: the message below is delivered whether it commits before or after the
+            # server has registered the subscription (replay, then live).
+            query = "subscription($c: ID) { messageAdded(conversationId: $c, afterSeq: 0) { seq content } }"
             await ws.send(
                 json.dumps(
                     {"id": "1", "type": "subscribe", "payload": {"query": query, "variables": {"c": conversation_id}}}
@@ -123,6 +125,7 @@ async def _subscribe_and_add(url: str, key: str, documents: DocumentRegistry) ->
             async with asyncio.timeout(15):
                 while True:
                     message = json.loads(await ws.recv())
+                    assert message["type"] in ("next", "ping", "pong"), message
                     if message["type"] == "next":
                         event: dict[str, Any] = message["payload"]["data"]["messageAdded"]
                         return event
