@@ -10,6 +10,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import metrics
 
 
+class StartTracker:
+    """Wraps `send`, noting whether the response has started: after that no error answer fits."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -35,7 +49,6 @@ class BodySizeLimit:
                     await self._refuse(send)
                     return
         seen = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -46,15 +59,12 @@ class BodySizeLimit:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        tracked = StartTracker(send)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
@@ -82,7 +92,6 @@ class BodyReadTimeout:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         complete = False
-        started = False
 
         async def timed_receive() -> Message:
             nonlocal complete
@@ -97,15 +106,12 @@ class BodyReadTimeout:
                 complete = True
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        tracked = StartTracker(send)
 
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, tracked)
         except BodyTimedOut:
-            if not started:
+            if not tracked.started:
                 metrics.HTTP_REJECTED.labels("body_timeout").inc()
                 await _send_error(
                     send, 408, f"the request body did not arrive within {self.timeout_s:g} s", "BAD_USER_INPUT"

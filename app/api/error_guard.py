@@ -10,10 +10,11 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
 from app.errors import ErrorCode
+from app.middleware import StartTracker
 
 log = logging.getLogger("conversation_service.api")
 
@@ -34,19 +35,13 @@ class JsonErrorGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = StartTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             request_id = _request_id(scope)
             log.exception("unhandled error answering %s", scope.get("path"), extra={"request_id": request_id})
-            if started:
+            if tracked.started:
                 raise  # part of a response is out: nothing clean can follow
             metrics.ERRORS.labels(ErrorCode.INTERNAL.value).inc()
             body = error_body("Internal error", ErrorCode.INTERNAL, requestId=request_id)
