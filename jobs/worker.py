@@ -37,6 +37,17 @@ from jobs.context import WorkerState, is_transient, state
 log = logging.getLogger("conversation_service.worker")
 
 
+class _HealthAtDebug(logging.Filter):
+    """arq logs "recording health" at INFO whenever its counters moved since the last record; with
+    the heartbeat every few seconds and a cron every 15 s that is a line every 15 s. The heartbeat's
+    age is in /readyz and the metrics: keep the line for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and str(record.msg).startswith("recording health"):
+            return logging.getLogger("arq.worker").isEnabledFor(logging.DEBUG)
+        return True
+
+
 async def ping(ctx: dict[str, Any], payload: Any = None) -> dict[str, Any]:
     """Round-trip check for the queue: answers with what it was given."""
     return {"pong": True, "payload": payload}
@@ -216,6 +227,9 @@ class Worker(arq.worker.Worker):
             await self.on_shutdown(self.ctx)
         await self.pool.close(close_connection_pool=True)
         self._pool = None
+
+
+logging.getLogger("arq.worker").addFilter(_HealthAtDebug())
 
 
 def create_worker(

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from app import embedded, liveness
@@ -60,3 +62,16 @@ async def test_the_worker_survives_a_redis_restart_and_runs_an_action_within_10_
         worker.stop()
         rd.stop()
     assert worker.proc.returncode == 0, worker.output()  # a clean stop, even after the outage
+
+
+def test_arq_health_records_stay_out_of_info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import jobs.worker  # noqa: F401  (installs the filter)
+
+    arq_log = logging.getLogger("arq.worker")
+    with caplog.at_level(logging.INFO, logger="arq.worker"):
+        arq_log.info("recording health: %s", "Nov-30 11:23:01 j_complete=3 j_failed=0")
+        arq_log.info("  0.00s ← crm.sweep ● {'queued': 0}")
+    assert [r.getMessage() for r in caplog.records] == ["  0.00s ← crm.sweep ● {'queued': 0}"]
+    with caplog.at_level(logging.DEBUG, logger="arq.worker"):
+        arq_log.info("recording health: %s", "j_complete=4")
+    assert caplog.records[-1].getMessage() == "recording health: j_complete=4"
