@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from app import metrics
 from app.settings import PROJECT_ROOT
 
 #: Installed from a wheel, the documents ship inside the package (setup.py copies graphql/*.graphql
@@ -21,6 +23,21 @@ DOCUMENTS_DIR = _PACKAGED if _PACKAGED.is_dir() else PROJECT_ROOT / "graphql"
 
 def document_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: Why a request's document was refused (Apollo's code for an unknown hash is the first).
+UNKNOWN_DOCUMENT = "PERSISTED_QUERY_NOT_FOUND"
+DOCUMENT_MISMATCH = "DOCUMENT_MISMATCH"
+UNTRUSTED_DOCUMENT = "UNTRUSTED_DOCUMENT"
+
+
+class DocumentRefused(Exception):
+    """A request's document is not one this server runs; `reason` is one of the constants above."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +70,24 @@ class DocumentRegistry:
 
     def is_trusted(self, text: str) -> bool:
         return text in self._by_text
+
+    def resolve(self, query: Any, document_id: Any, extensions: Any) -> str | None:
+        """The text to run for a request (HTTP body or WebSocket subscribe payload): a
+        `documentId` or Apollo's persisted-query hash is replaced by its document; with
+        TRUSTED_DOCUMENTS_ONLY nothing else runs. Refusals raise DocumentRefused."""
+        if document_id is None and isinstance(extensions, dict):
+            persisted = extensions.get("persistedQuery")
+            if isinstance(persisted, dict):
+                document_id = persisted.get("sha256Hash")
+        if document_id is not None:
+            document = self.by_id(str(document_id))
+            if document is None:
+                metrics.HTTP_REJECTED.labels("unknown_document").inc()
+                raise DocumentRefused("no trusted document has that id", UNKNOWN_DOCUMENT)
+            if query is not None and query != document.text:
+                raise DocumentRefused("the query does not match its document id", DOCUMENT_MISMATCH)
+            return document.text
+        if self.trusted_only and (not isinstance(query, str) or not self.is_trusted(query)):
+            metrics.HTTP_REJECTED.labels("untrusted_document").inc()
+            raise DocumentRefused("only trusted documents are accepted here: send a documentId", UNTRUSTED_DOCUMENT)
+        return query if isinstance(query, str) else None

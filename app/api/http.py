@@ -28,7 +28,7 @@ from strawberry.types.graphql import OperationType
 from app import metrics
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
-from app.api.documents import DocumentRegistry
+from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistry
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
 from app.api.errors import http_status, shape
@@ -57,7 +57,7 @@ class OperationRecorder(SchemaExtension):
 
 _POST_OPERATIONS = frozenset({OperationType.QUERY, OperationType.MUTATION})
 #: Apollo's code for an unknown persisted-query hash; clients retry with the query text.
-PERSISTED_QUERY_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"
+PERSISTED_QUERY_NOT_FOUND = UNKNOWN_DOCUMENT
 _OPERATION_KINDS = frozenset({"query", "mutation", "subscription", "unknown"})
 
 
@@ -177,14 +177,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 self._record(context, codes)
                 return Response(encode(answer), status_code=http_status(answer), media_type="application/json")
         try:
-            result = await self.schema.execute(
-                data.query,
-                variable_values=data.variables,
-                context_value=context,
-                operation_name=data.operation_name,
-                allowed_operation_types=_POST_OPERATIONS,
-                operation_extensions=data.extensions,
-            )
+            result = await self._execute(data, context)
         except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
             return refusal(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT, 400)
         response = await self.process_result(request, result)
@@ -218,19 +211,23 @@ class GraphQLView(GraphQL[RequestContext, None]):
                 responses.append(self._operation_error(context, cost_error(total, max_cost)))
                 continue
             try:
-                result = await self.schema.execute(
-                    item.query,
-                    variable_values=item.variables,
-                    context_value=context,
-                    operation_name=item.operation_name,
-                    allowed_operation_types=_POST_OPERATIONS,
-                    operation_extensions=item.extensions,
-                )
+                result = await self._execute(item, context)
             except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
                 responses.append(_error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT))
                 continue
             responses.append(await self.process_result(request, result))
         return Response(encode(responses), media_type="application/json")
+
+    async def _execute(self, data: GraphQLRequestData, context: RequestContext) -> ExecutionResult:
+        """The ordinary path: Strawberry's executor (queries and mutations only over HTTP)."""
+        return await self.schema.execute(
+            data.query or "",
+            variable_values=data.variables,
+            context_value=context,
+            operation_name=data.operation_name,
+            allowed_operation_types=_POST_OPERATIONS,
+            operation_extensions=data.extensions,
+        )
 
     def _valid_document(self, data: GraphQLRequestData) -> tuple[DocumentCache, DocumentNode] | None:
         cache = self.schema.document_cache  # type: ignore[attr-defined]
@@ -332,22 +329,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
         )
 
     def _trusted_query(self, query: str | None, document_id: Any, extensions: dict[str, Any]) -> str | None:
-        """documentId, or Apollo's persistedQuery hash, names a trusted document in graphql/."""
-        persisted = extensions.get("persistedQuery")
-        if document_id is None and isinstance(persisted, dict):
-            document_id = persisted.get("sha256Hash")
-        if document_id is not None:
-            document = self.documents.by_id(str(document_id))
-            if document is None:
-                metrics.HTTP_REJECTED.labels("unknown_document").inc()
-                raise RequestRefused(400, "no trusted document has that id", code=PERSISTED_QUERY_NOT_FOUND)
-            if query is not None and query != document.text:
-                raise RequestRefused(400, "the query does not match its document id")
-            return document.text
-        if self.documents.trusted_only and (query is None or not self.documents.is_trusted(query)):
-            metrics.HTTP_REJECTED.labels("untrusted_document").inc()
-            raise RequestRefused(400, "only trusted documents are accepted here: send a documentId")
-        return query
+        try:
+            return self.documents.resolve(query, document_id, extensions)
+        except DocumentRefused as refused:
+            code = PERSISTED_QUERY_NOT_FOUND if refused.reason == UNKNOWN_DOCUMENT else ErrorCode.BAD_USER_INPUT
+            raise RequestRefused(400, refused.message, code=code) from None
 
     def encode_json(self, data: object) -> str:
         # Text, not bytes: Strawberry sends bytes as binary WebSocket frames, and the

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from graphql import GraphQLError
@@ -27,45 +28,21 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.subscriptions.protocols.graphql_ws.types import StartMessage
 
 from app import metrics
-from app.api.documents import DocumentRegistry
+from app.api.documents import DocumentRefused, DocumentRegistry
 from app.api.ws_connections import ConnectionRefused, LiveConnection
 from app.errors import DomainError, ErrorCode
 
 
-class DocumentRefused(Exception):
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.reason = reason
-
-    def error(self) -> GraphQLError:
-        return GraphQLError(self.message, extensions={"code": ErrorCode.BAD_USER_INPUT.value, "reason": self.reason})
+def _refusal(refused: DocumentRefused) -> GraphQLError:
+    return GraphQLError(refused.message, extensions={"code": ErrorCode.BAD_USER_INPUT.value, "reason": refused.reason})
 
 
 def trusted_query(documents: DocumentRegistry | None, payload: dict[str, Any]) -> str | None:
-    """The query text to run for a subscribe/start payload (a documentId or persisted-query
-    hash is replaced by its document), or DocumentRefused."""
+    """The query text to run for a subscribe/start payload (DocumentRegistry.resolve)."""
     query = payload.get("query")
-    extensions = payload.get("extensions")
-    document_id = payload.get("documentId")
-    if document_id is None and isinstance(extensions, dict):
-        persisted = extensions.get("persistedQuery")
-        if isinstance(persisted, dict):
-            document_id = persisted.get("sha256Hash")
     if documents is None:
         return query if isinstance(query, str) else None
-    if document_id is not None:
-        document = documents.by_id(str(document_id))
-        if document is None:
-            metrics.HTTP_REJECTED.labels("unknown_document").inc()
-            raise DocumentRefused("no trusted document has that id", "PERSISTED_QUERY_NOT_FOUND")
-        if query is not None and query != document.text:
-            raise DocumentRefused("the query does not match its document id", "DOCUMENT_MISMATCH")
-        return document.text
-    if documents.trusted_only and (not isinstance(query, str) or not documents.is_trusted(query)):
-        metrics.HTTP_REJECTED.labels("untrusted_document").inc()
-        raise DocumentRefused("only trusted documents are accepted here: send a documentId", "UNTRUSTED_DOCUMENT")
-    return query if isinstance(query, str) else None
+    return documents.resolve(query, payload.get("documentId"), payload.get("extensions"))
 
 
 def _live(context: Any) -> LiveConnection | None:
@@ -121,29 +98,17 @@ class KeepaliveTransportWSHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         if not self.connection_acknowledged or message["id"] in self.operations or live is None:
             await super().handle_subscribe(message)  # Strawberry's protocol errors (4401, 4409)
             return
-        registry = live.registry
-        payload: dict[str, Any] = dict(message.get("payload") or {})
-        try:
-            query = trusted_query(getattr(self.view, "documents", None), payload)
-            registry.begin_operation(live)
-        except DocumentRefused as refused:
-            await self._refuse(message["id"], refused.error())
-            return
-        except DomainError as exc:
-            await self._refuse(message["id"], _coded(exc))
-            return
-        started = False
-        try:
-            if query is not None:
-                payload["query"] = query
-            await super().handle_subscribe({**message, "payload": payload})  # type: ignore[typeddict-item]
-            operation = self.operations.get(message["id"])
-            if operation is not None and operation.task is not None:
-                operation.task.add_done_callback(lambda _: registry.end_operation(live))
-                started = True
-        finally:
-            if not started:
-                registry.end_operation(live)
+        operation_id = message["id"]
+
+        async def start(payload: dict[str, Any]) -> asyncio.Task[Any] | None:
+            await BaseGraphQLTransportWSHandler.handle_subscribe(self, {**message, "payload": payload})  # type: ignore[typeddict-item]
+            operation = self.operations.get(operation_id)
+            return operation.task if operation is not None else None
+
+        async def refuse(error: GraphQLError) -> None:
+            await self._refuse(operation_id, error)
+
+        await _start_counted(self.view, live, message.get("payload"), start, refuse)
 
     async def _refuse(self, operation_id: str, error: GraphQLError) -> None:
         await self.send_message({"id": operation_id, "type": "error", "payload": [error.formatted]})
@@ -178,29 +143,47 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Any, Any]):
         operation_id = message["id"]
         if operation_id in self.tasks:
             await self.cleanup_operation(operation_id)  # a reused id replaces its operation
-        registry = live.registry
-        payload: dict[str, Any] = dict(message.get("payload") or {})
-        try:
-            query = trusted_query(getattr(self.view, "documents", None), payload)
-            registry.begin_operation(live)
-        except DocumentRefused as refused:
-            await self.send_message({"type": "error", "id": operation_id, "payload": refused.error().formatted})
-            return
-        except DomainError as exc:
-            await self.send_message({"type": "error", "id": operation_id, "payload": _coded(exc).formatted})
-            return
-        started = False
-        try:
-            if query is not None:
-                payload["query"] = query
-            await super().handle_start({**message, "payload": payload})  # type: ignore[typeddict-item]
-            task = self.tasks.get(operation_id)
-            if task is not None:
-                task.add_done_callback(lambda _: registry.end_operation(live))
-                started = True
-        finally:
-            if not started:
-                registry.end_operation(live)
+
+        async def start(payload: dict[str, Any]) -> asyncio.Task[Any] | None:
+            await BaseGraphQLWSHandler.handle_start(self, {**message, "payload": payload})  # type: ignore[typeddict-item]
+            return self.tasks.get(operation_id)
+
+        async def refuse(error: GraphQLError) -> None:
+            await self.send_message({"type": "error", "id": operation_id, "payload": error.formatted})
+
+        await _start_counted(self.view, live, message.get("payload"), start, refuse)
+
+
+async def _start_counted(
+    view: Any,
+    live: LiveConnection,
+    raw_payload: Any,
+    start: Callable[[dict[str, Any]], Awaitable[asyncio.Task[Any] | None]],
+    refuse: Callable[[GraphQLError], Awaitable[None]],
+) -> None:
+    """Both protocols' subscribe: resolve the trusted document, count the operation against the
+    tenant's cap, start it, and uncount it when its task ends (or at once if it never started)."""
+    registry = live.registry
+    payload: dict[str, Any] = dict(raw_payload or {})
+    try:
+        query = trusted_query(getattr(view, "documents", None), payload)
+        registry.begin_operation(live)
+    except DocumentRefused as refused:
+        await refuse(_refusal(refused))
+        return
+    except DomainError as exc:
+        await refuse(_coded(exc))
+        return
+    if query is not None:
+        payload["query"] = query
+    task: asyncio.Task[Any] | None = None
+    try:
+        task = await start(payload)
+    finally:
+        if task is None:
+            registry.end_operation(live)
+        else:
+            task.add_done_callback(lambda _: registry.end_operation(live))
 
 
 def _coded(exc: DomainError) -> GraphQLError:
