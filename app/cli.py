@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from app import embedded, runtime
+from app import runtime
 from app.errors import DomainError
 from app.settings import Settings, get_settings
 from app.supervisor import ChildSupervisor
@@ -118,11 +118,12 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError:
         print(f"error: {args.key_id!r} is not a key id (a UUID from `api-key list`)", file=sys.stderr)
         return 2
-    from app import embedded, events
+    from app import events
+    from app.embedded.redis import running_redis
 
     endpoints = _admin_endpoints(settings)
     # Live WebSocket connections of the key close at once when the API processes hear of it.
-    running = None if settings.redis_url else embedded.running_redis(settings.resolved_data_dir / "redis")
+    running = None if settings.redis_url else running_redis(settings.resolved_data_dir / "redis")
     redis_url = settings.redis_url or (running.url if running is not None else None)
 
     async def announce(key: Any) -> None:
@@ -190,6 +191,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Everything for development: embedded servers (unless URLs are set), migrations, worker, API."""
     import uvicorn
 
+    from app.embedded.process import die_with_parent
     from app.main import create_app
     from db.migrate import upgrade
 
@@ -205,7 +207,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         lambda: subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"],
             env=env,
-            preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
         ),
     )
     worker.start()

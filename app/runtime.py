@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from app import embedded
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.embedded.process import EmbeddedServer
 
 log = logging.getLogger("conversation_service")
 
@@ -16,7 +19,7 @@ class Endpoints:
     database_url: str
     redis_url: str
     #: Servers this process started (and stops on exit); attached ones are not listed.
-    started: list[embedded.EmbeddedServer] = field(default_factory=list)
+    started: list[EmbeddedServer] = field(default_factory=list)
 
     def stop(self) -> None:
         for server in reversed(self.started):
@@ -27,22 +30,26 @@ class Endpoints:
 def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
     """The configured URLs, else the embedded servers in DATA_DIR: the ones `run` started
     if they are up, otherwise started here (and stopped when this process exits)."""
-    started: list[embedded.EmbeddedServer] = []
+    started: list[EmbeddedServer] = []
     data_dir = settings.resolved_data_dir
     database_url = settings.database_url
     if not database_url:
-        pg = embedded.running_postgres(data_dir / "postgres")
+        from app.embedded.postgres import running_postgres, start_postgres
+
+        pg = running_postgres(data_dir / "postgres")
         if pg is None:
-            pg = embedded.start_postgres(data_dir / "postgres", fsync=True)
+            pg = start_postgres(data_dir / "postgres", fsync=True)
             started.append(pg)
             log.info("started embedded Postgres on port %s (data in %s)", pg.port, pg.data_dir)
         database_url = pg.url
     redis_url = settings.redis_url
     if not redis_url:
         if need_redis:
-            rd = embedded.running_redis(data_dir / "redis")
+            from app.embedded.redis import running_redis, start_redis
+
+            rd = running_redis(data_dir / "redis")
             if rd is None:
-                rd = embedded.start_redis(data_dir / "redis", persist=True)
+                rd = start_redis(data_dir / "redis", persist=True)
                 started.append(rd)
                 log.info("started embedded Redis on port %s", rd.port)
             redis_url = rd.url

@@ -40,8 +40,11 @@ from typing import Any
 
 import httpx
 
-from app import embedded, tokens
+from app import tokens
 from app.cache import CacheOptions, HotCache
+from app.embedded.postgres import start_postgres
+from app.embedded.process import free_port
+from app.embedded.redis import start_redis
 from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages, tenants
 from db.migrate import upgrade
@@ -453,8 +456,8 @@ def main() -> None:
     n = 60 if args.quick else 300
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="cs-ctx-bench-"))
-    pg = embedded.start_postgres(root / "pg", fsync=True)
-    rd = embedded.start_redis(root / "redis", persist=False)
+    pg = start_postgres(root / "pg", fsync=True)
+    rd = start_redis(root / "redis", persist=False)
     results = Results()
     try:
         upgrade(pg.url)
@@ -462,7 +465,7 @@ def main() -> None:
         key, ids = asyncio.run(seed(pg.url))
         answers: dict[int, Any] = {}
         for label, cache in (("hot cache", True), ("postgres", False)):
-            port = embedded.free_port()
+            port = free_port()
             proc = start_server(port, pg.url, rd.url, cache)
             try:
                 print(f"GraphQL, {label}…", flush=True)

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from app import embedded
+from app.embedded.postgres import start_postgres
+from app.embedded.process import free_port
+from app.embedded.redis import start_redis
 from app.services import tenants
 from bench.docs import cpu_model, write_section
 from db.migrate import upgrade
@@ -172,8 +174,8 @@ def main() -> None:
         sys.exit("wrk is needed: apt-get install wrk")
 
     root = Path(tempfile.mkdtemp(prefix="cs-gql-bench-"))
-    pg = embedded.start_postgres(root / "pg", fsync=True)
-    rd = embedded.start_redis(root / "redis", persist=False)
+    pg = start_postgres(root / "pg", fsync=True)
+    rd = start_redis(root / "redis", persist=False)
     results: list[Result] = []
     try:
         upgrade(pg.url)
@@ -232,7 +234,7 @@ def main() -> None:
             ),
         }
         py = sys.executable
-        port = embedded.free_port()
+        port = free_port()
         servers: dict[str, list[str]] = {
             "ours": [py, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url],
             "bare": [py, "-m", "bench.graphql_servers", "bare", str(port), pg.url, rd.url],

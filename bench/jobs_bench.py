@@ -39,7 +39,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from app import embedded, tokens
+from app import tokens
+from app.embedded.postgres import start_postgres
+from app.embedded.process import EmbeddedServer, die_with_parent
+from app.embedded.redis import start_redis
 from app.models import ConversationRef, Role
 from app.resources import Resources
 from app.services import conversations, messages
@@ -184,7 +187,7 @@ def start_worker(database_url: str, redis_url: str, args: Args, log_path: Path) 
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
         )
 
 
@@ -272,16 +275,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     tokens.warm_up()
     workdir = Path(tempfile.mkdtemp(prefix="jobs-bench-"))
-    started: list[embedded.EmbeddedServer] = []
+    started: list[EmbeddedServer] = []
     try:
         database_url = os.environ.get("BENCH_DATABASE_URL")
         redis_url = os.environ.get("BENCH_REDIS_URL")
         if not database_url:
-            pg = embedded.start_postgres(workdir / "postgres", fsync=True)
+            pg = start_postgres(workdir / "postgres", fsync=True)
             started.append(pg)
             database_url = pg.url
         if not redis_url:
-            rd = embedded.start_redis(workdir / "redis", persist=False)
+            rd = start_redis(workdir / "redis", persist=False)
             started.append(rd)
             redis_url = rd.url
         upgrade(database_url)

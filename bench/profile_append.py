@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop=ns.loop,
     )
     workdir = Path(tempfile.mkdtemp(prefix="conversation-profile-"))
-    from app.embedded import start_postgres
+    from app.embedded.postgres import start_postgres
     from db.migrate import upgrade
 
     server = start_postgres(workdir / "pgdata", fsync=True, dbname="bench")

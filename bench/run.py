@@ -1147,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             postmaster = None
             data_fs = "the server's own (BENCH_DATABASE_URL)"
         else:
-            from app.embedded import start_postgres
+            from app.embedded.postgres import start_postgres
 
             log(f"starting embedded Postgres (fsync on) in {workdir} ...")
             server = start_postgres(workdir / "pgdata", fsync=True, dbname="bench")

@@ -29,7 +29,9 @@ import httpx
 import orjson
 import websockets
 
-from app import embedded
+from app.embedded.postgres import start_postgres
+from app.embedded.process import free_port
+from app.embedded.redis import start_redis
 from bench.docs import cpu_model, write_section
 from bench.subscriptions_bench import make_key, rss_kib
 from db.migrate import upgrade
@@ -151,9 +153,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cs-soak-"))
-    pg = embedded.start_postgres(root / "pg", fsync=True)
-    rd = embedded.start_redis(root / "redis", persist=False)
-    port = embedded.free_port()
+    pg = start_postgres(root / "pg", fsync=True)
+    rd = start_redis(root / "redis", persist=False)
+    port = free_port()
     server = None
     try:
         upgrade(pg.url)

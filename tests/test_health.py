@@ -14,7 +14,9 @@ import pytest
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 
-from app import embedded, liveness
+from app import liveness
+from app.embedded.postgres import start_postgres
+from app.embedded.redis import start_redis
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import Servers
@@ -46,7 +48,7 @@ async def test_ready_when_both_answer(servers: Servers) -> None:
 
 async def test_degraded_when_redis_stops_and_ok_again_when_it_returns(servers: Servers) -> None:
     data = Path(tempfile.mkdtemp(prefix="cs-redis-"))
-    rd = embedded.start_redis(data, persist=False)
+    rd = start_redis(data, persist=False)
     app = create_app(_settings(), database_url=servers.database_url, redis_url=rd.url)
     async with running(app) as client:
         assert (await client.get("/readyz")).json()["status"] == "ok"
@@ -55,7 +57,7 @@ async def test_degraded_when_redis_stops_and_ok_again_when_it_returns(servers: S
         assert r.status_code == 200
         assert r.json()["status"] == "degraded"
         assert r.json()["checks"]["redis"]["ok"] is False and r.json()["checks"]["redis"]["error"]
-        rd2 = embedded.start_redis(data, persist=False, port=rd.port)
+        rd2 = start_redis(data, persist=False, port=rd.port)
         try:
             assert (await client.get("/readyz")).json()["status"] == "ok"
         finally:
@@ -64,7 +66,7 @@ async def test_degraded_when_redis_stops_and_ok_again_when_it_returns(servers: S
 
 async def test_down_when_postgres_is_gone(servers: Servers) -> None:
     data = Path(tempfile.mkdtemp(prefix="cs-pg-"))
-    pg = embedded.start_postgres(data, fsync=False)
+    pg = start_postgres(data, fsync=False)
     app = create_app(_settings(), database_url=pg.url, redis_url=servers.redis_url)
     try:
         async with running(app) as client:

@@ -22,7 +22,7 @@ from app.api.documents import DocumentRegistry
 from app.api.documents_cache import DocumentCache
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
-from app.embedded import free_port
+from app.embedded.process import free_port
 from app.main import create_app
 from app.settings import Settings
 from db.session import Database

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from app import embedded
+from app.embedded.postgres import start_postgres
 from app.main import create_app
 from app.services import tenants
 from app.settings import Settings
@@ -118,7 +118,7 @@ async def test_postgres_vanishing_is_service_unavailable_with_a_request_id(
     with 503 (nothing ran: retry), no internals, and the request id in the response is the one
     in our logs."""
     data = Path(tempfile.mkdtemp(prefix="cs-pg-"))
-    pg = embedded.start_postgres(data, fsync=False)
+    pg = start_postgres(data, fsync=False)
     try:
         await upgrade_async(pg.url)
         app = create_app(

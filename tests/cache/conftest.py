@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from app import embedded, metrics
+from app import metrics
 from app.cache import CacheOptions, HotCache
+from app.embedded.process import EmbeddedServer
+from app.embedded.redis import start_redis
 from app.models import ConversationRef, Message
 from app.services import context, conversations, messages, state
 from app.services.context import ContextWindow
@@ -53,19 +55,19 @@ def redis_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def private_redis(redis_dir: Path) -> Iterator[list[embedded.EmbeddedServer]]:
+def private_redis(redis_dir: Path) -> Iterator[list[EmbeddedServer]]:
     """A Redis of the test's own (persisted: a restart brings old entries back). The list holds
     the running server; tests replace it when they restart it."""
-    servers = [embedded.start_redis(redis_dir, persist=True)]
+    servers = [start_redis(redis_dir, persist=True)]
     yield servers
     for server in servers:
         server.stop()
 
 
-def restart(servers: list[embedded.EmbeddedServer], redis_dir: Path) -> None:
+def restart(servers: list[EmbeddedServer], redis_dir: Path) -> None:
     old = servers.pop()
     old.stop()
-    servers.append(embedded.start_redis(redis_dir, persist=True, port=old.port))
+    servers.append(start_redis(redis_dir, persist=True, port=old.port))
 
 
 # ---------------------------------------------------------------------------- Postgres, the truth

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from app import embedded
+from app.embedded.process import EmbeddedServer
 from app.errors import DomainError
 from app.models import Conversation, ConversationRef, DomainEvent, NewMessage, Role, Status
 from app.services import conversations, cursors, messages, state
@@ -162,7 +162,7 @@ class World:
 
 @pytest.mark.parametrize("seed", [11, 22, 33, 44])
 async def test_cache_equals_postgres_under_random_interleavings_and_a_redis_restart(
-    seed: int, db: Database, tenant: str, private_redis: list[embedded.EmbeddedServer], redis_dir: Path
+    seed: int, db: Database, tenant: str, private_redis: list[EmbeddedServer], redis_dir: Path
 ) -> None:
     rng = random.Random(seed)
     nodes = [await make_node(db, private_redis[0].url) for _ in range(2)]

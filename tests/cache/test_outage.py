@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app import embedded
 from app.cache import conversation_keys
+from app.embedded.process import EmbeddedServer
 from app.main import create_app
 from app.models import ConversationRef
 from app.services import conversations, messages, state
@@ -53,7 +53,7 @@ async def all_reads(node: Node, tenant: str, cid: uuid.UUID, session_id: str) ->
 
 
 async def test_stopped_then_restarted_with_old_entries(
-    db: Database, tenant: str, private_redis: list[embedded.EmbeddedServer], redis_dir: Path
+    db: Database, tenant: str, private_redis: list[EmbeddedServer], redis_dir: Path
 ) -> None:
     node = await make_node(db, private_redis[0].url)
     try:
@@ -87,7 +87,7 @@ async def _clean(node: Node) -> bool:
 
 
 async def test_a_restart_fences_entries_redis_lost_writes_of(
-    db: Database, tenant: str, private_redis: list[embedded.EmbeddedServer], redis_dir: Path
+    db: Database, tenant: str, private_redis: list[EmbeddedServer], redis_dir: Path
 ) -> None:
     """Redis acknowledged an append and lost it (appendfsync everysec and a crash): nobody knows
     the entry is stale. Entries carry the boot id they were written under, so after the restart
@@ -176,7 +176,7 @@ async def test_a_partitioned_writer_repairs_what_it_could_not_write(
 
 
 async def test_graphql_with_redis_down_is_degraded_but_right(
-    db: Database, servers: Servers, tenant: str, private_redis: list[embedded.EmbeddedServer], redis_dir: Path
+    db: Database, servers: Servers, tenant: str, private_redis: list[EmbeddedServer], redis_dir: Path
 ) -> None:
     settings = Settings(_env_file=None, readiness_timeout_s=0.5, cache_retry_s=0.05, cache_timeout_s=0.3)
     app = create_app(settings, database_url=servers.database_url, redis_url=private_redis[0].url)

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.embedded import free_port
+from app.embedded.process import free_port
 
 
 def _descendants(pid: int) -> set[int]:

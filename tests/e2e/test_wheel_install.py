@@ -25,7 +25,7 @@ import pytest
 import websockets
 
 from app.api.documents import DocumentRegistry
-from app.embedded import free_port
+from app.embedded.process import free_port
 from app.settings import PROJECT_ROOT
 from jobs.client import ActionClient
 from tests.conftest import Servers

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app import embedded
+from app.embedded.process import die_with_parent
 from app.services import tenants
 from db.session import Database
 from jobs.client import ActionClient
@@ -75,7 +75,7 @@ def start_worker(servers: Servers, queue: str, log_dir: Path, **env: str) -> Wor
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=embedded.die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
         )
     return WorkerProcess(proc=proc, queue=queue, log=log, env=env)
 

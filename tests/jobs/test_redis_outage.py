@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app import embedded, liveness
+from app import liveness
+from app.embedded.redis import start_redis
 from db.session import Database
 from jobs.client import ActionClient
 from tests.conftest import Servers
@@ -26,7 +27,7 @@ async def test_the_worker_survives_a_redis_restart_and_runs_an_action_within_10_
     servers: Servers, db: Database, tenant: str, worker_factory: Any, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "redis"
-    rd = embedded.start_redis(data_dir, persist=False)
+    rd = start_redis(data_dir, persist=False)
     queue = f"cs-test-outage-{uuid.uuid4().hex[:8]}"
     worker = worker_factory(queue, REDIS_URL=rd.url, WORKER_HEARTBEAT_S="0.5")
     try:
@@ -37,7 +38,7 @@ async def test_the_worker_survives_a_redis_restart_and_runs_an_action_within_10_
         rd.stop()
         await asyncio.sleep(3)  # arq's poll fails on every iteration meanwhile
         assert worker.proc.poll() is None, worker.output()
-        rd = embedded.start_redis(data_dir, persist=False, port=rd.port)
+        rd = start_redis(data_dir, persist=False, port=rd.port)
         back = time.monotonic()
         async with await ActionClient.connect(rd.url, queue_name=queue) as client:
             answer = await client.call(

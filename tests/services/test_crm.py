@@ -13,7 +13,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.embedded import free_port
+from app.embedded.process import free_port
 from app.errors import BadUserInput, NotFound
 from app.models import ConversationRef
 from app.services import conversations, crm, tenants

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 import websockets
 
-from app.embedded import free_port
+from app.embedded.process import free_port
 from app.main import create_app
 from app.settings import Settings
 from db.session import Database

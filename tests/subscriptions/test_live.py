@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app import embedded
+from app.embedded.process import EmbeddedServer
+from app.embedded.redis import start_redis
 from app.events import EventHub, SubscriberOverflow, conversation_channel
 from app.models import DomainEvent, EventType
 from db.session import Database
@@ -188,14 +189,14 @@ async def test_conversation_events_filter_by_agent(server: Server, writer: Calle
 
 
 @pytest.fixture
-async def redis_of_its_own() -> AsyncIterator[embedded.EmbeddedServer]:
-    server = embedded.start_redis(Path(tempfile.mkdtemp(prefix="cs-ws-redis-")), persist=False)
+async def redis_of_its_own() -> AsyncIterator[EmbeddedServer]:
+    server = start_redis(Path(tempfile.mkdtemp(prefix="cs-ws-redis-")), persist=False)
     yield server
     server.stop()
 
 
 async def test_a_redis_restart_loses_nothing(
-    servers: Servers, db: Database, tenant: str, redis_of_its_own: embedded.EmbeddedServer
+    servers: Servers, db: Database, tenant: str, redis_of_its_own: EmbeddedServer
 ) -> None:
     """The hub reconnects by itself and subscribers backfill from Postgres: no one reconnects."""
     settings = settings_for(servers).model_copy(update={"redis_url": redis_of_its_own.url})
@@ -209,7 +210,7 @@ async def test_a_redis_restart_loses_nothing(
                 redis_of_its_own.stop()
                 for i in range(3):  # Postgres is the truth: writes still succeed
                     await writer.data(ADD, {"s": "bounce", "c": f"dark {i}"})
-                restarted = embedded.start_redis(redis_of_its_own.data_dir, persist=False, port=redis_of_its_own.port)
+                restarted = start_redis(redis_of_its_own.data_dir, persist=False, port=redis_of_its_own.port)
                 try:
                     got = await asyncio.wait_for(seqs(ws, 3), 15)
                     await writer.data(ADD, {"s": "bounce", "c": "after"})
