@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 
 from app import embedded, tokens
-from app.cache import CacheOptions, HotCache
+from app.cache.client import HotCache
+from app.cache.options import CacheOptions
 from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages, tenants
 from db.migrate import upgrade

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from app import embedded, metrics
-from app.cache import CacheOptions, HotCache
+from app.cache.client import HotCache
+from app.cache.options import CacheOptions
 from app.models import ConversationRef, Message
 from app.services import context, conversations, messages, state
 from app.services.context import ContextWindow

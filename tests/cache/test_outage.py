@@ -14,7 +14,7 @@ import httpx
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import embedded
-from app.cache import conversation_keys
+from app.cache.keys import conversation_keys
 from app.main import create_app
 from app.models import ConversationRef
 from app.services import conversations, messages, state
