@@ -84,10 +84,10 @@ class _Evictor:
         self.redis = redis
 
     async def on_events(self, events: list[Any]) -> None:
-        from app import cache
+        from app.cache.scripts import evict
 
         try:
-            await cache.evict(self.redis, {(e.tenant_id, e.conversation_id) for e in events})
+            await evict(self.redis, {(e.tenant_id, e.conversation_id) for e in events})
         except Exception as exc:  # Redis away: cached copies expire with their TTL
             print(f"warning: could not evict cached conversations ({exc})", file=sys.stderr)
 

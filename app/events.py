@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from app import metrics
-from app.cache import conversation_from_dict
+from app.cache.codec import conversation_from_dict
 from app.models import DomainEvent, EventType, Message, Role, Source, StateEntry
 
 log = logging.getLogger("conversation_service.events")

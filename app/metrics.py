@@ -49,7 +49,7 @@ HUB_CONNECTS = Counter("event_hub_connects_total", "Pub/sub (re)connections of t
 HTTP_REJECTED = Counter(
     "http_requests_rejected_total", "Requests refused before GraphQL ran.", ["reason"], registry=REGISTRY
 )
-# The hot cache (app/cache.py). kind: history, header, state, window, range.
+# The hot cache (app/cache/). kind: history, header, state, window, range.
 CACHE_HITS = Counter("cache_hits_total", "Hot-cache reads answered from Redis.", ["kind"], registry=REGISTRY)
 CACHE_MISSES = Counter(
     "cache_misses_total",

@@ -12,7 +12,8 @@ import httpx
 from redis.asyncio import Redis
 
 from app import liveness
-from app.cache import CacheOptions, HotCache
+from app.cache.client import HotCache
+from app.cache.options import CacheOptions
 from app.events import EventHub
 from app.models import DomainEvent
 from app.services import conversations

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     crm_last_messages: int = Field(default=10, ge=0, le=100)
     crm_profile_ttl_s: int = Field(default=300, ge=1)
 
-    # Hot cache (app/cache.py, docs/decisions.md "Hot cache").
+    # Hot cache (app/cache/, docs/decisions.md "Hot cache").
     cache_enabled: bool = True
     cache_recent_messages: int = Field(default=200, ge=1, le=10_000)
     cache_ttl_s: float = Field(default=1800.0, gt=0)

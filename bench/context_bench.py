@@ -41,7 +41,8 @@ from typing import Any
 import httpx
 
 from app import tokens
-from app.cache import CacheOptions, HotCache
+from app.cache.client import HotCache
+from app.cache.options import CacheOptions
 from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
 from app.embedded.redis import start_redis

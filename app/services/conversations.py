@@ -23,7 +23,7 @@ from db.repositories import conversations as repo
 from db.session import Connection, UnitOfWork
 
 if TYPE_CHECKING:
-    from app.cache import HotCache
+    from app.cache.client import HotCache
 
 DEFAULT_PAGE_SIZE = 20
 

@@ -5,9 +5,9 @@ Tenant settings used here (`tenants.settings` jsonb; a tenant without a row, or 
 gets the server default): `idle_timeout_seconds` (0: never close idle sessions) and
 `retention_days` (0: keep closed conversations forever).
 
-Cache eviction goes through `app.cache.evict` (it fences in-flight fills). It finds what to
+Cache eviction goes through `app.cache.scripts.evict` (it fences in-flight fills). It finds what to
 evict by SCANning the per-conversation keys: they start with `cs:` and carry the hash tag
-`{<tenant_id>:<conversation_id>}` (app/cache.py; DESIGN.md: one conversation's keys share a
+`{<tenant_id>:<conversation_id>}` (app/cache/keys.py; DESIGN.md: one conversation's keys share a
 Cluster slot). The CLOSED event of an idle close is emitted by `conversations.close` itself.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app import cache
+from app.cache.scripts import evict
 from app.models import Conversation, ConversationRef, Status
 from app.services import conversations
 from app.settings import Settings
@@ -157,7 +157,7 @@ async def evict_cold(db: Database, redis: Redis) -> int:
                 batch = ids[i : i + 1000]
                 active = await repo.active_among(conn, tenant_id, batch)
                 doomed += [(tenant_id, cid) for cid in batch if cid not in active]
-    return await cache.evict(redis, doomed) if doomed else 0
+    return await evict(redis, doomed) if doomed else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ async def purge_expired(
             if len(ids) < options.purge_batch:
                 break
     try:
-        report.cache_entries = await cache.evict(redis, purged) if purged else 0
+        report.cache_entries = await evict(redis, purged) if purged else 0
     except RedisError as exc:  # the eviction cron evicts them later (their conversations are gone)
         log.warning("could not evict the cache of purged conversations: %s", exc)
     return report

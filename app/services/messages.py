@@ -36,7 +36,7 @@ from db.repositories import records
 from db.session import Connection, UnitOfWork
 
 if TYPE_CHECKING:
-    from app.cache import HotCache
+    from app.cache.client import HotCache
 
 DEFAULT_HISTORY_PAGE = 50
 _CLIENT_ID_CONSTRAINT = "uq_messages_client_message_id"

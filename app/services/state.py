@@ -19,7 +19,7 @@ from db.repositories import state as repo
 from db.session import Connection, UnitOfWork
 
 if TYPE_CHECKING:
-    from app.cache import HotCache
+    from app.cache.client import HotCache
 
 
 def _key(key: str, limits: Limits) -> str:

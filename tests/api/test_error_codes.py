@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.cache import conversation_keys
+from app.cache.keys import conversation_keys
 from app.main import create_app
 from app.services import tenants
 from app.settings import Settings

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from app import metrics
-from app.cache import CacheOptions, HotCache
+from app.cache.client import HotCache
+from app.cache.options import CacheOptions
 from app.embedded.process import EmbeddedServer
 from app.embedded.redis import start_redis
 from app.models import ConversationRef, Message

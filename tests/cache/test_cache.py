@@ -13,9 +13,14 @@ from prometheus_client import generate_latest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from app import cache as cache_module
 from app import metrics
-from app.cache import READ_PAGE, HotCache, conversation_keys, evict, session_key
+from app.cache import fill as cache_fill
+from app.cache import writes as cache_writes
+from app.cache.client import HotCache
+from app.cache.keys import FILL_DEADLINE_S, conversation_keys, session_key
+from app.cache.options import CacheOptions
+from app.cache.scripts import READ_PAGE, evict
+from app.cache.snapshot import _Ticket
 from app.errors import NotFound
 from app.models import Conversation, ConversationRef, NewMessage, Role, Source, Status
 from app.services import conversations, cursors, messages, state
@@ -139,10 +144,10 @@ async def test_an_append_that_skips_a_seq_invalidates(node: Node, db: Database, 
     assert await check_history(node.db, node.cache, tenant, target, last=2)
 
 
-async def ticket(node: Node, tenant: str, cid: uuid.UUID) -> cache_module._Ticket:
+async def ticket(node: Node, tenant: str, cid: uuid.UUID) -> _Ticket:
     reply = await node.cache._eval(READ_PAGE, conversation_keys(tenant, cid), (node.cache._boot, "", 0, 0, -1, 5))
     assert reply[0] == 0, "expected a miss"
-    return cache_module._Ticket(int(reply[1]), int(reply[2]))
+    return _Ticket(int(reply[1]), int(reply[2]))
 
 
 async def test_a_fill_cannot_overwrite_newer_data(node: Node, tenant: str) -> None:
@@ -166,7 +171,7 @@ async def test_a_fill_older_than_the_deadline_is_dropped(node: Node, tenant: str
     conv = await new_conversation(node, tenant)
     await node.cache.evict(tenant, conv.id)
     old = await ticket(node, tenant, conv.id)
-    old.ms -= int(cache_module.FILL_DEADLINE_S * 1000) + 1
+    old.ms -= int(FILL_DEADLINE_S * 1000) + 1
     fills = counter("cache_fills_total")
     async with node.db.read() as conn:
         await node.cache._fill(conn, tenant, conv.id, old, node.cache._boot)
@@ -347,7 +352,7 @@ async def test_metrics_are_exported(node: Node, tenant: str) -> None:
 
 
 async def test_a_cache_that_cannot_reach_redis_never_fails_a_read_or_a_write(db: Database, tenant: str) -> None:
-    cache = HotCache("redis://127.0.0.1:9/0", cache_module.CacheOptions(timeout_s=0.2, retry_s=30))
+    cache = HotCache("redis://127.0.0.1:9/0", CacheOptions(timeout_s=0.2, retry_s=30))
     node = Node(cache, Database(db.pool))
     cache.attach(node.db)
     try:
@@ -396,7 +401,9 @@ async def test_a_late_created_event_never_overwrites_an_entry(node: Node, db: Da
 
 
 async def test_entries_keep_under_their_byte_limit(node: Node, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cache_module, "MAX_ENTRY_BYTES", 3000)
+    # The limit is read where events are applied and where fills are written.
+    monkeypatch.setattr(cache_writes, "MAX_ENTRY_BYTES", 3000)
+    monkeypatch.setattr(cache_fill, "MAX_ENTRY_BYTES", 3000)
     conv = await new_conversation(node, tenant)
     target = ConversationRef(id=conv.id)
     big = [{"content": f"{i} " + "x" * 800} for i in range(4)]  # ~950 bytes each

@@ -40,7 +40,7 @@ async def test_decoded_messages_never_exceed_their_byte_bound(db: Database, serv
 
 
 def test_the_bound_is_a_setting() -> None:
-    from app.cache import CacheOptions
+    from app.cache.options import CacheOptions
     from app.settings import Settings
 
     options = CacheOptions.from_settings(Settings(_env_file=None, decoded_cache_bytes=12345))

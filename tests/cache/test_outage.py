@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.cache import conversation_keys
+from app.cache.keys import conversation_keys
 from app.embedded.process import EmbeddedServer
 from app.main import create_app
 from app.models import ConversationRef

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app import cache
+from app.cache.keys import conversation_keys
 from app.models import ConversationRef, DomainEvent, EventType, Role, Source, Status
 from app.services import conversations, crm, maintenance, state, tenants
 from app.services.maintenance import MaintenanceOptions
@@ -89,15 +89,15 @@ async def test_a_conversation_that_became_active_again_is_not_closed(db: Databas
 
 
 async def _cache_entry(redis: Redis, tenant: str, conversation_id: uuid.UUID) -> None:
-    """A cached conversation as app/cache.py lays it out (header hash, message list, state hash)."""
-    hdr, msgs, state_key = cache.conversation_keys(tenant, conversation_id)
+    """A cached conversation as app/cache/ lays it out (header hash, message list, state hash)."""
+    hdr, msgs, state_key = conversation_keys(tenant, conversation_id)
     await redis.hset(hdr, mapping={"v": 1, "b": "boot", "c": "{}", "s": 1, "n": 1})  # type: ignore[misc]
     await redis.rpush(msgs, "[]")  # type: ignore[misc]
     await redis.hset(state_key, "\0", "1")  # type: ignore[misc]
 
 
 async def _cached(redis: Redis, tenant: str, conversation_id: uuid.UUID) -> bool:
-    hdr, msgs, _ = cache.conversation_keys(tenant, conversation_id)
+    hdr, msgs, _ = conversation_keys(tenant, conversation_id)
     return bool(await redis.hexists(hdr, "c")) and bool(await redis.exists(msgs))  # type: ignore[misc]
 
 
@@ -118,7 +118,7 @@ async def test_eviction_drops_the_cache_of_closed_and_gone_conversations_only(
     assert await _cached(redis, tenant, active.id)
     assert not await _cached(redis, tenant, closed.id) and not await _cached(redis, tenant, gone)
     assert await redis.exists(tenant_wide)
-    await redis.delete(tenant_wide, *cache.conversation_keys(tenant, active.id))
+    await redis.delete(tenant_wide, *conversation_keys(tenant, active.id))
 
 
 def test_conversation_keys_are_recognised_by_their_hash_tag() -> None:
