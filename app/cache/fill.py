@@ -7,9 +7,10 @@ import uuid
 from typing import Any
 
 from app import metrics
+from app.cache import keys as key_layout
 from app.cache.base import HotCacheBase
 from app.cache.codec import encode_conversation, encode_message, encode_state
-from app.cache.keys import FILL_DEADLINE_S, MAX_ENTRY_BYTES, conversation_keys, session_key
+from app.cache.keys import FILL_DEADLINE_S, conversation_keys, session_key
 from app.cache.scripts import FILL
 from app.cache.snapshot import Snapshot, _Ticket
 from app.models import Conversation, Message, Role, Status
@@ -77,7 +78,7 @@ class FillMixin(HotCacheBase):
         blobs = [encode_message(m) for m in newest]
         kept, size = 0, 0
         for blob in reversed(blobs):  # the newest that fit MAX_ENTRY_BYTES (at least one)
-            if kept and size + len(blob) > MAX_ENTRY_BYTES:
+            if kept and size + len(blob) > key_layout.MAX_ENTRY_BYTES:
                 break
             kept, size = kept + 1, size + len(blob)
         args += blobs[len(blobs) - kept :]

@@ -11,9 +11,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from app import metrics
+from app.cache import keys as key_layout
 from app.cache.base import HotCacheBase
 from app.cache.codec import _micros, encode_conversation, encode_message, encode_state
-from app.cache.keys import MAX_ENTRY_BYTES, conversation_keys, session_key
+from app.cache.keys import conversation_keys, session_key
 from app.cache.scripts import APPLY_APPEND, APPLY_CREATED, APPLY_STATE, INVALIDATE, Call, _run_calls
 from app.models import DomainEvent, EventType, Role, Status
 
@@ -93,7 +94,7 @@ class WriteMixin(HotCacheBase):
                     self.options.recent_messages,
                     self._ttl_ms,
                     self._tomb_ms,
-                    MAX_ENTRY_BYTES,
+                    key_layout.MAX_ENTRY_BYTES,
                 ),
             )
         if event.type is EventType.STATE_CHANGED and event.state is not None and event.state.version > 1:

@@ -14,8 +14,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from app import metrics
-from app.cache import fill as cache_fill
-from app.cache import writes as cache_writes
+from app.cache import keys as cache_keys
 from app.cache.client import HotCache
 from app.cache.keys import FILL_DEADLINE_S, conversation_keys, session_key
 from app.cache.options import CacheOptions
@@ -401,9 +400,8 @@ async def test_a_late_created_event_never_overwrites_an_entry(node: Node, db: Da
 
 
 async def test_entries_keep_under_their_byte_limit(node: Node, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The limit is read where events are applied and where fills are written.
-    monkeypatch.setattr(cache_writes, "MAX_ENTRY_BYTES", 3000)
-    monkeypatch.setattr(cache_fill, "MAX_ENTRY_BYTES", 3000)
+    # One limit, read where events are applied and where fills are written.
+    monkeypatch.setattr(cache_keys, "MAX_ENTRY_BYTES", 3000)
     conv = await new_conversation(node, tenant)
     target = ConversationRef(id=conv.id)
     big = [{"content": f"{i} " + "x" * 800} for i in range(4)]  # ~950 bytes each
