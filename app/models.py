@@ -64,7 +64,8 @@ class Conversation:
     last_seq: int
 
 
-@dataclass(slots=True)
+# weakref_slot: a subscription's shared result lives as long as its message (app/api/shared_events.py).
+@dataclass(slots=True, weakref_slot=True)
 class Message:
     tenant_id: str
     conversation_id: uuid.UUID

@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -80,7 +84,61 @@ def bare_app(database_url: str) -> Starlette:
     )
 
 
+def trace_memory(directory: str, every_s: float) -> None:
+    """CS_TRACEMALLOC=<dir> (bench only, never the product): trace allocations with 8 frames and
+    dump a snapshot every CS_TRACEMALLOC_EVERY seconds to <dir>/snapshot-<seconds>.tracemalloc,
+    with the traced total and RSS in <dir>/totals.txt, so that `python -m bench.graphql_servers
+    compare A B` can say what grew between two moments of a soak (and whether Python objects
+    account for the RSS growth at all, or the allocator does)."""
+    import tracemalloc
+
+    from bench.subscriptions_bench import rss_kib
+
+    tracemalloc.start(8)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            seconds = round(time.monotonic() - started)
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [
+                    tracemalloc.Filter(False, tracemalloc.__file__),
+                    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+                ]
+            )
+            snapshot.dump(str(out / f"snapshot-{seconds:05d}.tracemalloc"))
+            traced, _ = tracemalloc.get_traced_memory()
+            with (out / "totals.txt").open("a") as f:
+                f.write(f"{seconds} traced_kib={traced // 1024} rss_kib={rss_kib(os.getpid())}\n")
+
+    # A daemon thread: the snapshot holds the GIL while it copies, which only slows the bench.
+    threading.Thread(target=loop, name="tracemalloc-dumper", daemon=True).start()
+
+
+def compare(before: str, after: str, key: str = "traceback", limit: int = 25) -> None:
+    """Print the allocation sites that grew most between two dumped snapshots."""
+    import tracemalloc
+
+    old, new = tracemalloc.Snapshot.load(before), tracemalloc.Snapshot.load(after)
+    print(
+        f"traced: {sum(s.size for s in old.statistics('filename')) / 2**20:.1f} MiB -> "
+        f"{sum(s.size for s in new.statistics('filename')) / 2**20:.1f} MiB"
+    )
+    for stat in new.compare_to(old, key)[:limit]:
+        print(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  now {stat.size / 1024:9.1f} KiB")
+        for line in stat.traceback.format()[-16:] if key == "traceback" else stat.traceback.format()[:2]:
+            print("    " + line)
+
+
 def main() -> None:
+    if sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "traceback")
+        return
+    if directory := os.environ.get("CS_TRACEMALLOC"):
+        trace_memory(directory, float(os.environ.get("CS_TRACEMALLOC_EVERY", "60")))
     kind, port, database_url, redis_url = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if kind == "bare":
         app = bare_app(database_url)

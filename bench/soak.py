@@ -206,7 +206,7 @@ def main() -> None:
             f"{args.rate:.0f} appends/s each, {args.readers} readers (lists with nested messages, transcripts, context "
             "windows, stats, search, state writes), and one client with no key sending unique documents (every tenth "
             "200 KB) and unique operation names. The load generator runs on the same machine.\n"
-            f"Command: `python -m bench.soak --seconds {args.seconds} --warmup {args.warmup} --write`.\n\n"
+            f"Command: `python -m bench.soak --seconds {args.seconds} --warmup {args.warmup} --sample {args.sample:g} --write`.\n\n"
             f"{summary}.\n\n{table}\n",
         )
     sys.exit(0 if flat else 1)

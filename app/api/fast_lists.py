@@ -129,6 +129,12 @@ class FastListExecutionContext(StrawberryGraphQLCoreExecutionContext):
 
     def build_per_event_executor(self, payload: Any) -> Any:
         executor = super().build_per_event_executor(payload)
+        # graphql-core 3.3 copies the executor shallowly, so every event's copy memoized its
+        # subfields in the subscription's one dict, keyed by the ids of lists collected anew for
+        # each event (never hit again) and keeping those lists alive: a subscription grew with
+        # every event it executed, for as long as it lived (the soak, docs/benchmarks.md).
+        # Each event gets its own memo, dropped with it.
+        executor._relevant_sub_fields = {}
         executor.__dict__["_share"] = share_key(payload, self.operation, self.variable_values.coerced)
         executor.__dict__["_payload"] = payload
         return executor

@@ -264,6 +264,35 @@ async def test_one_execution_per_event_is_shared_by_every_subscriber(server: Ser
     assert metrics.SHARED_EVENT_RESULTS._value.get() - reused == 5 * 19
 
 
+async def test_long_lived_subscriptions_keep_nothing_per_event(server: Server, writer: Caller) -> None:
+    """The soak (docs/benchmarks.md "Soak") found two things kept per event for as long as the
+    process or the subscription lived: every event with its shared result (until 4,096 later
+    events pushed it out) and graphql-core's subfield memo entries (never dropped)."""
+    import gc
+
+    from app.api import shared_events
+    from app.api.fast_lists import FastListExecutionContext
+
+    await writer.data(ADD, {"s": "released", "c": "first"})
+    sockets = [await subscriber(server, writer.key, {"s": "released"}) for _ in range(3)]
+    await asyncio.sleep(0.5)  # live only: let every subscription be set up
+    before = set(shared_events._RESULTS)
+    try:
+        receivers = [asyncio.create_task(seqs(ws, 20)) for ws in sockets]
+        for i in range(20):
+            await writer.data(ADD, {"s": "released", "c": f"live {i} " + "x" * 10_000})
+        for got in await asyncio.wait_for(asyncio.gather(*receivers), 20):
+            assert got == list(range(2, 22))
+        gc.collect()
+        # Only the last event may remain: the hub's reader and each subscription hold the one
+        # they handled last until the next one comes.
+        assert len(set(shared_events._RESULTS) - before) <= 1
+        memos = [len(o._relevant_sub_fields) for o in gc.get_objects() if isinstance(o, FastListExecutionContext)]
+        assert memos and max(memos) < 5, memos
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets))
+
+
 async def test_nested_fields_of_events_are_fresh_on_every_event(server: Server, writer: Caller) -> None:
     """A WebSocket's context lives for the whole connection: its loaders must not serve an
     earlier event's answer (here, the conversation's state) to a later one."""
