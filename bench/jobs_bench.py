@@ -45,7 +45,7 @@ from app.embedded.process import EmbeddedServer, die_with_parent
 from app.embedded.redis import start_redis
 from app.models import ConversationRef, Role
 from app.resources import Resources
-from app.services import conversations, messages
+from app.services import conversations, messages, tenants
 from app.settings import Settings
 from db.migrate import upgrade
 from db.session import Database
@@ -201,6 +201,7 @@ async def run(
     db, redis = resources.db, resources.redis
     results: dict[int, dict[str, Cell]] = {}
     try:
+        await db.run(lambda uow: tenants.ensure_tenant(uow, TENANT))  # actions refuse unknown tenants
         deadline = time.monotonic() + 60
         while not await redis.exists(f"{QUEUE}:health-check"):
             if worker.poll() is not None or time.monotonic() > deadline:
