@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import uvicorn
 from starlette.applications import Starlette
@@ -131,6 +133,29 @@ def compare(before: str, after: str, key: str = "traceback", limit: int = 25) ->
         print(f"{stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  now {stat.size / 1024:9.1f} KiB")
         for line in stat.traceback.format()[-16:] if key == "traceback" else stat.traceback.format()[:2]:
             print("    " + line)
+
+
+def start_ours(
+    port: int, database_url: str, redis_url: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The real app in its own uvicorn process (its RSS and CPU are its own), once it answers."""
+    root = Path(__file__).resolve().parent.parent
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), database_url, redis_url],
+        env=env,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise RuntimeError("the API server did not start within 30 s")
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
 from app.embedded.redis import start_redis
 from bench.docs import cpu_model, write_section
+from bench.graphql_servers import start_ours
 from bench.subscriptions_bench import make_key, rss_kib
 from db.migrate import upgrade
 
@@ -160,19 +160,7 @@ def main() -> None:
     try:
         upgrade(pg.url)
         key = asyncio.run(make_key(pg.url))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server = start_ours(port, pg.url, rd.url)
         result = asyncio.run(soak(args, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", key, server.pid))
     finally:
         if server is not None:

@@ -15,8 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -32,6 +30,7 @@ from app.embedded.process import free_port
 from app.embedded.redis import start_redis
 from app.services import tenants
 from bench.docs import cpu_model, write_section
+from bench.graphql_servers import start_ours
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
@@ -217,20 +216,7 @@ def main() -> None:
         upgrade(pg.url)
         key = asyncio.run(make_key(pg.url))
         env = {**os.environ, "SUBSCRIBER_QUEUE_SIZE": "1000", "MAX_SUBSCRIPTIONS_PER_CONNECTION": "100"}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server = start_ours(port, pg.url, rd.url, env)
         result = asyncio.run(ours(args, f"ws://127.0.0.1:{port}/graphql", f"http://127.0.0.1:{port}", key, server.pid))
         server.terminate()
         server.wait(10)
