@@ -87,11 +87,11 @@ class DocumentCache:
     def validate(self, schema: Any, query: str, document: DocumentNode) -> list[GraphQLError]:
         """The spec's rules plus our limits: one rule set for every caller, so the cache (keyed
         by text) can never hold an answer computed with fewer rules."""
-        entry = self._entries.get(query)
-        if entry is not None and entry.document is document and entry.errors is not None:
+        entry = self._entry(query, document)
+        if entry is not None and entry.errors is not None:
             return entry.errors
         errors = validate_document(schema, document, self.rules)
-        if entry is not None and entry.document is document:
+        if entry is not None:
             entry.errors = errors
         return errors
 
@@ -105,14 +105,13 @@ class DocumentCache:
     ) -> int | None:
         """The cost of a validated document's operation with these variables (app/api/cost.py);
         None when no single operation is selected."""
-        entry = self._entries.get(query)
-        cached = entry is not None and entry.document is document
-        if cached and entry is not None and operation_name in entry.costs:
+        entry = self._entry(query, document)
+        if entry is not None and operation_name in entry.costs:
             found = entry.costs[operation_name]
         else:
             found = plan_cost(schema, document, operation_name, max_page_size=self.max_page_size)
             # A document has few operations, but a client could name many that do not exist.
-            if cached and entry is not None and len(entry.costs) < 16:
+            if entry is not None and len(entry.costs) < 16:
                 entry.costs[operation_name] = found
         return None if found is None else found.cost(variables)
 
@@ -133,6 +132,11 @@ class DocumentCache:
         if cost is None or cost + spent <= self.max_cost:
             return None
         return cost_error(cost + spent, self.max_cost)
+
+    def _entry(self, query: str, document: DocumentNode) -> _Entry | None:
+        """The cached entry of this very parse (a text evicted and parsed again is another one)."""
+        entry = self._entries.get(query)
+        return entry if entry is not None and entry.document is document else None
 
     def _remember(self, key: str, entry: _Entry) -> None:
         self._entries[key] = entry
