@@ -119,12 +119,10 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {args.key_id!r} is not a key id (a UUID from `api-key list`)", file=sys.stderr)
         return 2
     from app import events
-    from app.embedded.redis import running_redis
 
     endpoints = _admin_endpoints(settings)
     # Live WebSocket connections of the key close at once when the API processes hear of it.
-    running = None if settings.redis_url else running_redis(settings.resolved_data_dir / "redis")
-    redis_url = settings.redis_url or (running.url if running is not None else None)
+    redis_url = runtime.running_redis_url(settings)
 
     async def announce(key: Any) -> None:
         if redis_url:

@@ -99,12 +99,7 @@ async def _cache_evictor(settings: Settings) -> _Evictor | None:
     """The service's Redis (REDIS_URL, or the embedded one `run` started), if there is one."""
     from redis.asyncio import Redis
 
-    from app.embedded.redis import running_redis
-
-    url = settings.redis_url
-    if not url:
-        running = running_redis(settings.resolved_data_dir / "redis")
-        url = running.url if running is not None else None
+    url = runtime.running_redis_url(settings)
     return _Evictor(Redis.from_url(url)) if url else None
 
 

@@ -56,3 +56,14 @@ def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
         else:
             redis_url = ""
     return Endpoints(database_url=database_url, redis_url=redis_url, started=started)
+
+
+def running_redis_url(settings: Settings) -> str | None:
+    """The service's Redis if one is up: REDIS_URL, or the embedded one `run` started. Never
+    starts one (for CLI commands that only tell the running service something)."""
+    if settings.redis_url:
+        return settings.redis_url
+    from app.embedded.redis import running_redis
+
+    running = running_redis(settings.resolved_data_dir / "redis")
+    return running.url if running is not None else None
