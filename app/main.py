@@ -89,7 +89,11 @@ def create_app(
             "create_app needs DATABASE_URL and REDIS_URL (use `conversation-service run` for embedded servers)"
         )
     graphql = GraphQLView(
-        documents=DocumentRegistry.load(trusted_only=settings.trusted_documents_only),
+        documents=DocumentRegistry.load(
+            trusted_only=settings.trusted_documents_only,
+            apq_bytes=settings.apq_cache_bytes,
+            apq_max_query_bytes=settings.max_cached_document_bytes,
+        ),
         max_query_bytes=settings.max_query_bytes,
         schema=build_schema(settings),
         graphql_ide=None if settings.is_production else "graphiql",

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     max_ws_connections_per_tenant: int = Field(default=1_000, ge=1)
     max_ws_connections_per_key: int = Field(default=1_000, ge=1)
     max_subscriptions_per_tenant: int = Field(default=10_000, ge=1)
+    # Apollo conventions (issue 12, item 7): automatic persisted queries (app/api/documents.py).
+    #: Bytes of query text the APQ cache holds per process (0: hash + query runs, nothing is kept).
+    apq_cache_bytes: int = Field(default=1024 * 1024, ge=0)
+    # Worker metrics (issue 12, item 6: jobs/metrics.py).
+    #: When set, the worker serves its own /metrics on this port (HOST); unset: no worker metrics server.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Seconds between the worker's samples of queue depth and CRM deliveries (not per job).
+    worker_metrics_interval_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -33,7 +33,7 @@ from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_erro
 from app.api.encoding import encode
 from app.api.errors import http_status, shape
 from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
-from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers
+from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers, connection_headers
 from app.auth import Authenticator, Principal
 from app.errors import DomainError, ErrorCode
 from app.resources import Resources
@@ -75,11 +75,12 @@ class GraphQLView(GraphQL[RequestContext, None]):
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         """Authenticate in connection_init: its payload carries the HTTP header names and values
-        ({"Authorization": "Bearer <key>", "X-Tenant-ID": "<tenant>"}); refused → close 4403.
+        ({"Authorization": "Bearer <key>", "X-Tenant-ID": "<tenant>"}), flat or under "headers"
+        as Apollo and Hasura clients send them; refused → close 4403.
         An empty payload keeps the upgrade request's Authorization, if it authenticated. The
         credentials used are kept for re-checks; over a connection cap → ConnectionRefused (4429)."""
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
-        headers = {str(k).lower(): str(v) for k, v in params.items() if isinstance(v, str)}
+        headers = connection_headers(params)
         live = context.live
         credentials = auth_headers(headers)
         if headers or context.principal is None:
@@ -274,8 +275,14 @@ class GraphQLView(GraphQL[RequestContext, None]):
         return refusal(error.message, error.code, status)
 
     def should_render_graphql_ide(self, request: Any) -> bool:
-        """GraphiQL for a browser's plain GET; a GET naming a documentId is an operation."""
-        return super().should_render_graphql_ide(request) and request.query_params.get("documentId") is None
+        """GraphiQL for a browser's plain GET; a GET naming a documentId or carrying extensions
+        (Apollo's hashed GET, sent with `Accept: */*`) is an operation."""
+        params = request.query_params
+        return (
+            super().should_render_graphql_ide(request)
+            and params.get("documentId") is None
+            and params.get("extensions") is None
+        )
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "GET":
@@ -332,8 +339,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
         try:
             return self.documents.resolve(query, document_id, extensions)
         except DocumentRefused as refused:
-            code = PERSISTED_QUERY_NOT_FOUND if refused.reason == UNKNOWN_DOCUMENT else ErrorCode.BAD_USER_INPUT
-            raise RequestRefused(400, refused.message, code=code) from None
+            if refused.reason == UNKNOWN_DOCUMENT:
+                # HTTP 200, as Apollo Server answers: Apollo Client's persisted-query link (before
+                # 3.8) turns persisted queries off for good on a 400 instead of retrying with the text.
+                raise RequestRefused(200, refused.message, code=PERSISTED_QUERY_NOT_FOUND) from None
+            raise RequestRefused(400, refused.message) from None
 
     def encode_json(self, data: object) -> str:
         # Text, not bytes: Strawberry sends bytes as binary WebSocket frames, and the

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from starlette.websockets import WebSocket
@@ -51,6 +52,17 @@ class TooManySubscriptions(Forbidden):
 
 def auth_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name in AUTH_HEADERS if (value := headers.get(name))}
+
+
+def connection_headers(params: Mapping[str, Any]) -> dict[str, str]:
+    """The header names (lowercased) and values of a connection_init payload, in either form
+    clients send: flat (`{"Authorization": ...}`) or Apollo/Hasura's `{"headers": {...}}`;
+    a header in both is taken from `headers`."""
+    headers = {str(k).lower(): v for k, v in params.items() if isinstance(v, str)}
+    nested = params.get("headers")
+    if isinstance(nested, Mapping):
+        headers.update({str(k).lower(): v for k, v in nested.items() if isinstance(v, str)})
+    return headers
 
 
 class LiveConnection:
