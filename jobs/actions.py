@@ -19,25 +19,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from arq import Retry
 from arq.worker import Function, func
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app.errors import BadUserInput, DomainError, ErrorCode, IdempotencyKeyReused, Unauthenticated
+from app.logs import LOG_CONTEXT
 from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
 from app.services import actions as act
 from app.services import conversations, crm, messages
 from app.services import state as state_service
 from app.services.actions import Envelope, ReplyTo
 from db.session import UnitOfWork
+from jobs import metrics as job_metrics
 from jobs import signing
 from jobs.context import WorkerState, is_transient, retry_later, state
-from jobs.metrics import DEAD_LETTERS
 
 log = logging.getLogger("conversation_service.actions")
 
@@ -267,6 +270,37 @@ def _validate(
 async def run_action(
     ctx: dict[str, Any], function: str, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
+    """One try of an action, timed and counted by outcome (ok, retry, or its dead-letter kind),
+    with the action's correlation_id on every log record made while it runs."""
+    started = time.perf_counter()
+    envelope = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
+    correlation_id = envelope.get("correlation_id")
+    token = LOG_CONTEXT.set(
+        {
+            "action_type": function,
+            "action_id": str(ctx.get("job_id", ""))[:200],
+            "correlation_id": correlation_id[:200] if isinstance(correlation_id, str) else None,
+            "tenant": envelope.get("tenant_id") if isinstance(envelope.get("tenant_id"), str) else None,
+        }
+    )
+    outcome = "internal"  # a bug that escapes below
+    try:
+        response, dead_kind = await _run_action(ctx, function, args, kwargs)
+        outcome = dead_kind or "ok"
+        return response
+    except Retry:
+        outcome = "retry"
+        job_metrics.RETRIES.labels(function).inc()
+        raise
+    finally:
+        job_metrics.ACTIONS.labels(function, outcome).inc()
+        job_metrics.ACTION_LATENCY.labels(function).observe(time.perf_counter() - started)
+        LOG_CONTEXT.reset(token)
+
+
+async def _run_action(
+    ctx: dict[str, Any], function: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
     st = state(ctx)
     job_id = str(ctx.get("job_id", ""))
     reply = act.reply_to(args[0] if len(args) == 1 else None, st.queue_name)
@@ -316,7 +350,9 @@ async def run_action(
             log.warning("action %s: could not answer (%r); retrying", job_id, exc)
             raise retry from exc
         raise
-    return response
+    if dead is not None:
+        log.info("action %s (%s) dead-lettered as %s: %s", job_id, function, dead["kind"], response["error"]["code"])
+    return response, dead["kind"] if dead is not None else None
 
 
 def _dead_letter(
@@ -360,7 +396,7 @@ async def _answer(st: WorkerState, reply: ReplyTo, response: dict[str, Any], let
         except ResponseError as exc:  # e.g. the callback key holds something that is not a list
             log.error("action %s: could not answer on %r: %s", reply.action_id, reply.callback_queue_name, exc)
     if letter is not None:
-        DEAD_LETTERS.labels(letter["kind"]).inc()
+        job_metrics.DEAD_LETTERS.labels(letter["kind"]).inc()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -76,6 +76,16 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["state"] = st
     crm.set_dispatcher(crm_jobs.dispatcher(st.redis, st.queue_name))
+    if settings.worker_metrics_port is not None:
+        ctx["metrics"] = metrics.start(
+            settings.host,
+            settings.worker_metrics_port,
+            settings.metrics_token,
+            st.redis,
+            st.queue_name,
+            st.db,
+            settings.worker_metrics_interval_s,
+        )
     log.info("worker ready on queue %s", st.queue_name)
 
 
@@ -84,6 +94,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         return
     st = state(ctx)
     crm.set_dispatcher(None)
+    served = ctx.pop("metrics", None)
+    if isinstance(served, metrics.WorkerMetrics):
+        await served.stop()
     await st.http.aclose()
     if st.resources is not None:
         await st.resources.close()

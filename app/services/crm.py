@@ -400,6 +400,29 @@ async def due_deliveries(db: Database, limit: int = 500) -> list[CrmSyncRecord]:
         return [_record(r) for r in await repo.due(conn, limit)]
 
 
+#: The states delivery_stats reports (every one, zero included, so a gauge never keeps a stale value).
+DELIVERY_STATES = ("pending", "retrying", "delivered", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    by_state: dict[str, int]
+    #: Seconds since the oldest delivery not yet delivered (pending or given up) was created; 0: none.
+    oldest_undelivered_s: float
+
+
+async def delivery_stats(db: Database) -> DeliveryStats:
+    async with db.read() as conn:
+        rows = await repo.delivery_stats(conn)
+    by_state = dict.fromkeys(DELIVERY_STATES, 0)
+    oldest = 0.0
+    for row in rows:
+        by_state[row["state"]] = int(row["deliveries"])
+        if row["oldest_undelivered_s"] is not None:
+            oldest = max(oldest, float(row["oldest_undelivered_s"]))
+    return DeliveryStats(by_state=by_state, oldest_undelivered_s=oldest)
+
+
 # --------------------------------------------------------------------------------------------------
 # Enrichment
 # --------------------------------------------------------------------------------------------------
