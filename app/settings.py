@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     max_ws_connections_per_tenant: int = Field(default=1_000, ge=1)
     max_ws_connections_per_key: int = Field(default=1_000, ge=1)
     max_subscriptions_per_tenant: int = Field(default=10_000, ge=1)
+    # CLI and start-up (issue 12, item 8: app/runtime.py, app/cli.py).
+    #: Fixed loopback ports for the embedded servers (unset: a free port at every start).
+    embedded_postgres_port: int | None = Field(default=None, ge=1, le=65535)
+    embedded_redis_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

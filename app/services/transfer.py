@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from app import tokens
-from app.errors import BadUserInput, RetryTransaction
+from app.errors import BadUserInput, NotFound, RetryTransaction
 from app.models import (
     Conversation,
     ConversationFilter,
@@ -48,6 +48,7 @@ from db.repositories import conversations as conversation_repo
 from db.repositories import maintenance as maintenance_repo
 from db.repositories import messages as message_repo
 from db.repositories import state as state_repo
+from db.repositories import tenants as tenants_repo
 from db.repositories import transfer as repo
 from db.repositories.transfer import ImportedMessage
 from db.session import Connection, Database, UnitOfWork
@@ -65,7 +66,13 @@ MESSAGE_CHUNK = 1000
 async def export_tenants(db: Database, tenant_ids: list[str] | None) -> list[str]:
     """The tenants asked for (validated), or every tenant that has conversations."""
     if tenant_ids:
-        return [check.tenant_id(t) for t in tenant_ids]
+        wanted = [check.tenant_id(t) for t in tenant_ids]
+        async with db.read() as conn:
+            # A mistyped tenant would export nothing and exit 0: it is an error instead.
+            missing = [t for t in wanted if await tenants_repo.get_tenant(conn, t) is None]
+        if missing:
+            raise NotFound(f"no such tenant: {', '.join(missing)} (see `conversation-service tenant create`)")
+        return wanted
     async with db.read() as conn:
         return await maintenance_repo.tenants_with_rows(conn, "conversations")
 
