@@ -48,7 +48,6 @@ from db.repositories import conversations as conversation_repo
 from db.repositories import maintenance as maintenance_repo
 from db.repositories import messages as message_repo
 from db.repositories import state as state_repo
-from db.repositories import tenants as tenants_repo
 from db.repositories import transfer as repo
 from db.repositories.transfer import ImportedMessage
 from db.session import Connection, Database, UnitOfWork
@@ -69,7 +68,8 @@ async def export_tenants(db: Database, tenant_ids: list[str] | None) -> list[str
         wanted = [check.tenant_id(t) for t in tenant_ids]
         async with db.read() as conn:
             # A mistyped tenant would export nothing and exit 0: it is an error instead.
-            missing = [t for t in wanted if await tenants_repo.get_tenant(conn, t) is None]
+            known = await repo.known_tenants(conn, wanted)
+        missing = [t for t in wanted if t not in known]
         if missing:
             raise NotFound(f"no such tenant: {', '.join(missing)} (see `conversation-service tenant create`)")
         return wanted
