@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from app import runtime
-from app.errors import DomainError
+from app.errors import DomainError, NotFound
 from app.settings import Settings, get_settings
 from app.supervisor import ChildSupervisor
 
@@ -29,12 +31,50 @@ def _setup_logging(settings: Settings) -> None:
     logs.configure(settings.log_level)
 
 
+class CannotListen(Exception):
+    """The API's port cannot be bound (taken, or not ours to take)."""
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before anything else starts: a taken port fails at once with one
+    clear line, not after the servers and the worker are up, and never after a banner."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _serve(app: Any, sock: socket.socket, on_started: Callable[[], None]) -> None:
+    """uvicorn on our bound socket; `on_started` runs once the app's start-up is done and the
+    socket listens, so whatever it prints is true when read."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                on_started()
+
+    Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def _banner(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]  # the real one when PORT=0
+    return f"Conversation Service on http://{host}:{port}  (health: /readyz)"
+
+
 def _admin_endpoints(settings: Settings) -> runtime.Endpoints:
-    """The database for an admin command. An embedded one is migrated first (it may be brand
-    new); a configured one is left alone: production schema changes are `migrate`'s job."""
+    """The database for an admin command: DATABASE_URL, or the embedded one in DATA_DIR (never a
+    new one: runtime.NoServers). An embedded one is migrated first (its `run` may be older than
+    this code); a configured one is left alone: production schema changes are `migrate`'s job."""
     from db.migrate import upgrade
 
-    endpoints = runtime.resolve(settings, need_redis=False)
+    endpoints = runtime.resolve(settings, need_redis=False, start=False)
     if not settings.database_url:
         upgrade(endpoints.database_url)
     return endpoints
@@ -97,14 +137,18 @@ def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
 
     async def work(db: Any) -> list[Any]:
         async with db.read() as conn:
+            # An empty list for a mistyped tenant would read as "no keys"; it is an error.
+            if await tenants.get_tenant(conn, args.tenant) is None:
+                raise NotFound(f"tenant {args.tenant!r} does not exist")
             result: list[Any] = await tenants.list_api_keys(conn, args.tenant)
             return result
 
     keys = asyncio.run(_with_db(endpoints.database_url, work))
-    print(f"{'id':36}  {'prefix':12}  {'scopes':18}  {'created':25}  revoked")
+    width = max([len("name"), *(len(k.name or "-") for k in keys)])
+    print(f"{'id':36}  {'name':{width}}  {'prefix':12}  {'scopes':18}  {'created':25}  revoked")
     for k in keys:
         print(
-            f"{k.id!s:36}  {k.prefix:12}  {','.join(s.value for s in k.scopes):18}  "
+            f"{k.id!s:36}  {k.name or '-':{width}}  {k.prefix:12}  {','.join(s.value for s in k.scopes):18}  "
             f"{k.created_at.isoformat(timespec='seconds'):25}  {k.revoked_at.isoformat(timespec='seconds') if k.revoked_at else '-'}"
         )
     return 0
@@ -138,13 +182,17 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """The API alone (servers from the URLs, or the embedded ones in DATA_DIR)."""
-    import uvicorn
-
     from app.main import create_app
 
+    host = args.host or settings.host
+    sock = _listen(host, settings.port if args.port is None else args.port)
     endpoints = runtime.resolve(settings)
-    app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
-    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_level="warning")
+    try:
+        app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
+        _serve(app, sock, lambda: print(_banner(sock, host), flush=True))
+    finally:
+        sock.close()
+        endpoints.stop()
     return 0
 
 
@@ -185,40 +233,63 @@ def _ensure_dev_key(settings: Settings, database_url: str) -> str | None:
     return secret
 
 
+def _write_urls(path: Path, endpoints: runtime.Endpoints) -> None:
+    """DATA_DIR/urls.env: where an arq client or psql finds the servers `run` uses (embedded ones
+    take a new port at every start unless EMBEDDED_*_PORT is set). Gone when `run` stops."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(
+        "# written by `conversation-service run` while it runs\n"
+        f"DATABASE_URL={endpoints.database_url}\nREDIS_URL={endpoints.redis_url}\n"
+    )
+    tmp.replace(path)  # readers never see half a file
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Everything for development: embedded servers (unless URLs are set), migrations, worker, API."""
-    import uvicorn
-
     from app.embedded.process import die_with_parent
     from app.main import create_app
     from db.migrate import upgrade
 
-    settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
-    endpoints = runtime.resolve(settings)
-    upgrade(endpoints.database_url)
-    secret = _ensure_dev_key(settings, endpoints.database_url)
-    env = {**os.environ, "DATABASE_URL": endpoints.database_url, "REDIS_URL": endpoints.redis_url}
-    # The supervisor's watcher thread lives as long as `run`, so the restarted worker's
-    # parent-death signal (tied to the thread that spawned it) still fires only when `run` dies.
-    worker = ChildSupervisor(
-        "worker",
-        lambda: subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
-            env=env,
-            preexec_fn=die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
-        ),
-    )
-    worker.start()
-    host, port = args.host or settings.host, args.port or settings.port
-    print(f"Conversation Service on http://{host}:{port}  (health: /readyz)", flush=True)
-    if secret:
-        print(f"dev tenant: {DEV_TENANT}   dev API key: {secret}", flush=True)
+    host = args.host or settings.host
+    sock = _listen(host, settings.port if args.port is None else args.port)
+    data_dir = settings.resolved_data_dir
+    urls_file = data_dir / "urls.env"
+    endpoints: runtime.Endpoints | None = None
+    worker: ChildSupervisor | None = None
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        endpoints = runtime.resolve(settings)
+        _write_urls(urls_file, endpoints)
+        upgrade(endpoints.database_url)
+        secret = _ensure_dev_key(settings, endpoints.database_url)
+        env = {**os.environ, "DATABASE_URL": endpoints.database_url, "REDIS_URL": endpoints.redis_url}
+        # The supervisor's watcher thread lives as long as `run`, so the restarted worker's
+        # parent-death signal (tied to the thread that spawned it) still fires only when `run` dies.
+        worker = ChildSupervisor(
+            "worker",
+            lambda: subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=env,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - no imports or locks in it
+            ),
+        )
+        worker.start()
+        urls = f"DATABASE_URL={endpoints.database_url}\nREDIS_URL={endpoints.redis_url}"
+
+        def banner() -> None:
+            print(f"{_banner(sock, host)}\n{urls}  (also in {urls_file})", flush=True)
+            if secret:
+                print(f"dev tenant: {DEV_TENANT}   dev API key: {secret}", flush=True)
+
         app = create_app(settings, database_url=endpoints.database_url, redis_url=endpoints.redis_url)
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        _serve(app, sock, banner)
     finally:
-        worker.stop()
-        endpoints.stop()
+        sock.close()
+        if worker is not None:
+            worker.stop()
+        urls_file.unlink(missing_ok=True)
+        if endpoints is not None:
+            endpoints.stop()
     return 0
 
 
@@ -273,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(settings, args)
     except DomainError as exc:
         print(f"error ({exc.code.value}): {exc.message}", file=sys.stderr)
+        return 1
+    except (runtime.NoServers, CannotListen) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

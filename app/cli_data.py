@@ -221,7 +221,7 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 
     from jobs.actions import read_dead_letters
 
-    endpoints = runtime.resolve(settings)
+    endpoints = runtime.resolve(settings, start=False)
 
     async def work() -> list[dict[str, Any]]:
         redis = Redis.from_url(endpoints.redis_url)

@@ -27,10 +27,26 @@ class Endpoints:
         self.started.clear()
 
 
-def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
+class NoServers(Exception):
+    """No URL configured and no embedded server's data under DATA_DIR (and none may be created)."""
+
+
+def resolve(settings: Settings, *, need_redis: bool = True, start: bool = True) -> Endpoints:
     """The configured URLs, else the embedded servers in DATA_DIR: the ones `run` started
-    if they are up, otherwise started here (and stopped when this process exits)."""
+    if they are up, otherwise started here (and stopped when this process exits).
+    ``start=False`` (admin commands) starts only servers whose data is already in DATA_DIR, never
+    creates one: a mistyped DATA_DIR would otherwise initdb an empty database and the command
+    would quietly work on it."""
     started: list[EmbeddedServer] = []
+    try:
+        return _resolve(settings, started, need_redis=need_redis, start=start)
+    except BaseException:
+        # Postgres started here must not outlive a Redis that failed (or was refused).
+        Endpoints("", "", started).stop()
+        raise
+
+
+def _resolve(settings: Settings, started: list[EmbeddedServer], *, need_redis: bool, start: bool) -> Endpoints:
     data_dir = settings.resolved_data_dir
     database_url = settings.database_url
     if not database_url:
@@ -38,7 +54,9 @@ def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
 
         pg = running_postgres(data_dir / "postgres")
         if pg is None:
-            pg = start_postgres(data_dir / "postgres", fsync=True)
+            if not start and not (data_dir / "postgres" / "PG_VERSION").is_file():
+                raise NoServers(_nothing_running(settings, "DATABASE_URL"))
+            pg = start_postgres(data_dir / "postgres", fsync=True, port=settings.embedded_postgres_port)
             started.append(pg)
             log.info("started embedded Postgres on port %s (data in %s)", pg.port, pg.data_dir)
         database_url = pg.url
@@ -49,13 +67,22 @@ def resolve(settings: Settings, *, need_redis: bool = True) -> Endpoints:
 
             rd = running_redis(data_dir / "redis")
             if rd is None:
-                rd = start_redis(data_dir / "redis", persist=True)
+                if not start and not (data_dir / "redis").is_dir():
+                    raise NoServers(_nothing_running(settings, "REDIS_URL"))
+                rd = start_redis(data_dir / "redis", persist=True, port=settings.embedded_redis_port)
                 started.append(rd)
                 log.info("started embedded Redis on port %s", rd.port)
             redis_url = rd.url
         else:
             redis_url = ""
     return Endpoints(database_url=database_url, redis_url=redis_url, started=started)
+
+
+def _nothing_running(settings: Settings, variable: str) -> str:
+    return (
+        f"no {variable} set and no service data under DATA_DIR {settings.resolved_data_dir}: "
+        f"start the service there (`conversation-service run`), fix DATA_DIR, or set {variable}"
+    )
 
 
 def running_redis_url(settings: Settings) -> str | None:

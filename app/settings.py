@@ -160,6 +160,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Seconds between the worker's samples of queue depth and CRM deliveries (not per job).
     worker_metrics_interval_s: float = Field(default=5.0, gt=0)
+    # CLI and start-up (issue 12, item 8: app/runtime.py, app/cli.py).
+    #: Fixed loopback ports for the embedded servers (unset: a free port at every start).
+    embedded_postgres_port: int | None = Field(default=None, ge=1, le=65535)
+    embedded_redis_port: int | None = Field(default=None, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from app import tokens
-from app.errors import BadUserInput, RetryTransaction
+from app.errors import BadUserInput, NotFound, RetryTransaction
 from app.models import (
     Conversation,
     ConversationFilter,
@@ -65,7 +65,14 @@ MESSAGE_CHUNK = 1000
 async def export_tenants(db: Database, tenant_ids: list[str] | None) -> list[str]:
     """The tenants asked for (validated), or every tenant that has conversations."""
     if tenant_ids:
-        return [check.tenant_id(t) for t in tenant_ids]
+        wanted = [check.tenant_id(t) for t in tenant_ids]
+        async with db.read() as conn:
+            # A mistyped tenant would export nothing and exit 0: it is an error instead.
+            known = await repo.known_tenants(conn, wanted)
+        missing = [t for t in wanted if t not in known]
+        if missing:
+            raise NotFound(f"no such tenant: {', '.join(missing)} (see `conversation-service tenant create`)")
+        return wanted
     async with db.read() as conn:
         return await maintenance_repo.tenants_with_rows(conn, "conversations")
 

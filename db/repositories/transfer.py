@@ -213,3 +213,14 @@ async def insert_state(
         [e[3] for e in entries],
     )
     return int(status.split()[-1])
+
+
+async def known_tenants(conn: Connection, tenant_ids: list[str]) -> set[str]:
+    """Those of `tenant_ids` that exist: a tenants row, or conversations (trusted mode makes no row)."""
+    rows = await conn.fetch(
+        "SELECT t FROM unnest($1::text[]) AS t"
+        " WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = t)"
+        " OR EXISTS (SELECT 1 FROM conversations WHERE tenant_id = t)",
+        tenant_ids,
+    )
+    return {r["t"] for r in rows}

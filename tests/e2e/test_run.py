@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from app.embedded.process import free_port
+from tests.conftest import Servers
 
 
 def _descendants(pid: int) -> set[int]:
@@ -132,3 +134,99 @@ def test_run_restarts_a_killed_worker_and_readyz_follows_it() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def _wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 60) -> list[str]:
+    """stdout lines up to the first one starting with ``prefix``."""
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"exited ({proc.wait()}) before printing {prefix!r}: {lines}")
+        lines.append(line.rstrip("\n"))
+        if line.startswith(prefix):
+            return lines
+    pytest.fail(f"no {prefix!r} within {timeout} s: {lines}")
+
+
+def test_run_prints_its_urls_after_binding_on_fixed_ports() -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cs-run-"))
+    port, pg_port, redis_port = free_port(), free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        DATA_DIR=str(data_dir),
+        PORT=str(port),
+        LOG_LEVEL="WARNING",
+        EMBEDDED_POSTGRES_PORT=str(pg_port),
+        EMBEDDED_REDIS_PORT=str(redis_port),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        lines = _wait_for_line(proc, "REDIS_URL=")
+        # The banner means it: the port answers at once, no retry.
+        assert lines[-3] == f"Conversation Service on http://127.0.0.1:{port}  (health: /readyz)"
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+        database_url = f"postgresql://postgres@127.0.0.1:{pg_port}/conversations"
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        assert lines[-2] == f"DATABASE_URL={database_url}"
+        assert lines[-1].startswith(f"REDIS_URL={redis_url}")
+        urls = (data_dir / "urls.env").read_text().splitlines()
+        assert f"DATABASE_URL={database_url}" in urls and f"REDIS_URL={redis_url}" in urls
+        # What an arq client would read is the service's Redis.
+        with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            assert s.recv(16).startswith(b"+PONG")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert not (data_dir / "urls.env").exists()  # the servers are gone, so are their URLs
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_taken_port_fails_at_once_without_a_banner(command: str) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="cs-run-"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        env.update(DATA_DIR=str(data_dir), PORT=str(port), LOG_LEVEL="WARNING")
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stdout == ""  # no banner
+    assert result.stderr == f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    assert not (data_dir / "postgres").exists()  # nothing was started for an API that cannot listen
+
+
+def test_serve_prints_its_banner_once_it_answers(servers: Servers) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url, "PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        (line,) = _wait_for_line(proc, "Conversation Service on ")
+        assert line == f"Conversation Service on http://127.0.0.1:{port}  (health: /readyz)"
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
