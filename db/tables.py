@@ -282,3 +282,19 @@ sa.Index(
     _conversations.c.closed_at,
     postgresql_where=sa.text("closed_at IS NOT NULL"),
 )
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who changed what in a tenant: admin changes and deletions. Names and counts only, never
+    message content or secrets. Kept for ever (erasure must stay provable)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_tenant_at", "tenant_id", "at", "id"),)
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    at: datetime = _ts(default_now=True)
+    #: An API key id, or 'cli', 'trusted', 'system'.
+    actor: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    action: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    details: Any = _jsonb(nullable=True, default=None)

@@ -85,3 +85,16 @@ def parse_search_cursor(cursor: str) -> tuple[datetime, uuid.UUID, int]:
         return _instant(at), uuid.UUID(cid), _seq(seq)
     except ValueError:
         raise BadUserInput("invalid cursor", field="cursor") from None
+
+
+def audit_cursor(at: datetime, id: uuid.UUID) -> str:
+    return _encode(f"a|{at.isoformat()}|{id}")
+
+
+def parse_audit_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    parts = _decode(cursor, "a")
+    try:
+        at, id = parts
+        return _instant(at), uuid.UUID(id)
+    except ValueError:
+        raise BadUserInput("invalid cursor", field="cursor") from None
