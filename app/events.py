@@ -22,7 +22,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -30,9 +29,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from app import metrics
-from app.cache.codec import conversation_from_dict
-from app.models import DomainEvent, EventType, Message, Role, Source, StateEntry
+from app import codec, metrics
+from app.models import DomainEvent
 
 log = logging.getLogger("conversation_service.events")
 
@@ -69,60 +67,16 @@ async def announce_key_revoked(redis_url: str, key_id: str, tenant_id: str, *, t
             await client.aclose()
 
 
-# --- wire format ---------------------------------------------------------------------------
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, uuid.UUID | datetime):
-        return str(value) if isinstance(value, uuid.UUID) else value.isoformat()
-    raise TypeError(type(value))
+# --- wire format: app/codec.py (versioned; an event of another format is a gap) ---------------
 
 
 def encode(event: DomainEvent) -> bytes:
-    return orjson.dumps(event, default=_default)
-
-
-def _message(d: dict[str, Any]) -> Message:
-    return Message(
-        tenant_id=d["tenant_id"],
-        conversation_id=uuid.UUID(d["conversation_id"]),
-        seq=d["seq"],
-        id=uuid.UUID(d["id"]),
-        client_message_id=d["client_message_id"],
-        role=Role(d["role"]),
-        content=d["content"],
-        name=d["name"],
-        tool_call_id=d["tool_call_id"],
-        tool_calls=d["tool_calls"],
-        token_count=d["token_count"],
-        metadata=d["metadata"],
-        execution=d["execution"],
-        created_at=datetime.fromisoformat(d["created_at"]),
-        sources=[Source(**s) for s in d["sources"]] if d.get("sources") is not None else None,
-    )
+    return codec.encode_event(event)
 
 
 def decode(data: bytes) -> DomainEvent:
-    d = orjson.loads(data)
-    state = d.get("state")
-    return DomainEvent(
-        type=EventType(d["type"]),
-        tenant_id=d["tenant_id"],
-        conversation_id=uuid.UUID(d["conversation_id"]),
-        at=datetime.fromisoformat(d["at"]),
-        conversation=conversation_from_dict(d["conversation"]) if d.get("conversation") else None,
-        message=_message(d["message"]) if d.get("message") else None,
-        state_key=d.get("state_key"),
-        state=StateEntry(
-            conversation_id=uuid.UUID(state["conversation_id"]),
-            key=state["key"],
-            value=state["value"],
-            version=state["version"],
-            updated_at=datetime.fromisoformat(state["updated_at"]),
-        )
-        if state
-        else None,
-    )
+    """Raises codec.UnknownFormat for an event another version of the service published."""
+    return codec.decode_event(data)
 
 
 # --- subscribers ---------------------------------------------------------------------------
@@ -371,6 +325,14 @@ class EventHub:
                 continue
             try:
                 event = decode(message["data"])
+            except codec.UnknownFormat as exc:
+                # Published by another version (a rolling deploy): never guess at its fields. It
+                # is a gap like a lost event: subscribers re-read Postgres, the truth.
+                log.warning("event of another format on %s (%s): subscribers resync", channel, exc)
+                metrics.EVENTS_UNKNOWN_FORMAT.inc()
+                for subscriber in entry.subscribers:
+                    subscriber.offer(RESYNC)
+                continue
             except Exception:
                 log.exception("undecodable event on %s", channel)
                 continue

@@ -66,6 +66,13 @@ CACHE_INVALIDATIONS = Counter(
 CACHE_ERRORS = Counter(
     "cache_errors_total", "Redis errors the hot cache met (the request went on from Postgres).", registry=REGISTRY
 )
+# Entries of another codec format (app/codec.py STAMP): a rolling deploy, read as a miss / a gap.
+CACHE_UNKNOWN_FORMAT = Counter(
+    "cache_unknown_format_total", "Hot-cache entries of another format, read as a miss.", registry=REGISTRY
+)
+EVENTS_UNKNOWN_FORMAT = Counter(
+    "events_unknown_format_total", "Events of another format; their subscribers re-read Postgres.", registry=REGISTRY
+)
 
 
 class _StatementCollector:

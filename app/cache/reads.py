@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app import metrics
-from app.cache.codec import decode_conversation, decode_messages, decode_state
+from app.cache.codec import UnknownFormat, decode_conversation, decode_messages, decode_state
 from app.cache.fill import FillMixin
 from app.cache.keys import LOADED, conversation_keys, session_key
 from app.cache.scripts import READ_HEADER, READ_PAGE, READ_RANGE, READ_STATE, READ_WINDOW, _run_calls
@@ -21,6 +21,16 @@ from db.session import Connection
 
 class ReadMixin(FillMixin):
     """HotCache's reads (a part of HotCache, app/cache/client.py)."""
+
+    _mark_dirty: Any  # WriteMixin's (app/cache/writes.py)
+
+    def _unknown_format(self, tenant_id: str, cid: uuid.UUID, kind: str) -> None:
+        """An entry another version of the service wrote (a rolling deploy): a miss, never a
+        guess. The entry goes (the dirty-repair path invalidates it) so the next read refills it
+        in this version's format instead of missing until its TTL."""
+        metrics.CACHE_UNKNOWN_FORMAT.inc()
+        metrics.CACHE_MISSES.labels(kind).inc()
+        self._mark_dirty([(tenant_id, cid)])
 
     # reads ---------------------------------------------------------------------------------------
 
@@ -71,6 +81,10 @@ class ReadMixin(FillMixin):
                 metrics.CACHE_MISSES.labels("header").inc()
                 return None
             conversation = decode_conversation(reply[1])
+        except UnknownFormat:
+            assert cid is not None  # decoding comes after the id is known
+            self._unknown_format(tenant_id, cid, "header")
+            return None
         except Exception as exc:
             self._read_failed(exc, "header")
             return None
@@ -109,10 +123,15 @@ class ReadMixin(FillMixin):
                 return None
             status = reply[0]
             if status == 1:
-                metrics.CACHE_HITS.labels("history").inc()
                 last_seq = int(reply[1])
                 lo, _ = request.bounds(last_seq)
-                return last_seq, self._decode(tenant_id, cid, lo, reply[2])
+                try:
+                    found = self._decode(tenant_id, cid, lo, reply[2])
+                except UnknownFormat:
+                    self._unknown_format(tenant_id, cid, "history")
+                    return None
+                metrics.CACHE_HITS.labels("history").inc()
+                return last_seq, found
             metrics.CACHE_MISSES.labels("history").inc()
             if status != 0:  # 2: older than the cached suffix; 3: a stale sessionId mapping
                 if status == 3:
@@ -156,7 +175,10 @@ class ReadMixin(FillMixin):
                 results = [None] * len(wanted)
             for key, result in zip(wanted, results, strict=True):
                 if isinstance(result, list):
-                    found[key] = self._decode(tenant_id, key[0], key[1], result)
+                    try:
+                        found[key] = self._decode(tenant_id, key[0], key[1], result)
+                    except UnknownFormat:
+                        self._unknown_format(tenant_id, key[0], "range")
         except Exception as exc:
             self._read_failed(exc, "range")
             found.clear()
@@ -182,7 +204,11 @@ class ReadMixin(FillMixin):
                 results = [None] * len(wanted)
             for cid, result in zip(wanted, results, strict=True):
                 if isinstance(result, list):
-                    entries = self._decode_states(cid, result)
+                    try:
+                        entries = self._decode_states(cid, result)
+                    except UnknownFormat:
+                        self._unknown_format(tenant_id, cid, "state")
+                        continue
                     if entries is not None:
                         found[cid] = entries
         except Exception as exc:
@@ -231,6 +257,9 @@ class ReadMixin(FillMixin):
                 )
             metrics.CACHE_MISSES.labels("window").inc()
             return await self._fill(conn, tenant_id, cid, _Ticket(int(reply[1]), int(reply[2])), boot)
+        except UnknownFormat:
+            self._unknown_format(tenant_id, cid, "window")
+            return None
         except Exception as exc:
             self._read_failed(exc, "window")
             return None

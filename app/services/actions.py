@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from app import codec
 from app.errors import BadUserInput, IdempotencyKeyReused, NotFound, RetryTransaction
 from app.models import Conversation, ConversationRef, Message, Source, StateEntry
 from app.services import limits as check
@@ -246,61 +247,24 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# The records' public form comes from app/codec.py (derived from the dataclasses: a new Message
+# field reaches results, export lines and webhooks without an edit here).
+
+
 def conversation_json(c: Conversation) -> dict[str, Any]:
-    return {
-        "id": str(c.id),
-        "tenant_id": c.tenant_id,
-        "session_id": c.session_id,
-        "user_id": c.user_id,
-        "agent_id": c.agent_id,
-        "channel": c.channel,
-        "title": c.title,
-        "status": c.status.value,
-        "tags": c.tags,
-        "metadata": c.metadata,
-        "created_at": _iso(c.created_at),
-        "updated_at": _iso(c.updated_at),
-        "last_message_at": _iso(c.last_message_at),
-        "closed_at": _iso(c.closed_at),
-        "close_reason": c.close_reason,
-        "message_count": c.message_count,
-        "token_count": c.token_count,
-        "last_seq": c.last_seq,
-    }
+    return codec.conversation_public(c)
 
 
 def source_json(s: Source) -> dict[str, Any]:
-    return {
-        "document_id": s.document_id,
-        "chunk_id": s.chunk_id,
-        "title": s.title,
-        "uri": s.uri,
-        "score": s.score,
-        "snippet": s.snippet,
-    }
+    return codec.source_public(s)
 
 
 def message_json(m: Message) -> dict[str, Any]:
-    return {
-        "id": str(m.id),
-        "conversation_id": str(m.conversation_id),
-        "seq": m.seq,
-        "client_message_id": m.client_message_id,
-        "role": m.role.value,
-        "content": m.content,
-        "name": m.name,
-        "tool_call_id": m.tool_call_id,
-        "tool_calls": m.tool_calls,
-        "token_count": m.token_count,
-        "metadata": m.metadata,
-        "execution": m.execution,
-        "sources": [source_json(s) for s in m.sources] if m.sources is not None else [],
-        "created_at": _iso(m.created_at),
-    }
+    return codec.message_public(m)
 
 
 def state_json(s: StateEntry) -> dict[str, Any]:
-    return {"key": s.key, "value": s.value, "version": s.version, "updated_at": _iso(s.updated_at)}
+    return codec.state_public(s)
 
 
 def crm_sync_json(r: CrmSyncRecord) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import httpx
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app import tokens
+from app import codec, tokens
 from app.errors import BadUserInput, NotFound
 from app.models import Conversation, Message
 from app.services import context
@@ -279,8 +279,12 @@ def _signed_headers(secret: str | None, body: bytes) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+#: What the webhook leaves out of the public objects (docs/jobs.md, "Webhook format"); every other
+#: field, a new one included, goes out through the codec.
+_WEBHOOK_CONVERSATION_HIDES = frozenset({"tenant_id", "last_activity_at"})
+_WEBHOOK_MESSAGE_HIDES = frozenset(
+    {"tenant_id", "conversation_id", "client_message_id", "metadata", "execution", "sources"}
+)
 
 
 def build_payload(record: CrmSyncRecord, conversation: Conversation, last_messages: list[Message]) -> dict[str, Any]:
@@ -292,40 +296,8 @@ def build_payload(record: CrmSyncRecord, conversation: Conversation, last_messag
         "delivery_id": str(record.id),
         "attempt": record.attempts,
         "tenant_id": c.tenant_id,
-        "conversation": {
-            "id": str(c.id),
-            "session_id": c.session_id,
-            "user_id": c.user_id,
-            "agent_id": c.agent_id,
-            "channel": c.channel,
-            "title": c.title,
-            "status": c.status.value,
-            "close_reason": c.close_reason,
-            "message_count": c.message_count,
-            "token_count": c.token_count,
-            "last_seq": c.last_seq,
-            "created_at": _iso(c.created_at),
-            "updated_at": _iso(c.updated_at),
-            "last_message_at": _iso(c.last_message_at),
-            "closed_at": _iso(c.closed_at),
-            "duration_seconds": duration,
-            "tags": c.tags,
-            "metadata": c.metadata,
-        },
-        "last_messages": [
-            {
-                "seq": m.seq,
-                "id": str(m.id),
-                "role": m.role.value,
-                "content": m.content,
-                "name": m.name,
-                "tool_call_id": m.tool_call_id,
-                "tool_calls": m.tool_calls,
-                "token_count": m.token_count,
-                "created_at": _iso(m.created_at),
-            }
-            for m in last_messages
-        ],
+        "conversation": codec.conversation_public(c, _WEBHOOK_CONVERSATION_HIDES) | {"duration_seconds": duration},
+        "last_messages": [codec.message_public(m, _WEBHOOK_MESSAGE_HIDES) for m in last_messages],
         "sent_at": datetime.now(UTC).isoformat(),
     }
 
