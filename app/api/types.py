@@ -196,6 +196,10 @@ class ContextWindow:
         description="A list of chat messages {role, content, name?, tool_calls?, tool_call_id?} ready to send, "
         "summary included."
     )
+    approximate: bool = strawberry.field(
+        description="True when the model has no known tokenizer: counts use the nearest known encoding "
+        "(`encoding`), and the window keeps a safety margin below maxTokens - reserveTokens. False: exact counts."
+    )
 
 
 @strawberry.type(description="A conversation between a user and an agent.")
