@@ -93,8 +93,13 @@ FAMILY_ENCODINGS: tuple[tuple[str, str], ...] = (
     ("phi", "cl100k_base"),
 )
 #: Unbundled tiktoken encodings → the bundled one counting the same kind of text.
-_NEAREST_BUNDLED = {"o200k_harmony": "o200k_base", "p50k_base": "cl100k_base", "p50k_edit": "cl100k_base",
-                    "r50k_base": "cl100k_base", "gpt2": "cl100k_base"}
+_NEAREST_BUNDLED = {
+    "o200k_harmony": "o200k_base",
+    "p50k_base": "cl100k_base",
+    "p50k_edit": "cl100k_base",
+    "r50k_base": "cl100k_base",
+    "gpt2": "cl100k_base",
+}
 #: A model nothing above matches is counted with this encoding (approximate).
 FALLBACK_ENCODING = "cl100k_base"
 #: An approximate window fills at most this share of its budget: the model's own tokenizer may

@@ -294,7 +294,7 @@ async def test_context_window_over_graphql(api: Caller) -> None:
     assert await api.error_code(q, {"s": "ctx", "max": 1000, "model": "no such model"}) == "BAD_USER_INPUT"
     approx_q = """query($s: String, $max: Int!, $model: String) {
       contextWindow(sessionId: $s, maxTokens: $max, model: $model) { encoding approximate totalTokens } }"""
-    claude = (await api.data(approx_q, {"s": "ctx", "max": 1000, "model": "claude-3-5-sonnet-latest"}))
+    claude = await api.data(approx_q, {"s": "ctx", "max": 1000, "model": "claude-3-5-sonnet-latest"})
     assert claude["contextWindow"]["approximate"] is True and claude["contextWindow"]["encoding"] == "cl100k_base"
     assert claude["contextWindow"]["totalTokens"] <= 1000
     exact = (await api.data(approx_q, {"s": "ctx", "max": 1000, "model": "gpt-4o"}))["contextWindow"]
