@@ -443,6 +443,10 @@ async def summarize(
     if not options.enabled:
         outcome.error = "summaries are off"
         return outcome
+    async with db.read() as conn:
+        if await conversation_repo.get(conn, tenant_id, id=conversation_id) is None:
+            outcome.error = "conversation not found"  # purged meanwhile, or not this tenant's
+            return outcome
     lease_s = options.timeout_s + 10
     forced = False
     for _ in range(MAX_ROUNDS):
