@@ -62,7 +62,7 @@ def _memory_contract_without_later_parts() -> str:
                 continue  # an `extend type` holding only left-out fields
             if len(remaining) != len(fields):  # nodes are frozen: rebuild this one without them
                 attributes = {k: getattr(definition, k) for k in definition.keys if k != "fields"}
-                kept.append(type(definition)(**attributes, fields=remaining))
+                kept.append(type(definition)(**attributes, fields=remaining))  # type: ignore[call-arg]
                 continue
         kept.append(definition)
     return print_ast(DocumentNode(definitions=tuple(kept)))

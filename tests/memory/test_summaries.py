@@ -174,8 +174,8 @@ async def test_a_summary_never_covers_a_tool_message_without_its_call(
         assert (await info(db, tenant, conv)).up_to_seq == 4  # cut before the unanswered call
 
         orphan = await create_conversation(db, tenant, session_id=f"s-{uuid.uuid4().hex}")
-        for spec in ({"role": Role.USER, "content": long}, {"role": Role.TOOL, "content": long, "tool_call_id": "zz"}):
-            await add_message(db, tenant, orphan, **spec)
+        await add_message(db, tenant, orphan, content=long)
+        await add_message(db, tenant, orphan, role=Role.TOOL, content=long, tool_call_id="zz")
         await add_message(db, tenant, orphan, content=long)
         await summaries.summarize(db, http, tenant, orphan.id, options(llm))
         assert (await info(db, tenant, orphan)).up_to_seq == 1  # cut before the orphan tool result
