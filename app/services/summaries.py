@@ -76,7 +76,7 @@ INSTRUCTIONS = (
 )
 
 
-class SummaryStatus(enum.Enum):
+class SummaryStatus(enum.StrEnum):
     NONE = "NONE"
     PENDING = "PENDING"
     READY = "READY"
