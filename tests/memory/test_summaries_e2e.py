@@ -149,3 +149,16 @@ async def test_a_server_without_a_summarizer_says_so(db: Database, http: httpx.A
     assert error["extensions"]["code"] == "BAD_USER_INPUT" and "SUMMARIZER_URL" in error["message"]
     info = await api.data("query($id: ID!) { conversation(id: $id) { summaryInfo { status text } } }", {"id": cid})
     assert info["conversation"]["summaryInfo"] == {"status": "NONE", "text": None}
+
+
+async def test_a_write_only_key_gets_the_receipt_not_the_text(
+    api: Caller, api_server: Server, db: Database, tenant: str, summary_worker: WorkerProcess
+) -> None:
+    added = await api.data(ADD, {"s": f"wo-{uuid.uuid4().hex[:8]}", "c": "secret plans"})
+    cid = added["addMessage"]["conversation"]["id"]
+    async with httpx.AsyncClient(base_url=api_server.url) as http:
+        writer = await make_caller(db, http, tenant, scopes="write")
+        receipt = "mutation($id: ID!) { summarizeConversation(conversationId: $id) { status upToSeq updatedAt } }"
+        assert (await writer.data(receipt, {"id": cid}))["summarizeConversation"]["status"] == "PENDING"
+        text = "mutation($id: ID!) { summarizeConversation(conversationId: $id) { text } }"
+        assert await writer.error_code(text, {"id": cid}) == "FORBIDDEN"
