@@ -209,7 +209,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _summarizer_calls_fit_in_a_job(self) -> Settings:
-        if self.summarizer_timeout_s >= self.arq_job_timeout_s:
+        enabled = bool(self.summarizer_url and self.summarizer_model)
+        if enabled and self.summarizer_timeout_s >= self.arq_job_timeout_s:
             raise ValueError("SUMMARIZER_TIMEOUT_S must be shorter than ARQ_JOB_TIMEOUT_S (the call runs inside a job)")
         return self
 
