@@ -30,7 +30,7 @@ from app.auth import Authenticator
 from app.events import KEY_REVOKED_CHANNEL
 from app.middleware import BodyReadTimeout, BodySizeLimit
 from app.resources import Resources
-from app.services import crm
+from app.services import crm, summaries
 from app.settings import Settings, get_settings
 
 log = logging.getLogger("conversation_service")
@@ -137,6 +137,10 @@ def create_app(
         await resources.hub.listen(KEY_REVOKED_CHANNEL, connections.on_key_revoked, connections.recheck_now)
         connections.start()
         arq = await _crm_dispatch(settings, cache_url)
+        if arq is not None:
+            from jobs import summaries as summary_jobs
+
+            summary_jobs.install(resources.db, arq, settings, settings.arq_queue)
         try:
             yield
         finally:
@@ -145,6 +149,7 @@ def create_app(
             await connections.stop()
             if arq is not None:
                 crm.set_dispatcher(None)
+                summaries.set_enqueuer(None)
                 await arq.aclose()
             await resources.close()
 

@@ -164,6 +164,26 @@ class Settings(BaseSettings):
     #: Fixed loopback ports for the embedded servers (unset: a free port at every start).
     embedded_postgres_port: int | None = Field(default=None, ge=1, le=65535)
     embedded_redis_port: int | None = Field(default=None, ge=1, le=65535)
+    # Automatic summaries (issue 14, item 1: app/services/summaries.py, jobs/summaries.py).
+    #: An OpenAI-compatible endpoint: the base URL (`.../v1`; `/chat/completions` is appended) or the
+    #: full chat-completions URL. Summaries are off unless both URL and model are set.
+    summarizer_url: str | None = None
+    summarizer_model: str | None = None
+    #: Sent as `Authorization: Bearer …` when set.
+    summarizer_api_key: str | None = None
+    #: Seconds per summarizer call (below ARQ_JOB_TIMEOUT_S).
+    summarizer_timeout_s: float = Field(default=30.0, gt=0)
+    #: Unsummarized tokens (stored counts) that trigger a summary, unless the tenant sets
+    #: `summary_threshold_tokens`.
+    summary_threshold_tokens: int = Field(default=4000, ge=1)
+    #: Most tokens of new messages sent in one call; a longer backlog is summarized in several calls.
+    summarizer_max_input_tokens: int = Field(default=8000, ge=100)
+    #: The summary's length limit asked of the model (`max_tokens` of the call).
+    summarizer_reply_tokens: int = Field(default=600, ge=16)
+    #: Tries of one summarization before it stays FAILED (until the next trigger), and their backoff.
+    summarizer_max_attempts: int = Field(default=5, ge=1)
+    summarizer_retry_base_s: float = Field(default=5.0, gt=0)
+    summarizer_retry_max_s: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
@@ -185,6 +205,13 @@ class Settings(BaseSettings):
     def _crm_calls_fit_in_a_job(self) -> Settings:
         if self.crm_timeout_s >= self.arq_job_timeout_s:
             raise ValueError("CRM_TIMEOUT_S must be shorter than ARQ_JOB_TIMEOUT_S (a CRM call runs inside a job)")
+        return self
+
+    @model_validator(mode="after")
+    def _summarizer_calls_fit_in_a_job(self) -> Settings:
+        enabled = bool(self.summarizer_url and self.summarizer_model)
+        if enabled and self.summarizer_timeout_s >= self.arq_job_timeout_s:
+            raise ValueError("SUMMARIZER_TIMEOUT_S must be shorter than ARQ_JOB_TIMEOUT_S (the call runs inside a job)")
         return self
 
     @property

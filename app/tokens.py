@@ -11,9 +11,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,17 +72,84 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     return tiktoken.get_encoding(name)
 
 
-@lru_cache(maxsize=256)
-def encoding_name_for_model(model: str) -> str:
-    """tiktoken's model table decides; an unknown model is the caller's mistake."""
+#: Models tiktoken does not know, by family (lower-cased name prefix, first match wins) → the
+#: bundled encoding nearest to their tokenizer. Counts in it are approximate (`ModelTokens`).
+#: cl100k_base is the conservative choice for non-OpenAI tokenizers: on English and code it
+#: splits text into more tokens than o200k_base, closer to Claude's, Llama's and Mistral's counts.
+FAMILY_ENCODINGS: tuple[tuple[str, str], ...] = (
+    ("gpt-oss", "o200k_base"),  # o200k_harmony: o200k_base plus chat special tokens
+    ("claude", "cl100k_base"),
+    ("anthropic.claude", "cl100k_base"),
+    ("llama", "cl100k_base"),
+    ("meta-llama", "cl100k_base"),
+    ("mistral", "cl100k_base"),
+    ("mixtral", "cl100k_base"),
+    ("codestral", "cl100k_base"),
+    ("gemini", "o200k_base"),
+    ("gemma", "o200k_base"),
+    ("qwen", "cl100k_base"),
+    ("deepseek", "cl100k_base"),
+    ("command", "cl100k_base"),
+    ("phi", "cl100k_base"),
+)
+#: Unbundled tiktoken encodings → the bundled one counting the same kind of text.
+_NEAREST_BUNDLED = {
+    "o200k_harmony": "o200k_base",
+    "p50k_base": "cl100k_base",
+    "p50k_edit": "cl100k_base",
+    "r50k_base": "cl100k_base",
+    "gpt2": "cl100k_base",
+}
+#: A model nothing above matches is counted with this encoding (approximate).
+FALLBACK_ENCODING = "cl100k_base"
+#: An approximate window fills at most this share of its budget: the model's own tokenizer may
+#: count up to ~1/0.85 - 1 ≈ 18 % more than the encoding we count with before the budget is exceeded.
+APPROXIMATE_BUDGET_SHARE = 0.85
+MAX_MODEL_NAME_LENGTH = 200
+_MODEL_NAME = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what model ids look like
+
+
+@dataclass(frozen=True, slots=True)
+class ModelTokens:
+    """How a model's tokens are counted: `encoding`, and whether that is the model's own
+    encoding (`approximate` False) or the nearest bundled one (True)."""
+
+    encoding: str
+    approximate: bool
+
+
+@lru_cache(maxsize=1024)
+def model_tokens(model: str) -> ModelTokens:
+    """The encoding to count `model`'s tokens with. tiktoken's model table gives exact counts for
+    OpenAI models; any other well-formed model id is approximate (family map, else the fallback).
+    Only a malformed name (empty, too long, spaces or control characters) is BAD_USER_INPUT."""
+    if not model or len(model) > MAX_MODEL_NAME_LENGTH or not _MODEL_NAME.fullmatch(model):
+        raise BadUserInput(
+            f"model must be 1..{MAX_MODEL_NAME_LENGTH} printable ASCII characters without spaces "
+            f"(e.g. gpt-4o or claude-3-5-sonnet-latest); got {model[:50]!r}",
+            field="model",
+        )
     try:
         name = tiktoken.encoding_name_for_model(model)
     except KeyError:
-        raise BadUserInput(f"unknown model {model!r}: no tiktoken encoding is known for it") from None
-    if name not in _BLOB_URLS:
-        # Older encodings (p50k, r50k) are not bundled; counting them would need the network.
-        raise BadUserInput(f"model {model!r} uses encoding {name!r}, which this service does not ship")
-    return name
+        lowered = model.lower()
+        for prefix, encoding in FAMILY_ENCODINGS:
+            if lowered.startswith(prefix):
+                return ModelTokens(encoding, True)
+        return ModelTokens(FALLBACK_ENCODING, True)
+    if name in _BLOB_URLS:
+        return ModelTokens(name, False)
+    return ModelTokens(_NEAREST_BUNDLED.get(name, FALLBACK_ENCODING), True)
+
+
+def encoding_name_for_model(model: str) -> str:
+    """The encoding `model`'s tokens are counted with (see `model_tokens`)."""
+    return model_tokens(model).encoding
+
+
+def approximate_budget(budget: int) -> int:
+    """The share of `budget` an approximate count may fill (never below the reply priming)."""
+    return max(REPLY_PRIMING, math.floor(budget * APPROXIMATE_BUDGET_SHARE))
 
 
 def compact_json(value: Any) -> str:

@@ -298,3 +298,35 @@ class AuditEntry(SQLModel, table=True):
     actor: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
     action: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
     details: Any = _jsonb(nullable=True, default=None)
+
+
+class ConversationSummaryState(SQLModel, table=True):
+    """The summarizer's bookkeeping per conversation (`Conversation.summaryInfo`). The summary's
+    text and range live in the `summary` state key, which the context window reads; this row
+    holds what a reader cannot see there: status, model, the last error, attempts, the lease."""
+
+    __tablename__ = "conversation_summaries"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "conversation_id"],
+            ["conversations.tenant_id", "conversations.id"],
+            ondelete="CASCADE",
+        ),
+        sa.CheckConstraint("status IN ('none', 'pending', 'ready', 'failed')", name="status"),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    status: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    #: The last summary written by the summarizer covers seq 1..up_to_seq (0: none yet).
+    up_to_seq: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default=sa.text("0")))
+    #: The conversation's token_count up to up_to_seq: unsummarized tokens = token_count - this.
+    covered_tokens: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False, server_default=sa.text("0")))
+    token_count: int | None = Field(default=None, sa_column=sa.Column(sa.Integer(), nullable=True))
+    model: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    #: Failed attempts since the last success (the retry backoff's exponent).
+    attempts: int = Field(sa_column=sa.Column(sa.Integer(), nullable=False, server_default=sa.text("0")))
+    #: Set while a job summarizes: one summarization per conversation at a time; a crashed job's expires.
+    locked_until: datetime | None = _ts(nullable=True)
+    updated_at: datetime = _ts(default_now=True)

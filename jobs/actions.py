@@ -164,6 +164,7 @@ async def get_context(st: WorkerState, env: Envelope, d: act.GetContextData, tar
         "reserve_tokens": window.reserve_tokens,
         "model": window.model,
         "encoding": window.encoding,
+        "approximate": window.approximate,
         "dropped_messages": window.dropped_messages,
         "truncated": window.truncated,
         "first_seq": window.first_seq,

@@ -24,13 +24,14 @@ from arq.worker import Function, func
 
 from app import liveness, tokens
 from app.resources import Resources
-from app.services import crm
+from app.services import crm, summaries
 from app.services.crm import CrmOptions
 from app.services.maintenance import MaintenanceOptions
 from app.settings import Settings, get_settings
 from jobs import actions, metrics, signing, undecodable
 from jobs import crm as crm_jobs
 from jobs import maintenance as maintenance_jobs
+from jobs import summaries as summary_jobs
 from jobs.client import json_serializer
 from jobs.context import WorkerState, is_transient, state
 
@@ -76,6 +77,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["state"] = st
     crm.set_dispatcher(crm_jobs.dispatcher(st.redis, st.queue_name))
+    summary_jobs.install(st.db, st.redis, settings, st.queue_name)
     if settings.worker_metrics_port is not None:
         ctx["metrics"] = metrics.start(
             settings.host,
@@ -94,6 +96,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         return
     st = state(ctx)
     crm.set_dispatcher(None)
+    summaries.set_enqueuer(None)
     served = ctx.pop("metrics", None)
     if isinstance(served, metrics.WorkerMetrics):
         await served.stop()
@@ -113,6 +116,7 @@ def worker_settings(
         func(actions.undecodable_job, name=undecodable.UNDECODABLE, keep_result=settings.arq_keep_result_s),
         *actions.functions(settings.arq_keep_result_s),
         *crm_jobs.functions(),
+        *summary_jobs.functions(settings),
     ]
     cron_jobs = maintenance_jobs.cron_jobs(settings.arq_job_timeout_s) if settings.cron_enabled else []
     return {

@@ -33,3 +33,9 @@ def test_production_refuses_embedded_servers_and_dev_passwords(monkeypatch: pyte
         redis_url="redis://cache:6379/0",
     )
     assert ok.is_production
+
+
+def test_summarizer_calls_must_fit_in_a_job_only_when_summaries_are_on() -> None:
+    assert Settings(_env_file=None, arq_job_timeout_s=20).summarizer_url is None  # off: no constraint
+    with pytest.raises(ValidationError, match="SUMMARIZER_TIMEOUT_S"):
+        Settings(_env_file=None, arq_job_timeout_s=20, summarizer_url="http://llm/v1", summarizer_model="m")

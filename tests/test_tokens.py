@@ -19,8 +19,21 @@ def test_special_tokens_in_user_text_are_counted_as_text() -> None:
     assert tokens.count_text("<|endoftext|>") > 1
 
 
-def test_unknown_or_unshipped_models_are_bad_input() -> None:
-    with pytest.raises(BadUserInput):
-        tokens.encoding_name_for_model("no-such-model")
-    with pytest.raises(BadUserInput):
-        tokens.encoding_name_for_model("text-davinci-003")  # p50k_base: not bundled offline
+def test_models_without_a_tiktoken_encoding_are_approximate() -> None:
+    assert tokens.model_tokens("gpt-4o") == tokens.ModelTokens("o200k_base", False)
+    assert tokens.model_tokens("claude-3-5-sonnet-latest") == tokens.ModelTokens("cl100k_base", True)
+    assert tokens.model_tokens("llama-3") == tokens.ModelTokens("cl100k_base", True)
+    assert tokens.model_tokens("gemini-1.5-pro") == tokens.ModelTokens("o200k_base", True)
+    # tiktoken knows it, but its encoding (p50k_base) is not bundled offline: nearest bundled one.
+    assert tokens.model_tokens("text-davinci-003") == tokens.ModelTokens("cl100k_base", True)
+    # A well-formed name nobody knows still counts, conservatively, and says so.
+    assert tokens.model_tokens("zz-my-finetune-7b") == tokens.ModelTokens(tokens.FALLBACK_ENCODING, True)
+    assert tokens.approximate_budget(1000) == 850
+    assert tokens.approximate_budget(3) == tokens.REPLY_PRIMING
+
+
+def test_malformed_model_names_are_bad_input() -> None:
+    for name in ("", "gpt 4o", "x" * 201, "gpt-4o\n", "modèle"):
+        with pytest.raises(BadUserInput) as raised:
+            tokens.model_tokens(name)
+        assert raised.value.details.get("field") == "model"

@@ -15,6 +15,7 @@ from strawberry.types import Info
 
 from app import models
 from app.api.context import RequestContext
+from app.api.memory import ConversationSummary, summary_info
 from app.api.scalars import JSON
 from app.services import crm
 from app.services import limits as check
@@ -196,6 +197,10 @@ class ContextWindow:
         description="A list of chat messages {role, content, name?, tool_calls?, tool_call_id?} ready to send, "
         "summary included."
     )
+    approximate: bool = strawberry.field(
+        description="True when the model has no known tokenizer: counts use the nearest known encoding "
+        "(`encoding`), and the window keeps a safety margin below maxTokens - reserveTokens. False: exact counts."
+    )
 
 
 @strawberry.type(description="A conversation between a user and an agent.")
@@ -277,6 +282,10 @@ class Conversation:
     async def customer(self, info: Ctx) -> JSON | None:
         profile: JSON | None = await info.context.customer(cast(models.Conversation, self))
         return profile
+
+    @strawberry.field(description="The running summary: status, text, the messages it covers, the last error.")
+    async def summary_info(self, info: Ctx) -> ConversationSummary:
+        return await summary_info(info, cast(models.Conversation, self))
 
 
 @strawberry.type(description="A conversation in a connection.")

@@ -10,8 +10,12 @@ The rules, in the order they are applied:
 
 1. **Input.** `max_tokens < 1`, `reserve_tokens < 0`, or a budget below 3 (the reply
    priming alone; this covers every negative budget) is BAD_USER_INPUT, and so is a
-   model tiktoken does not know. The encoding is the requested model's (default
-   `gpt-4o` → `o200k_base`).
+   malformed model name. The encoding is the requested model's (default `gpt-4o` →
+   `o200k_base`). A model tiktoken does not know (`claude-3-5-sonnet-latest`, `llama-3`)
+   is counted with the nearest bundled encoding (`tokens.model_tokens`: a family map,
+   else cl100k_base); the window is then `approximate` and fills at most
+   `tokens.APPROXIMATE_BUDGET_SHARE` of the budget, a margin for the model's own
+   tokenizer counting more. `total_tokens` is always in `encoding`.
 2. **System prompt.** The conversation's first SYSTEM message is its system prompt. A
    `system_prompt` state key holding a non-empty string overrides it (messages are
    immutable; the state key is how a prompt is changed). The first SYSTEM message is
@@ -213,6 +217,9 @@ class ContextWindow:
     last_seq: int | None
     #: [{role, content, name?, tool_calls?, tool_call_id?}]: system prompt, summary, then messages.
     openai_messages: list[dict[str, Any]]
+    #: `encoding` is not the model's own (a nearest bundled one): counts are estimates, and the
+    #: window kept a safety margin below the budget.
+    approximate: bool = False
 
 
 def message_tokens(message: Message, encoding: str) -> int:
@@ -385,7 +392,10 @@ async def build_window(
     """
     budget = _check_budget(max_tokens, reserve_tokens)
     model = model if model is not None else default_model
-    encoding = tokens.encoding_name_for_model(model)
+    counting = tokens.model_tokens(model)
+    encoding = counting.encoding
+    if counting.approximate:
+        budget = tokens.approximate_budget(budget)
     if conversation.tenant_id != tenant_id:
         raise NotFound("conversation not found", conversationId=str(conversation.id))
     if source is None:
@@ -465,4 +475,5 @@ async def build_window(
         first_seq=messages[0].seq if messages else None,
         last_seq=messages[-1].seq if messages else None,
         openai_messages=openai,
+        approximate=counting.approximate,
     )

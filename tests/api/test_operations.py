@@ -291,6 +291,13 @@ async def test_context_window_over_graphql(api: Caller) -> None:
     assert other["encoding"] == "cl100k_base"
     nested = await api.data('{ conversation(sessionId: "ctx") { contextWindow(maxTokens: 1000) { totalTokens } } }')
     assert nested["conversation"]["contextWindow"]["totalTokens"] == full["totalTokens"]
-    assert await api.error_code(q, {"s": "ctx", "max": 1000, "model": "no-such-model"}) == "BAD_USER_INPUT"
+    assert await api.error_code(q, {"s": "ctx", "max": 1000, "model": "no such model"}) == "BAD_USER_INPUT"
+    approx_q = """query($s: String, $max: Int!, $model: String) {
+      contextWindow(sessionId: $s, maxTokens: $max, model: $model) { encoding approximate totalTokens } }"""
+    claude = await api.data(approx_q, {"s": "ctx", "max": 1000, "model": "claude-3-5-sonnet-latest"})
+    assert claude["contextWindow"]["approximate"] is True and claude["contextWindow"]["encoding"] == "cl100k_base"
+    assert claude["contextWindow"]["totalTokens"] <= 1000
+    exact = (await api.data(approx_q, {"s": "ctx", "max": 1000, "model": "gpt-4o"}))["contextWindow"]
+    assert exact["approximate"] is False
     assert await api.error_code(q, {"s": "ctx", "max": 100, "reserve": 99}) == "BAD_USER_INPUT"
     assert await api.error_code(q, {"s": "nope", "max": 100}) == "NOT_FOUND"

@@ -107,6 +107,15 @@ async def test_each_action_changes_postgres_and_answers_on_its_callback(
     assert w["total_tokens"] <= 900 and w["encoding"] == "o200k_base" and w["model"] == "gpt-4o"
     assert [m["role"] for m in w["openai_messages"]] == ["user", "assistant", "tool"]
     assert w["truncated"] is False and w["dropped_messages"] == 0 and w["customer_note"] is None
+    assert w["approximate"] is False
+    claude = await client.call(
+        "conversation.get_context",
+        tenant_id=tenant,
+        session_id="s-1",
+        data={"max_tokens": 1000, "reserve_tokens": 100, "model": "claude-3-5-sonnet-latest"},
+    )
+    c = claude["data"]
+    assert c["approximate"] is True and c["encoding"] == "cl100k_base" and c["total_tokens"] <= 900 * 0.85
 
     put = await client.call(
         "conversation.update_state", tenant_id=tenant, session_id="s-1", data={"key": "step", "value": {"n": 1}}

@@ -126,7 +126,7 @@ async def test_budget_model_and_tenant_are_checked(db: Database, tenant: str, ot
         {"max_tokens": 10, "reserve_tokens": -1},
         {"max_tokens": 10, "reserve_tokens": 11},  # budget < 0
         {"max_tokens": 10, "reserve_tokens": 8},  # budget 2: not even the reply priming fits
-        {"max_tokens": 100, "model": "no-such-model"},
+        {"max_tokens": 100, "model": "no such model"},
         {"max_tokens": 100, "model": ""},
     ):
         with pytest.raises(BadUserInput):
@@ -139,6 +139,20 @@ async def test_budget_model_and_tenant_are_checked(db: Database, tenant: str, ot
     assert (w.model, w.encoding) == ("gpt-4", "cl100k_base")
     w = await window(db, tenant, conv, max_tokens=100, default_model="gpt-3.5-turbo")
     assert (w.model, w.encoding) == ("gpt-3.5-turbo", "cl100k_base")
+
+
+async def test_models_without_an_encoding_get_an_approximate_window_within_budget(db: Database, tenant: str) -> None:
+    conv = await seed(db, tenant, [user(f"message number {i} " + "word " * 20) for i in range(40)])
+    exact = await window(db, tenant, conv, max_tokens=400, model="gpt-4o")
+    assert (exact.encoding, exact.approximate) == ("o200k_base", False)
+    for model in ("claude-3-5-sonnet-latest", "llama-3", "gemini-1.5-pro", "zz-unknown-model-7b"):
+        w = await window(db, tenant, conv, max_tokens=400, reserve_tokens=50, model=model)
+        assert w.approximate and w.model == model
+        assert w.encoding == tokens.model_tokens(model).encoding
+        # Recounted independently in the counted encoding: within the budget, with the margin kept.
+        recount = tokens.REPLY_PRIMING + sum(n_tokens(m.content, w.encoding) for m in w.messages)
+        assert recount == w.total_tokens <= tokens.approximate_budget(350) < 350
+        assert w.messages and w.messages[-1].seq == 40 and w.truncated
 
 
 async def test_newest_contiguous_suffix_within_the_budget(db: Database, tenant: str) -> None:
