@@ -4,7 +4,7 @@ app/services/admin.py and tenant_settings.py. Mixed into Query and Mutation."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, cast
+from typing import cast
 
 import orjson
 import strawberry
@@ -40,27 +40,10 @@ def _defaults(info: Ctx) -> tenant_settings.Defaults:
 
 def _enqueuer(info: Ctx) -> admin.Enqueue:
     """Replays go on this process's queue (ARQ_QUEUE) through the shared Redis client."""
-    from arq.connections import ArqRedis
-    from arq.constants import result_key_prefix
-
-    from jobs.client import json_deserializer, json_serializer
+    from jobs.client import replay_enqueuer
 
     resources = info.context.resources
-    queue = resources.settings.arq_queue
-
-    async def enqueue(function: str, envelope: dict[str, Any], job_id: str) -> None:
-        arq = ArqRedis(
-            connection_pool=resources.redis.connection_pool,
-            job_serializer=json_serializer,
-            job_deserializer=json_deserializer,
-            default_queue_name=queue,
-        )
-        # arq keeps the dead-lettered run's result under the job id and would refuse the id;
-        # a job still queued or running under it is left alone (enqueue answers None).
-        await arq.delete(result_key_prefix + job_id)
-        await arq.enqueue_job(function, envelope, _job_id=job_id, _queue_name=queue)
-
-    return enqueue
+    return replay_enqueuer(resources.redis, resources.settings.arq_queue)
 
 
 @strawberry.type
