@@ -61,7 +61,7 @@ def _literal(type_: GraphQLInputType) -> str:
         required = [f"{n}: {_literal(f.type)}" for n, f in type_.fields.items() if isinstance(f.type, GraphQLNonNull)]
         return "{" + ", ".join(required) + "}"
     if isinstance(type_, GraphQLEnumType):
-        return next(iter(type_.values))
+        return str(next(iter(type_.values)))
     assert isinstance(type_, GraphQLScalarType)
     return {"Int": "1", "Float": "1.0", "Boolean": "true"}.get(type_.name, '"00000000-0000-0000-0000-000000000000"')
 
@@ -88,7 +88,7 @@ async def test_every_admin_operation_is_forbidden_without_the_admin_scope(
     fields = _admin_fields()
     names = {q.rpartition(" ")[2] for q, _ in fields}
     # The list comes from the schema; it must cover the contract's admin fields (deleteConversation is scope write).
-    contract = Path(ADMIN_CONTRACT).read_text().partition("extend type Query")[2]
+    contract = Path(ADMIN_CONTRACT).read_text().partition("extend type Query")[2]  # noqa: ASYNC240 - a small file
     contract_fields = set(re.findall(r"^  (\w+)[(:]", contract, re.M)) - {"deleteConversation"}
     assert contract_fields - NOT_YET_MERGED_DELETION_FIELDS <= names, contract_fields - names
     admin = await _admin(db, http, tenant)
@@ -110,7 +110,13 @@ async def test_settings_change_only_what_is_given_and_are_audited(
     assert before["crmMaxAttempts"] == 8 and before["idleTimeoutSeconds"] == 86400  # server defaults
     changed = await admin.data(
         UPDATE,
-        {"input": {"crmWebhookUrl": "https://crm.example.com/hook", "retentionDays": 30, "corsOrigins": ["https://a.example"]}},
+        {
+            "input": {
+                "crmWebhookUrl": "https://crm.example.com/hook",
+                "retentionDays": 30,
+                "corsOrigins": ["https://a.example"],
+            }
+        },
     )
     assert changed["updateTenantSettings"] == {
         "name": None,
@@ -196,7 +202,12 @@ async def test_keys_are_created_listed_used_and_revoked(db: Database, http: http
     await asyncio.sleep(0.2)
     assert await last_used() == first_use  # at most one write a minute
 
-    for bad in ({"scopes": ["superuser"]}, {"scopes": []}, {"scopes": ["read"], "expiresAt": "2001-01-01T00:00:00Z"}):
+    bad_keys: list[dict[str, Any]] = [
+        {"scopes": ["superuser"]},
+        {"scopes": []},
+        {"scopes": ["read"], "expiresAt": "2001-01-01T00:00:00Z"},
+    ]
+    for bad in bad_keys:
         assert await admin.error_code(CREATE_KEY, {"input": bad}) == "BAD_USER_INPUT", bad
 
     revoked = await admin.data("mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }", {"id": key["id"]})

@@ -32,9 +32,12 @@ def _preflight(origin: str) -> dict[str, str]:
 async def cors_http(servers: Servers) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(_env_file=None, cors_allowed_origins=SERVER_WIDE)
     application: Starlette = create_app(settings, database_url=servers.database_url, redis_url=servers.redis_url)
-    async with application.router.lifespan_context(application):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://api") as http:
-            yield http
+    transport = httpx.ASGITransport(app=application)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=transport, base_url="http://api") as http,
+    ):
+        yield http
 
 
 async def test_a_tenants_origins_are_granted_to_that_tenant_only(
@@ -45,7 +48,9 @@ async def test_a_tenants_origins_are_granted_to_that_tenant_only(
     theirs = await make_caller(db, cors_http, other_tenant)
     refused = await cors_http.options("/graphql", headers=_preflight(origin))
     assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
-    await mine.data("mutation($o: [String!]) { updateTenantSettings(input: {corsOrigins: $o}) { corsOrigins } }", {"o": [origin]})
+    await mine.data(
+        "mutation($o: [String!]) { updateTenantSettings(input: {corsOrigins: $o}) { corsOrigins } }", {"o": [origin]}
+    )
 
     # Preflights carry no key: granted once the origins are re-read (within a few seconds).
     deadline = time.monotonic() + 8

@@ -145,7 +145,10 @@ async def test_deliveries_are_listed_and_redelivered_once(
         assert time.monotonic() - started < 5 and len(failing.calls) == 2
         delivered = (await admin.data(DELIVERIES, {"status": "DELIVERED"}))["crmDeliveries"]["edges"]
         assert len(delivered) == 1
-        actions = [e["node"]["action"] for e in (await admin.data("{ auditLog { edges { node { action } } } }"))["auditLog"]["edges"]]
+        actions = [
+            e["node"]["action"]
+            for e in (await admin.data("{ auditLog { edges { node { action } } } }"))["auditLog"]["edges"]
+        ]
         assert actions.count("redeliverCrmSync") == 2
     finally:
         failing.close()

@@ -89,7 +89,9 @@ async def test_a_dead_letter_replayed_twice_applies_once(
         assert await theirs.error_code(REPLAY, {"id": letter["id"]}) == "NOT_FOUND"
 
         # What made it fail is gone: the key is deleted (a tombstone satisfies "must not exist").
-        deleted = await admin.data('mutation($c: ID!) { deleteState(conversationId: $c, key: "k") }', {"c": conversation_id})
+        deleted = await admin.data(
+            'mutation($c: ID!) { deleteState(conversationId: $c, key: "k") }', {"c": conversation_id}
+        )
         assert deleted["deleteState"] is True
         assert (await admin.data(REPLAY, {"id": letter["id"]}))["replayDeadLetter"] is True
 
