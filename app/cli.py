@@ -100,12 +100,19 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services import tenants
+    from app.services import audit, tenants
 
     endpoints = _admin_endpoints(settings)
 
+    async def create(uow: Any) -> tuple[Any, bool]:
+        await uow.begin()
+        tenant, created = await tenants.ensure_tenant(uow, args.tenant, args.name)
+        if created:
+            await audit.record(uow.conn, tenant.tenant_id, audit.CLI, "createTenant", {"name": tenant.name})
+        return tenant, created
+
     async def work(db: Any) -> tuple[Any, bool]:
-        result: tuple[Any, bool] = await db.run(lambda uow: tenants.ensure_tenant(uow, args.tenant, args.name))
+        result: tuple[Any, bool] = await db.run(create)
         return result
 
     tenant, created = asyncio.run(_with_db(endpoints.database_url, work))

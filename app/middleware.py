@@ -218,8 +218,7 @@ class TenantCORS(CORSMiddleware):
     @staticmethod
     async def _caller_in(scope: Scope, headers: Headers, tenants: frozenset[str]) -> bool:
         """True when the request's credentials belong to one of `tenants`. A request whose
-        credentials fail passes on (GraphQL answers UNAUTHENTICATED) without CORS headers
-        beyond the union's: it reads nothing."""
+        credentials fail passes on: all it can read is GraphQL's UNAUTHENTICATED."""
         from app.errors import DomainError
 
         try:

@@ -53,6 +53,7 @@ def test_settings_secret_keys_and_audit_from_the_cli(servers: Servers) -> None:
         ("cli", "createApiKey"),
         ("cli", "rotateCrmSecret"),
         ("cli", "updateTenantSettings"),
+        ("cli", "createTenant"),
     ]
     assert "whsec_" not in json.dumps(entries)
     nosuch = cli(servers, "audit", "list", "--tenant", "nosuch-tenant")
