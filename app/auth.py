@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from app.errors import BadUserInput, Forbidden, ServiceUnavailable, Unauthenticated
 from app.services import limits as check
@@ -15,6 +18,10 @@ from db.session import Database, is_unreachable
 
 #: Revocation must take effect within 5 s (DESIGN.md); keys are re-read at least this often.
 KEY_CACHE_SECONDS = 2.0
+#: A key's last_used_at is written at most this often: a use costs no write per request.
+LAST_USED_INTERVAL_S = 60.0
+
+log = logging.getLogger("conversation_service.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +44,7 @@ class Authenticator:
         self.db = db
         self.mode = mode
         self._cache: dict[str, tuple[float, tenants.ApiKey | None]] = {}
+        self._touches: set[asyncio.Task[None]] = set()
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         header_tenant = _header(headers, "x-tenant-id")
@@ -58,6 +66,8 @@ class Authenticator:
         key = await self._key(secret.strip())
         if key is None or key.revoked_at is not None:
             raise Unauthenticated("unknown or revoked API key")
+        if key.expired(datetime.now(UTC)):
+            raise Unauthenticated("this API key has expired")
         if header_tenant is not None and header_tenant != key.tenant_id:
             raise Forbidden("X-Tenant-ID does not match the API key's tenant")
         return Principal(tenant_id=key.tenant_id, scopes=frozenset(key.scopes), key_id=str(key.id))
@@ -77,7 +87,27 @@ class Authenticator:
         if len(self._cache) > 10_000:  # a flood of bad keys must not grow memory without bound
             self._cache.clear()
         self._cache[secret] = (now + KEY_CACHE_SECONDS, key)
+        if key is not None and key.revoked_at is None:
+            self._touch_if_due(key)
         return key
+
+    def _touch_if_due(self, key: tenants.ApiKey) -> None:
+        """Record the use in the background, at most once a minute per key: the database is
+        read here at most every KEY_CACHE_SECONDS per key anyway, and the statement's own
+        condition keeps several processes from writing more often."""
+        last = key.last_used_at
+        if last is not None and (datetime.now(UTC) - last).total_seconds() < LAST_USED_INTERVAL_S:
+            return
+
+        async def touch() -> None:
+            try:
+                await self.db.run(lambda uow: tenants.touch_api_key(uow, key.id, LAST_USED_INTERVAL_S))
+            except Exception as exc:  # a lost timestamp must never fail or slow a request
+                log.warning("could not record the use of key %s: %r", key.id, exc)
+
+        task = asyncio.get_running_loop().create_task(touch())
+        self._touches.add(task)
+        task.add_done_callback(self._touches.discard)
 
     def forget_secret(self, secret: str) -> None:
         """The next lookup of this secret reads the database (a WebSocket credential re-check)."""

@@ -100,12 +100,19 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services import tenants
+    from app.services import audit, tenants
 
     endpoints = _admin_endpoints(settings)
 
+    async def create(uow: Any) -> tuple[Any, bool]:
+        await uow.begin()
+        tenant, created = await tenants.ensure_tenant(uow, args.tenant, args.name)
+        if created:
+            await audit.record(uow.conn, tenant.tenant_id, audit.CLI, "createTenant", {"name": tenant.name})
+        return tenant, created
+
     async def work(db: Any) -> tuple[Any, bool]:
-        result: tuple[Any, bool] = await db.run(lambda uow: tenants.ensure_tenant(uow, args.tenant, args.name))
+        result: tuple[Any, bool] = await db.run(create)
         return result
 
     tenant, created = asyncio.run(_with_db(endpoints.database_url, work))
@@ -114,13 +121,17 @@ def cmd_tenant_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services import tenants
+    from app.services import admin, tenants
 
-    scopes = tenants.parse_scopes(args.scopes)
+    scopes = [s.value for s in tenants.parse_scopes(args.scopes)]
     endpoints = _admin_endpoints(settings)
 
     async def work(db: Any) -> tuple[Any, str]:
-        result: tuple[Any, str] = await db.run(lambda uow: tenants.create_api_key(uow, args.tenant, scopes, args.name))
+        result: tuple[Any, str] = await db.run(
+            lambda uow: admin.create_key(
+                uow, args.tenant, "cli", scopes=scopes, name=args.name, expires_at=args.expires
+            )
+        )
         return result
 
     key, secret = asyncio.run(_with_db(endpoints.database_url, work))
@@ -128,6 +139,18 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> int:
     print("the key is shown once; store it now:")
     print(secret)
     return 0
+
+
+def _instant(value: str) -> Any:
+    from datetime import datetime
+
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time") from None
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a time zone (e.g. Z or +02:00)")
+    return at
 
 
 def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -145,17 +168,24 @@ def cmd_key_list(settings: Settings, args: argparse.Namespace) -> int:
 
     keys = asyncio.run(_with_db(endpoints.database_url, work))
     width = max([len("name"), *(len(k.name or "-") for k in keys)])
-    print(f"{'id':36}  {'name':{width}}  {'prefix':12}  {'scopes':18}  {'created':25}  revoked")
+
+    def at(value: Any) -> str:
+        return value.isoformat(timespec="seconds") if value else "-"
+
+    print(
+        f"{'id':36}  {'name':{width}}  {'prefix':12}  {'scopes':18}  {'created':25}  {'last used':25}  "
+        f"{'expires':25}  revoked"
+    )
     for k in keys:
         print(
             f"{k.id!s:36}  {k.name or '-':{width}}  {k.prefix:12}  {','.join(s.value for s in k.scopes):18}  "
-            f"{k.created_at.isoformat(timespec='seconds'):25}  {k.revoked_at.isoformat(timespec='seconds') if k.revoked_at else '-'}"
+            f"{at(k.created_at):25}  {at(k.last_used_at):25}  {at(k.expires_at):25}  {at(k.revoked_at)}"
         )
     return 0
 
 
 def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from app.services import tenants
+    from app.services import audit, tenants
 
     try:
         key_id = uuid.UUID(args.key_id)
@@ -172,8 +202,13 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> int:
         if redis_url:
             await events.announce_key_revoked(redis_url, str(key.id), key.tenant_id)
 
+    async def revoke(uow: Any) -> Any:
+        key = await tenants.revoke_api_key(uow, key_id, announce=announce)
+        await audit.record(uow.conn, key.tenant_id, audit.CLI, "revokeApiKey", {"keyId": str(key.id), "name": key.name})
+        return key
+
     async def work(db: Any) -> Any:
-        return await db.run(lambda uow: tenants.revoke_api_key(uow, key_id, announce=announce))
+        return await db.run(revoke)
 
     key = asyncio.run(_with_db(endpoints.database_url, work))
     print(f"api key {key.id} revoked at {key.revoked_at.isoformat()}")
@@ -318,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", required=True)
     kc.add_argument("--scopes", default="read,write", help="comma-separated: read, write, admin")
     kc.add_argument("--name")
+    kc.add_argument("--expires", type=_instant, help="refused from then on (ISO-8601 with a time zone)")
     kc.set_defaults(func=cmd_key_create)
     kl = key.add_parser("list", help="list a tenant's keys")
     kl.add_argument("--tenant", required=True)
@@ -329,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_data import add_data_commands
 
     add_data_commands(sub)
+    from app.cli_admin import add_admin_commands
+
+    add_admin_commands(sub, tenant)
     return parser
 
 

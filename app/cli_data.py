@@ -217,6 +217,10 @@ def _import_summary(report: Any) -> str:
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    if args.tenant is not None:
+        from app.cli_admin import cmd_tenant_dead_letters
+
+        return cmd_tenant_dead_letters(settings, args)
     from redis.asyncio import Redis
 
     from jobs.actions import read_dead_letters
@@ -256,4 +260,5 @@ def add_data_commands(sub: Any) -> None:
 
     dead = sub.add_parser("dead-letters", help="print the newest dead-lettered actions, one JSON per line")
     dead.add_argument("--limit", type=int, default=20)
+    dead.add_argument("--tenant", help="that tenant's dead letters with their ids (for dead-letter-replay)")
     dead.set_defaults(func=cmd_dead_letters)

@@ -14,7 +14,6 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -28,7 +27,7 @@ from app.api.websocket import KeepaliveTransportWSHandler
 from app.api.ws_connections import ConnectionRegistry
 from app.auth import Authenticator
 from app.events import KEY_REVOKED_CHANNEL
-from app.middleware import BodyReadTimeout, BodySizeLimit
+from app.middleware import BodyReadTimeout, BodySizeLimit, TenantCORS
 from app.resources import Resources
 from app.services import crm, summaries
 from app.settings import Settings, get_settings
@@ -169,7 +168,7 @@ def create_app(
             Middleware(JsonErrorGuard),
             # Then CORS, so preflights are answered (or refused) before anything reads a body.
             Middleware(
-                CORSMiddleware,
+                TenantCORS,
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "Content-Type", "X-Tenant-ID", "X-Request-ID"],

@@ -58,6 +58,8 @@ class Tenant(SQLModel, table=True):
     #: retention_days, idle_timeout_seconds, CRM webhook and lookup settings.
     settings: dict[str, Any] = _jsonb()
     created_at: datetime = _ts(default_now=True)
+    #: When the admin API last changed the tenant's name or settings.
+    updated_at: datetime = _ts(default_now=True)
 
 
 class ApiKey(SQLModel, table=True):
@@ -77,6 +79,10 @@ class ApiKey(SQLModel, table=True):
     scopes: list[str] = Field(sa_column=sa.Column(pg.ARRAY(sa.Text()), nullable=False))
     created_at: datetime = _ts(default_now=True)
     revoked_at: datetime | None = _ts(nullable=True)
+    #: Refused (UNAUTHENTICATED) from then on; null: never expires.
+    expires_at: datetime | None = _ts(nullable=True)
+    #: Written at most once a minute per key (app/auth.py), never per request.
+    last_used_at: datetime | None = _ts(nullable=True)
 
 
 class Conversation(SQLModel, table=True):
@@ -330,3 +336,26 @@ class ConversationSummaryState(SQLModel, table=True):
     #: Set while a job summarizes: one summarization per conversation at a time; a crashed job's expires.
     locked_until: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts(default_now=True)
+
+
+class DeadLetter(SQLModel, table=True):
+    """A tenant's failed action, listable and replayable through the admin API. Only envelopes
+    whose tenant exists are kept here; the Redis list keeps every dead letter, tenant or not."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        sa.Index("ix_dead_letters_tenant_failed", "tenant_id", "failed_at", "id"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.tenant_id"], ondelete="CASCADE"),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    #: uuid5 of the job id and kind: a retried answer never records twice.
+    id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    kind: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    action_type: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    action_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    correlation_id: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    error: Any = _jsonb(nullable=True, default=None)
+    envelope: Any = _jsonb(nullable=True, default=None)
+    failed_at: datetime = _ts(default_now=True)
+    replayed_at: datetime | None = _ts(nullable=True)

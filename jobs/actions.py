@@ -34,7 +34,7 @@ from app.errors import BadUserInput, DomainError, ErrorCode, IdempotencyKeyReuse
 from app.logs import LOG_CONTEXT
 from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
 from app.services import actions as act
-from app.services import conversations, crm, messages
+from app.services import admin, conversations, crm, messages
 from app.services import state as state_service
 from app.services.actions import Envelope, ReplyTo
 from db.session import UnitOfWork
@@ -351,6 +351,9 @@ async def _run_action(
             log.warning("action %s: could not answer (%r); retrying", job_id, exc)
             raise retry from exc
         raise
+    if letter is not None:
+        # The tenant's listable, replayable copy (admin API); after the Redis list, best effort.
+        await admin.record_dead_letter(st.db, letter, admin.dead_letter_id(job_id, ctx.get("enqueue_time")))
     if dead is not None:
         log.info("action %s (%s) dead-lettered as %s: %s", job_id, function, dead["kind"], response["error"]["code"])
     return response, dead["kind"] if dead is not None else None

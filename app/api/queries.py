@@ -8,6 +8,7 @@ from typing import Annotated, cast
 import strawberry
 
 from app import models
+from app.api.admin import AdminQuery
 from app.api.types import (
     AgentStats,
     ContextWindow,
@@ -34,7 +35,7 @@ async def _conversation(
 
 
 @strawberry.type(description="Reads: conversations, transcripts, context windows, stats and search.")
-class Query:
+class Query(AdminQuery):
     @strawberry.field(description="Null when it does not exist for this tenant.")
     async def conversation(
         self, info: Ctx, id: strawberry.ID | None = None, session_id: str | None = None

@@ -134,6 +134,8 @@ class CrmConfig:
 
     webhook_url: str | None = None
     webhook_secret: str | None = None
+    #: The secret before the last rotation, still signing until its overlap ends (rotateCrmSecret).
+    previous_secret: str | None = None
     lookup_url: str | None = None
     max_attempts: int = 8
     #: Include the customer profile in context windows as a system note (get_context may override).
@@ -148,9 +150,12 @@ class CrmConfig:
             return value if isinstance(value, str) and value else None
 
         attempts = s.get("crm_max_attempts")
+        until = text("crm_webhook_secret_previous_until")
+        overlapping = until is not None and datetime.fromisoformat(until) > datetime.now(UTC)
         return cls(
             webhook_url=text("crm_webhook_url"),
             webhook_secret=text("crm_webhook_secret"),
+            previous_secret=text("crm_webhook_secret_previous") if overlapping else None,
             lookup_url=text("crm_lookup_url"),
             max_attempts=attempts if isinstance(attempts, int) and attempts >= 1 else options.max_attempts,
             customer_note=s.get("crm_customer_note") is True,
@@ -226,6 +231,11 @@ async def request_sync(
     return _record(row)
 
 
+#: For app/services/admin.py (redeliverCrmSync).
+record_of = _record
+dispatch_after_commit = _after_commit_dispatch
+
+
 async def crm_sync_status(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> CrmSyncRecord | None:
     """The conversation's newest CRM delivery (`Conversation.crmSync`); None if it never had one."""
     row = await repo.latest(conn, tenant_id, conversation_id)
@@ -253,7 +263,8 @@ def verify(
     now: float | None = None,
     tolerance_s: int = SIGNATURE_TOLERANCE_S,
 ) -> bool:
-    """What a receiver does: the timestamp is recent and the signature matches (constant time)."""
+    """What a receiver does: the timestamp is recent and one of the header's comma-separated
+    signatures matches (constant time; two during a secret rotation's overlap)."""
     if not timestamp or not signature:
         return False
     try:
@@ -262,15 +273,16 @@ def verify(
         return False
     if abs((time.time() if now is None else now) - ts) > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, ts, body), signature)
+    expected = sign(secret, ts, body)
+    return any(hmac.compare_digest(expected, candidate.strip()) for candidate in signature.split(","))
 
 
-def _signed_headers(secret: str | None, body: bytes) -> dict[str, str]:
+def _signed_headers(secret: str | None, body: bytes, previous: str | None = None) -> dict[str, str]:
     headers = {"User-Agent": USER_AGENT}
     if secret:
         ts = int(time.time())
         headers[TIMESTAMP_HEADER] = str(ts)
-        headers[SIGNATURE_HEADER] = sign(secret, ts, body)
+        headers[SIGNATURE_HEADER] = ", ".join(sign(s, ts, body) for s in (secret, previous) if s)
     return headers
 
 
@@ -340,7 +352,7 @@ async def deliver(
     else:
         body = json.dumps(build_payload(record, conversation, last), separators=(",", ":")).encode()
         headers = {
-            **_signed_headers(config.webhook_secret, body),
+            **_signed_headers(config.webhook_secret, body, config.previous_secret),
             "Content-Type": "application/json",
             IDEMPOTENCY_HEADER: str(record.id),
             EVENT_HEADER: "conversation.closed" if record.trigger == "closed" else "conversation.sync",
@@ -443,7 +455,9 @@ async def customer_profile(
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         response = await http.get(
-            url, headers=_signed_headers(config.webhook_secret, target.encode()), timeout=options.timeout_s
+            url,
+            headers=_signed_headers(config.webhook_secret, target.encode(), config.previous_secret),
+            timeout=options.timeout_s,
         )
     except httpx.HTTPError as exc:
         log.warning("customer lookup for tenant %s failed: %s", tenant_id, exc)

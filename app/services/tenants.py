@@ -44,6 +44,11 @@ class ApiKey:
     scopes: list[Scope]
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 def _tenant(row: asyncpg.Record) -> Tenant:
@@ -59,7 +64,12 @@ def _key(row: asyncpg.Record) -> ApiKey:
         scopes=[Scope(s) for s in row["scopes"]],
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
     )
+
+
+key_of = _key
 
 
 def hash_key(key: str) -> str:
@@ -98,7 +108,11 @@ async def update_tenant_settings(uow: UnitOfWork, tenant_id: str, patch: dict[st
 
 
 async def create_api_key(
-    uow: UnitOfWork, tenant_id: str, scopes: list[Scope], name: str | None = None
+    uow: UnitOfWork,
+    tenant_id: str,
+    scopes: list[Scope],
+    name: str | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key for an existing tenant. The secret is returned once and stored only as a hash."""
     check.tenant_id(tenant_id)
@@ -112,6 +126,7 @@ async def create_api_key(
         prefix=secret[: len(KEY_PREFIX) + 6],
         key_hash=hash_key(secret),
         scopes=[s.value for s in scopes],
+        expires_at=expires_at,
     )
     return _key(row), secret
 
@@ -142,3 +157,8 @@ async def key_for_secret(conn: Connection, secret: str) -> ApiKey | None:
         return None
     row = await repo.key_by_hash(conn, hash_key(secret))
     return _key(row) if row else None
+
+
+async def touch_api_key(uow: UnitOfWork, key_id: uuid.UUID, min_interval_s: float) -> None:
+    """Note that the key was used (a no-op when it was noted less than `min_interval_s` ago)."""
+    await repo.touch_key(uow.conn, key_id, min_interval_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -42,7 +43,7 @@ async def update_settings(conn: Connection, tenant_id: str, patch: dict[str, Any
     )
 
 
-_KEY_COLUMNS = "tenant_id, id, name, prefix, scopes, created_at, revoked_at"
+_KEY_COLUMNS = "tenant_id, id, name, prefix, scopes, created_at, revoked_at, expires_at, last_used_at"
 
 
 async def insert_key(
@@ -53,16 +54,18 @@ async def insert_key(
     prefix: str,
     key_hash: str,
     scopes: list[str],
+    expires_at: datetime | None = None,
 ) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"INSERT INTO api_keys (tenant_id, id, name, prefix, key_hash, scopes) VALUES ($1, $2, $3, $4, $5, $6) "
-        f"RETURNING {_KEY_COLUMNS}",
+        "INSERT INTO api_keys (tenant_id, id, name, prefix, key_hash, scopes, expires_at) "
+        f"VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_KEY_COLUMNS}",
         tenant_id,
         uuid.uuid4(),
         name,
         prefix,
         key_hash,
         scopes,
+        expires_at,
     )
     assert row is not None
     return row
@@ -84,3 +87,23 @@ async def revoke_key(conn: Connection, key_id: uuid.UUID) -> asyncpg.Record | No
 
 async def key_by_hash(conn: Connection, key_hash: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
+
+
+async def revoke_tenant_key(conn: Connection, tenant_id: str, key_id: uuid.UUID) -> asyncpg.Record | None:
+    """Revoke one of the tenant's keys (another tenant's key id is not found)."""
+    return await conn.fetchrow(
+        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp()) WHERE tenant_id = $1 AND id = $2 "
+        f"RETURNING {_KEY_COLUMNS}",
+        tenant_id,
+        key_id,
+    )
+
+
+async def touch_key(conn: Connection, key_id: uuid.UUID, min_interval_s: float) -> None:
+    """Record a use of the key, unless one was recorded less than `min_interval_s` ago (by any process)."""
+    await conn.execute(
+        "UPDATE api_keys SET last_used_at = clock_timestamp() WHERE id = $1 "
+        "AND (last_used_at IS NULL OR last_used_at < clock_timestamp() - make_interval(secs => $2))",
+        key_id,
+        min_interval_s,
+    )

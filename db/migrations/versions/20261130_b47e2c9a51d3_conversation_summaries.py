@@ -1,7 +1,7 @@
 """conversation summaries: the summarizer's bookkeeping (status, range, model, error, lease)
 
 Revision ID: b47e2c9a51d3
-Revises: 8a1f3c6e2b90
+Revises: b41c7e2d9a05
 Create Date: 2026-11-30 14:00:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "b47e2c9a51d3"
-down_revision: str | None = "8a1f3c6e2b90"
+down_revision: str | None = "b41c7e2d9a05"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
