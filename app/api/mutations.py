@@ -8,6 +8,7 @@ import strawberry
 
 from app import models
 from app.api import write_only
+from app.api.deletion import DeletionMutation
 from app.api.types import (
     AddMessageInput,
     AddMessagePayload,
@@ -58,7 +59,7 @@ def _new_message(
 
 
 @strawberry.type(description="Writes; each field is one transaction, run in order.")
-class Mutation:
+class Mutation(DeletionMutation):
     @strawberry.mutation(description="Start a conversation; a taken sessionId is CONFLICT.")
     async def create_conversation(self, info: Ctx, input: CreateConversationInput) -> Conversation:
         tenant = info.context.tenant(Scope.WRITE)
