@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_data import add_data_commands
 
     add_data_commands(sub)
+    from app.cli_deletion import add_deletion_commands
+
+    add_deletion_commands(sub)
     return parser
 
 
