@@ -113,9 +113,10 @@ async def cached_keys(redis: Redis, conversation_ids: list[str]) -> dict[str, An
         kind = (await redis.type(raw)).decode()
         value: Any = None
         if kind == "hash":
-            value = {k.decode(): v for k, v in (await redis.hgetall(raw)).items()}
+            fields: dict[bytes, bytes] = await redis.hgetall(raw)  # type: ignore[misc]
+            value = {k.decode(): v for k, v in fields.items()}
         elif kind == "list":
-            value = await redis.lrange(raw, 0, -1)
+            value = await redis.lrange(raw, 0, -1)  # type: ignore[misc]
         elif kind == "string":
             value = await redis.get(raw)
         text = key + repr(value)
