@@ -312,3 +312,40 @@ async def test_writes_after_deletion_by_caller_without_read_scope(
 
 def _unused(caller_: Caller) -> None:  # keeps the Caller import for type readers
     del caller_
+
+
+async def test_a_state_write_waiting_on_a_deletion_answers_not_found(
+    db: Database, http: httpx.AsyncClient, tenant: str
+) -> None:
+    """The deletion holds the conversation row; a state write queued behind it must answer
+    NOT_FOUND once it commits (not INTERNAL from the foreign key), and leave no row."""
+    from app.services import deletion
+
+    writer, _ = await caller(db, http, tenant, "read,write")
+    cid = (await writer.data(ADD, {"i": {"sessionId": f"st-{uuid.uuid4()}", "role": "USER", "content": "x"}}))[
+        "addMessage"
+    ]["conversation"]["id"]
+    locked = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_delete(uow: Any) -> Any:
+        result = await deletion.delete_conversation(uow, tenant, cid, "test")
+        locked.set()
+        await release.wait()  # the rows are gone but not committed: writers wait on the lock
+        return result
+
+    deleting = asyncio.create_task(db.run(slow_delete))
+    await locked.wait()
+    write = asyncio.create_task(
+        writer.gql(
+            "mutation($i: SetStateInput!) { setState(input: $i) { version } }",
+            {"i": {"conversationId": cid, "key": "k", "value": 1}},
+        )
+    )
+    await asyncio.sleep(0.3)
+    assert not write.done()
+    release.set()
+    assert (await deleting).conversations == 1
+    body = await write
+    assert body["errors"][0]["extensions"]["code"] == "NOT_FOUND", body
+    assert await leftovers(db, tenant, [cid], None, []) == {}
