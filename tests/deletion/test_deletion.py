@@ -21,7 +21,6 @@ from app.services import maintenance
 from app.settings import Settings
 from db.repositories import actions as action_repo
 from db.session import Database
-from tests.api.conftest import Caller
 from tests.conftest import Servers
 from tests.deletion.helpers import (
     ADD,
@@ -308,10 +307,6 @@ async def test_writes_after_deletion_by_caller_without_read_scope(
         "addMessage"
     ]["conversation"]["id"]
     assert (await writer.data(DELETE, {"id": cid}))["deleteConversation"]["messages"] == 1
-
-
-def _unused(caller_: Caller) -> None:  # keeps the Caller import for type readers
-    del caller_
 
 
 async def test_a_state_write_waiting_on_a_deletion_answers_not_found(
