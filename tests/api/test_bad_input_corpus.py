@@ -25,7 +25,8 @@ from graphql import (
 )
 
 from app.api.schema import schema
-from tests.api.conftest import Caller
+from db.session import Database
+from tests.api.conftest import Caller, make_caller
 
 CLIENT_MISTAKE = frozenset({"BAD_USER_INPUT", "PAYLOAD_TOO_LARGE"})
 GRAPHQL = schema._schema
@@ -198,7 +199,11 @@ def check(case: str, r: httpx.Response, mistake: bool, allowed: frozenset[str] =
     return None
 
 
-async def test_every_argument_with_bad_input_answers_a_coded_client_error(api: Caller) -> None:
+async def test_every_argument_with_bad_input_answers_a_coded_client_error(
+    db: Database, http: httpx.AsyncClient, tenant: str
+) -> None:
+    # An admin key: admin-scoped fields (eraseEndUser, ...) must reach their input checks too.
+    api = await make_caller(db, http, tenant, "read,write,admin")
     created = await api.data('mutation { createConversation(input: {sessionId: "corpus"}) { id } }')
     ctx = {"cid": created["createConversation"]["id"]}
     cases = cases_for(ctx)
