@@ -48,6 +48,14 @@ class DecodedMessages:
             oldest = next(iter(self._data))
             self.bytes -= weight(self._data.pop(oldest)[0])
 
+    def drop_conversation(self, tenant_id: str, conversation_id: uuid.UUID) -> int:
+        """Forget one conversation's messages (it was deleted: no copy of its content stays in
+        memory). A scan of the keys: deletions are rare next to reads."""
+        doomed = [k for k in self._data if k[1] == conversation_id and k[0] == tenant_id]
+        for key in doomed:
+            self.bytes -= weight(self._data.pop(key)[0])
+        return len(doomed)
+
     def clear(self) -> None:
         self._data.clear()
         self.bytes = 0

@@ -196,6 +196,9 @@ class EventType(StrEnum):
     CLOSED = "closed"
     #: Title, tags, metadata or a status change other than closing: for caches, not subscribers.
     UPDATED = "updated"
+    #: The conversation and everything in it were deleted (app/services/deletion.py): caches drop
+    #: their copies, messageAdded subscriptions complete. `conversation` is the header it had.
+    DELETED = "deleted"
 
 
 @dataclass(slots=True)

@@ -132,7 +132,13 @@ def test_wire_formats_are_the_documented_ones() -> None:
     }  # fmt: skip
     assert actions.conversation_json(c)["status"] == "closed"
     s = StateEntry(cid, "k", {"v": 1}, 3, NOW)
-    assert actions.state_json(s) == {"key": "k", "value": {"v": 1}, "version": 3, "updated_at": NOW.isoformat()}
+    assert actions.state_json(s) == {
+        "conversation_id": str(s.conversation_id),
+        "key": "k",
+        "value": {"v": 1},
+        "version": 3,
+        "updated_at": NOW.isoformat(),
+    }
     record = CrmSyncRecord("t", uuid.uuid4(), cid, "closed", CrmSyncStatus.PENDING, 2, None, None, None, NOW, NOW)
     body = crm.build_payload(record, c, [m])
     assert set(body["conversation"]) == set(actions.conversation_json(c)) - {"tenant_id"} | {"duration_seconds"}

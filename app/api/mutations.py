@@ -9,6 +9,7 @@ import strawberry
 from app import models
 from app.api import write_only
 from app.api.admin import AdminMutation
+from app.api.deletion import DeletionMutation
 from app.api.memory import MemoryMutation
 from app.api.types import (
     AddMessageInput,
@@ -60,7 +61,7 @@ def _new_message(
 
 
 @strawberry.type(description="Writes; each field is one transaction, run in order.")
-class Mutation(MemoryMutation, AdminMutation):
+class Mutation(MemoryMutation, AdminMutation, DeletionMutation):
     @strawberry.mutation(description="Start a conversation; a taken sessionId is CONFLICT.")
     async def create_conversation(self, info: Ctx, input: CreateConversationInput) -> Conversation:
         tenant = info.context.tenant(Scope.WRITE)

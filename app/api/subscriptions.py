@@ -68,6 +68,8 @@ async def _wait_for_session(hub: EventHub, info: Ctx, tenant: str, session_id: s
                 if item is RESYNC:
                     break  # look in storage again
                 event = cast(DomainEvent, item)
+                if event.type is EventType.DELETED:
+                    continue
                 if event.conversation is not None and event.conversation.session_id == session_id:
                     return event.conversation
 
@@ -128,12 +130,17 @@ class Subscription:
                     ) from None
                 if item is RESYNC:
                     async with resources.db.read() as conn:
-                        current = await conversations.get(conn, tenant, ConversationRef(id=cid))
+                        found = await conversations.find(conn, tenant, ConversationRef(id=cid))
+                    if found is None:
+                        return  # deleted while the hub was away: the stream is over
+                    current = found
                     async for message in catch_up(current.last_seq):
                         yield cast(Message, message)
                     closed = current.status is not models.Status.ACTIVE
                     continue
                 event = cast(DomainEvent, item)
+                if event.type is EventType.DELETED:
+                    return  # nothing more will ever be added: complete (app/services/deletion.py)
                 if event.type is EventType.CLOSED:
                     async for message in catch_up(event.conversation.last_seq if event.conversation else last):
                         yield cast(Message, message)
@@ -167,7 +174,8 @@ class Subscription:
                     continue  # live events only: nothing to replay
                 event = cast(DomainEvent, item)
                 header = event.conversation
-                if event.type is EventType.UPDATED or header is None:
+                # DELETED is not a ConversationEventType (the contract's enum): not streamed here.
+                if event.type in (EventType.UPDATED, EventType.DELETED) or header is None:
                     continue
                 if (agent_id is not None and header.agent_id != agent_id) or (
                     user_id is not None and header.user_id != user_id

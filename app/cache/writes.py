@@ -31,6 +31,8 @@ class WriteMixin(HotCacheBase):
         if not events:
             return
         touched = list(dict.fromkeys((e.tenant_id, e.conversation_id) for e in events))
+        # Before anything can fail: this process never holds a deleted conversation's content.
+        forgotten = [key for e in events if e.type is EventType.DELETED for key in self._forget_deleted(e)]
         if not await self._ready():
             self._mark_dirty(touched)
             return
@@ -55,10 +57,12 @@ class WriteMixin(HotCacheBase):
         marks = {owner: self._dirty.get(owner) for owner in touched}
         try:
             results = await _run_calls(self.redis, calls)
-            if sessions:
+            if sessions or forgotten:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for tenant_id, session_id, cid in sessions:
                         pipe.set(session_key(tenant_id, session_id), str(cid), px=self._ttl_ms)
+                    if forgotten:
+                        pipe.delete(*forgotten)
                     await pipe.execute()
         except Exception as exc:
             self._failed(exc)
@@ -77,6 +81,18 @@ class WriteMixin(HotCacheBase):
                 del self._dirty[owner]
         if failed:
             self._mark_dirty(failed)
+
+    def _forget_deleted(self, event: DomainEvent) -> list[str]:
+        """A deleted conversation: drop what this process holds of it (decoded messages, where
+        its sessionId led); returns its sessionId key for Redis. The entry itself is invalidated
+        like any other (a tombstone fences in-flight fills; dirty and retried if Redis fails)."""
+        self.decoded.drop_conversation(event.tenant_id, event.conversation_id)
+        if event.conversation is None:
+            return []
+        name = (event.tenant_id, event.conversation.session_id)
+        if self.sessions.get(name) == event.conversation_id:
+            del self.sessions[name]
+        return [session_key(*name)]
 
     def _event_call(self, event: DomainEvent, keys: Sequence[str], boot: bytes) -> Call | None:
         """The script applying `event`, or None to invalidate."""

@@ -24,6 +24,7 @@ from app.services import tenants
 from app.services.crm import CrmSyncRecord
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import actions as repo
+from db.repositories import deletion as deletion_repo
 from db.session import Connection, UnitOfWork
 
 CREATE = "conversation.create"
@@ -264,7 +265,8 @@ def message_json(m: Message) -> dict[str, Any]:
 
 
 def state_json(s: StateEntry) -> dict[str, Any]:
-    return codec.state_public(s)
+    # Names its conversation, so deleting that conversation finds this answer in the action log.
+    return codec.state_public(s, exclude=frozenset())
 
 
 def crm_sync_json(r: CrmSyncRecord) -> dict[str, Any]:
@@ -345,6 +347,7 @@ async def claim(uow: UnitOfWork, env: Envelope) -> Claim:
         raise RetryTransaction
     if row["payload_hash"] is not None and row["payload_hash"] != digest:
         raise _reused(env)
+    _refuse_deleted(env, row["response"])
     return Claim(first=False, response=row["response"])
 
 
@@ -355,8 +358,16 @@ async def answered(conn: Connection, env: Envelope) -> dict[str, Any] | None:
         return None
     if row["payload_hash"] is not None and row["payload_hash"] != payload_hash(env):
         raise _reused(env)
+    _refuse_deleted(env, row["response"])
     response: dict[str, Any] | None = row["response"]
     return response
+
+
+def _refuse_deleted(env: Envelope, response: Any) -> None:
+    """The conversation this action acted on was deleted (db/repositories/deletion.py scrubbed
+    its answer): a replay must neither re-create what was erased nor answer with it."""
+    if response == deletion_repo.DELETED_RESPONSE:
+        raise NotFound(f"the conversation action_id {env.action_id!r} acted on was deleted", field="action_id")
 
 
 async def remember(uow: UnitOfWork, env: Envelope, data: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from app.cache.scripts import evict
 from app.models import Conversation, ConversationRef, Status
-from app.services import conversations
+from app.services import conversations, deletion
 from app.settings import Settings
 from db.repositories import conversations as conversation_repo
 from db.repositories import maintenance as repo
@@ -166,8 +166,11 @@ async def evict_cold(db: Database, redis: Redis) -> int:
 
 
 def _purge_batch(tenant_id: str, cutoff: datetime, limit: int) -> Callable[[UnitOfWork], Awaitable[list[uuid.UUID]]]:
+    # The deletion service's path (app/services/deletion.py): the same rows go as with
+    # deleteConversation, an audit entry (actor 'system') records the counts, and the DELETED
+    # events invalidate cached copies and complete live subscriptions after the commit.
     async def work(uow: UnitOfWork) -> list[uuid.UUID]:
-        return await repo.purge_closed_before(uow.conn, tenant_id, cutoff, limit)
+        return await deletion.purge_closed(uow, tenant_id, cutoff, limit)
 
     return work
 
@@ -185,8 +188,9 @@ class PurgeReport:
 async def purge_expired(
     db: Database, redis: Redis, now: datetime, options: MaintenanceOptions | None = None
 ) -> PurgeReport:
-    """Delete conversations closed before their tenant's retention cutoff: messages, sources,
-    state and CRM deliveries go with them (cascade), then their cache keys."""
+    """Delete conversations closed before their tenant's retention cutoff through the deletion
+    service (messages, sources, state, CRM deliveries, logged answers; audited), then evict
+    their cache keys here too (for a `db` whose process has no hot cache listening)."""
     options = options or MaintenanceOptions()
     tenants, settings = await _tenants(db)
     report = PurgeReport()

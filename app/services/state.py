@@ -10,6 +10,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+
 from app.errors import BadUserInput, Conflict, NotFound
 from app.models import DomainEvent, EventType, StateEntry
 from app.services import limits as check
@@ -87,7 +89,11 @@ async def set_(
     if expected_version is not None and expected_version < 0:
         raise BadUserInput("expectedVersion must not be negative", field="expectedVersion")
     check.json_value(value, "value", limits.max_state_value_bytes, limits.max_json_depth)
-    entry = await repo.put(uow.conn, tenant_id, conversation_id, key, value, expected_version)
+    try:
+        entry = await repo.put(uow.conn, tenant_id, conversation_id, key, value, expected_version)
+    except asyncpg.ForeignKeyViolationError:
+        # The conversation was deleted while this write waited on its row (app/services/deletion.py).
+        raise NotFound("conversation not found", conversationId=str(conversation_id)) from None
     if entry is not None:
         uow.emit(
             DomainEvent(

@@ -38,26 +38,6 @@ async def tenant_settings(conn: Connection, tenant_ids: list[str]) -> dict[str, 
     return {r["tenant_id"]: r["settings"] for r in rows}
 
 
-async def purge_closed_before(conn: Connection, tenant_id: str, cutoff: datetime, limit: int) -> list[uuid.UUID]:
-    """Delete up to `limit` conversations closed (or archived) before `cutoff`. Messages, sources,
-    state and CRM deliveries go with them (ON DELETE CASCADE)."""
-    rows = await conn.fetch(
-        """
-        DELETE FROM conversations
-        WHERE tenant_id = $1 AND id IN (
-            SELECT id FROM conversations
-            WHERE tenant_id = $1 AND closed_at IS NOT NULL AND closed_at < $2 AND status <> 'active'
-            LIMIT $3
-        )
-        RETURNING id
-        """,
-        tenant_id,
-        cutoff,
-        limit,
-    )
-    return [r["id"] for r in rows]
-
-
 async def active_among(conn: Connection, tenant_id: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
     rows = await conn.fetch(
         "SELECT id FROM conversations WHERE tenant_id = $1 AND id = ANY($2::uuid[]) AND status = 'active'",

@@ -26,7 +26,7 @@ from graphql import (
 from app.api.export import sdl
 from db.session import Database
 from tests.api.conftest import Caller, make_caller
-from tests.api.test_schema_contract import ADMIN_CONTRACT, NOT_YET_MERGED_DELETION_FIELDS
+from tests.api.test_schema_contract import ADMIN_CONTRACT
 
 SETTINGS = """{ tenantSettings { tenantId name crmWebhookUrl crmSecretSet crmMaxAttempts retentionDays
   idleTimeoutSeconds corsOrigins updatedAt } }"""
@@ -90,7 +90,7 @@ async def test_every_admin_operation_is_forbidden_without_the_admin_scope(
     # The list comes from the schema; it must cover the contract's admin fields (deleteConversation is scope write).
     contract = Path(ADMIN_CONTRACT).read_text().partition("extend type Query")[2]  # noqa: ASYNC240 - a small file
     contract_fields = set(re.findall(r"^  (\w+)[(:]", contract, re.M)) - {"deleteConversation"}
-    assert contract_fields - NOT_YET_MERGED_DELETION_FIELDS <= names, contract_fields - names
+    assert contract_fields <= names, contract_fields - names
     admin = await _admin(db, http, tenant)
     for scopes in ("read,write", "read", "write"):
         caller = await make_caller(db, http, tenant, scopes)

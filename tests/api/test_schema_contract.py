@@ -39,26 +39,10 @@ SHARED_ADMIN_CONTRACT = PROJECT_ROOT.parent / "shared" / "contract-admin.graphql
 ADMIN_CONTRACT = (
     SHARED_ADMIN_CONTRACT if SHARED_ADMIN_CONTRACT.exists() else PROJECT_ROOT / "docs" / "contract-admin.graphql"
 )
-#: Built by the deletion work (app/api/deletion.py), not yet merged here: the lead removes this
-#: set when both branches meet, and the contract then holds for every field.
-NOT_YET_MERGED_DELETION_FIELDS = {"deleteConversation", "eraseEndUser"}
-#: ... and the type only they return.
-NOT_YET_MERGED_DELETION_TYPES = {"DeletionResult"}
 
 
 def _contract_sdl() -> str:
-    admin = Path(ADMIN_CONTRACT).read_text()
-    for field in NOT_YET_MERGED_DELETION_FIELDS:
-        lines = admin.splitlines()
-        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{field}("))
-        # Its description, if any, is the line just before it.
-        start = at - 1 if lines[at - 1].strip().startswith('"') else at
-        admin = "\n".join(lines[:start] + lines[at + 1 :])
-    for type_name in NOT_YET_MERGED_DELETION_TYPES:
-        head, _, rest = admin.partition(f"type {type_name} {{")
-        head = head.rstrip().rsplit("\n", 1)[0] if head.rstrip().endswith('"') else head  # its description
-        admin = head + rest.partition("}")[2]
-    return Path(CONTRACT).read_text() + "\n" + admin
+    return Path(CONTRACT).read_text() + "\n" + Path(ADMIN_CONTRACT).read_text()
 
 
 def test_schema_file_is_current() -> None:
