@@ -17,11 +17,12 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app import metrics, tokens
 from app.api.documents import DocumentRegistry
 from app.api.error_guard import JsonErrorGuard, http_exception_as_json
+from app.api.graphiql import assets_mount
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
@@ -150,6 +151,8 @@ def create_app(
 
     # With METRICS_PORT, /metrics lives on that port only (a private interface, say).
     metrics_routes = [Route("/metrics", metrics_endpoint)] if settings.metrics_port is None else []
+    # GraphiQL's scripts, served only where GraphiQL is (development), from package data.
+    ide_routes: list[BaseRoute] = [] if settings.is_production else [assets_mount()]
     app = Starlette(
         debug=False,
         routes=[
@@ -158,6 +161,7 @@ def create_app(
             *metrics_routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            *ide_routes,
         ],
         middleware=[
             # Outermost: whatever escapes below is still answered as JSON with a code.

@@ -32,6 +32,7 @@ from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistr
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
 from app.api.errors import http_status, shape
+from app.api.graphiql import page as graphiql_page
 from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
 from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers, connection_headers
 from app.auth import Authenticator, Principal
@@ -273,6 +274,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
         # Postgres down during the key lookup: nothing ran, the client may retry (503).
         status = 503 if error.code is ErrorCode.SERVICE_UNAVAILABLE else 200
         return refusal(error.message, error.code, status)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our packaged GraphiQL (app/api/graphiql.py) instead of Strawberry's CDN page."""
+        return graphiql_page()
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId or carrying extensions
