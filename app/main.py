@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from app import metrics, tokens
+from app import metrics, tokens, tracing
 from app.api.documents import DocumentRegistry
 from app.api.error_guard import JsonErrorGuard, http_exception_as_json
 from app.api.graphiql import assets_mount
@@ -182,4 +182,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics_token = settings.metrics_token
+    tracing.instrument_app(app, settings)  # a no-op (nothing imported) unless tracing is configured
     return app

@@ -36,6 +36,7 @@ from typing import Any, Self
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.jobs import Job
 
+from app import tracing
 from jobs import signing
 
 log = logging.getLogger("conversation_service.client")
@@ -112,6 +113,7 @@ class ActionClient:
         action_id: str | None = None,
         correlation_id: str | None = None,
         reply: bool = True,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         action_id = action_id or uuid.uuid4().hex
         envelope: dict[str, Any] = {
@@ -128,6 +130,10 @@ class ActionClient:
             envelope["conversation_id"] = str(conversation_id)
         if reply:
             envelope["callback_queue_name"] = self.reply_queue
+        # W3C trace context: the worker's span joins the caller's trace (given, or the current span's).
+        traceparent = traceparent or tracing.current_traceparent()
+        if traceparent is not None:
+            envelope["traceparent"] = traceparent
         return envelope
 
     async def send(self, envelope: dict[str, Any]) -> bool:
@@ -150,6 +156,7 @@ class ActionClient:
         action_id: str | None = None,
         correlation_id: str | None = None,
         wait_s: float = 30.0,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         """Run an action and return its answer `{correlation_id, action_id, success, data | error}`.
         Raises TimeoutError when no answer comes within `wait_s` seconds."""
@@ -161,6 +168,7 @@ class ActionClient:
             conversation_id=conversation_id,
             action_id=action_id,
             correlation_id=correlation_id,
+            traceparent=traceparent,
         )
         key = envelope["action_id"]
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
