@@ -98,6 +98,21 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def annotate_request(operation_type: str, operation_name: str, codes: list[str], tenant: str | None) -> None:
+    """The GraphQL operation on the request's server span (its name stays the route's)."""
+    from opentelemetry import trace
+
+    attributes: dict[str, str | list[str]] = {
+        "graphql.operation.type": operation_type,
+        "graphql.operation.name": operation_name,
+    }
+    if tenant is not None:
+        attributes["conversation_service.tenant"] = tenant
+    if codes:
+        attributes["conversation_service.error_codes"] = codes
+    trace.get_current_span().set_attributes(attributes)
+
+
 @contextmanager
 def job_span(name: str, traceparent: Any, attributes: dict[str, str]) -> Iterator[None]:
     """A consumer span around one job try, the child of the enqueuing span when the job carries

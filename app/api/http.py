@@ -25,7 +25,7 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from app import metrics
+from app import metrics, tracing
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistry
@@ -388,6 +388,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
             kind = "unknown"
         metrics.OPERATIONS.labels(label, kind, "error" if codes else "ok").inc()
         metrics.LATENCY.labels(label, kind).observe(elapsed)
+        if tracing.active() and not context.long_lived:  # a WebSocket's span is the connection's
+            tracing.annotate_request(
+                kind, name[:200], codes, context.principal.tenant_id if context.principal else None
+            )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "graphql %s %s",

@@ -90,6 +90,13 @@ async def _drive(page: Page, server: Server, caller: Caller, session_id: str) ->
             # The headers editor is open and prefilled with the place for the key.
             assert '"Authorization": "Bearer "' in await _editor_text(page, HEADERS_EDITOR)
             await _replace(page, HEADERS_EDITOR, json.dumps({"Authorization": f"Bearer {caller.key}"}))
+            # With the key, the schema loads (introspection is authenticated like any query).
+            await page.click('[aria-label="Re-fetch GraphQL schema"]')
+            await page.click('[aria-label="Show Documentation Explorer"]')
+            await page.wait_for(
+                "document.querySelector('.graphiql-doc-explorer')?.innerText.includes('subscription: Subscription')"
+            )
+            await page.click('[aria-label="Hide Documentation Explorer"]')
 
             query = f'query Mine {{ conversation(sessionId: "{session_id}") {{ sessionId messageCount }} }}'
             await _replace(page, QUERY_EDITOR, query)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+import websockets
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -32,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from websockets.typing import Subprotocol
 
 from app.embedded.process import die_with_parent, free_port
 from app.services import tenants
@@ -201,7 +204,7 @@ async def test_a_request_and_its_job_share_one_trace(
             assert added.json()["data"]["addMessage"]["message"]["seq"] == 1, added.text
             closed = await http.post(
                 "/graphql",
-                json={"query": f'mutation {{ closeSession(sessionId: "{session_id}") {{ status }} }}'},
+                json={"query": f'mutation Close {{ closeSession(sessionId: "{session_id}") {{ status }} }}'},
             )
             assert closed.json()["data"]["closeSession"]["status"] == "CLOSED", closed.text
 
@@ -225,9 +228,24 @@ async def test_a_request_and_its_job_share_one_trace(
         assert by_id[deliver.parent_id].role == "api"
         root = next(s for s in spans if s.name == "POST /graphql" and not s.parent_id)
         assert root.attributes.get("http.route") == "/graphql"
+        assert root.attributes.get("graphql.operation.name") == "Close"
+        assert root.attributes.get("graphql.operation.type") == "mutation"
+        assert root.attributes.get("conversation_service.tenant") == tenant
         # The two requests are two traces: only the closing one reaches the job.
         requests = [s for s in receiver.named("POST /graphql") if not s.parent_id]
         assert len({s.trace_id for s in requests}) >= 2
+
+        # The middleware leaves WebSockets working: a subscription is acknowledged and streams.
+        ws_url = url.replace("http", "ws") + "/graphql"
+        async with websockets.connect(ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]) as ws:
+            await ws.send(
+                json.dumps({"type": "connection_init", "payload": {"headers": {"Authorization": f"Bearer {key}"}}})
+            )
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "connection_ack"
+            query = f'subscription {{ messageAdded(sessionId: "{session_id}", afterSeq: 0) {{ seq }} }}'
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert first["type"] == "next" and first["payload"]["data"]["messageAdded"]["seq"] == 1, first
 
         # An action carries the caller's traceparent in its envelope; the worker continues it.
         trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
