@@ -71,7 +71,8 @@ class Page:
             raise CDPError(f"{expression!r} threw: {answer['exceptionDetails']}")
         return answer["result"].get("value")
 
-    async def wait_for(self, expression: str, within_s: float = 15.0) -> Any:
+    async def wait_for(self, expression: str, within_s: float = 30.0) -> Any:
+        """Poll until the expression is truthy (generous: the test machine is shared and slow)."""
         deadline = time.monotonic() + within_s
         while True:
             value = await self.evaluate(expression)

@@ -213,7 +213,11 @@ async def test_a_request_and_its_job_share_one_trace(
 
         [deliver] = await eventually(delivered, within_s=20)
         assert deliver.role == "worker"
-        assert await eventually(lambda: asyncio.sleep(0, receiver.webhooks), within_s=10)
+
+        async def webhooks() -> list[bytes]:
+            return receiver.webhooks
+
+        assert await eventually(webhooks, within_s=10)  # the job really delivered
 
         async def whole_trace() -> list[Span] | None:
             spans = receiver.in_trace(deliver.trace_id)
