@@ -16,11 +16,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from app import metrics, tokens
+from app import metrics, tokens, tracing
 from app.api.documents import DocumentRegistry
 from app.api.error_guard import JsonErrorGuard, http_exception_as_json
+from app.api.graphiql import assets_mount
 from app.api.http import GraphQLView
 from app.api.schema import build_schema
 from app.api.websocket import KeepaliveTransportWSHandler
@@ -154,6 +155,8 @@ def create_app(
 
     # With METRICS_PORT, /metrics lives on that port only (a private interface, say).
     metrics_routes = [Route("/metrics", metrics_endpoint)] if settings.metrics_port is None else []
+    # GraphiQL's scripts, served only where GraphiQL is (development), from package data.
+    ide_routes: list[BaseRoute] = [] if settings.is_production else [assets_mount()]
     app = Starlette(
         debug=False,
         routes=[
@@ -162,6 +165,7 @@ def create_app(
             *metrics_routes,
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
+            *ide_routes,
         ],
         middleware=[
             # Outermost: whatever escapes below is still answered as JSON with a code.
@@ -182,4 +186,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics_token = settings.metrics_token
+    tracing.instrument_app(app, settings)  # a no-op (nothing imported) unless tracing is configured
     return app

@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     summarizer_max_attempts: int = Field(default=5, ge=1)
     summarizer_retry_base_s: float = Field(default=5.0, gt=0)
     summarizer_retry_max_s: float = Field(default=300.0, gt=0)
+    # OpenTelemetry tracing (issue 12, item 6: app/tracing.py); off unless one of the first two is set.
+    #: On: spans are exported over OTLP/HTTP (to the endpoint below, else the SDK's OTEL_* environment).
+    otel_tracing: bool = False
+    #: OTLP/HTTP collector base URL (`http://collector:4318`; traces go to `/v1/traces`); setting it turns tracing on.
+    otel_exporter_otlp_endpoint: str | None = None
+    #: `service.name` of the spans (the API and the worker differ by `conversation_service.role`).
+    otel_service_name: str = "conversation-service"
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
@@ -222,6 +229,10 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [o.strip() for o in self.cors_allowed_origins.split(",") if o.strip()]
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.otel_tracing or bool(self.otel_exporter_otlp_endpoint)
 
     @property
     def is_production(self) -> bool:

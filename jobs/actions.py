@@ -30,6 +30,7 @@ from arq.worker import Function, func
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from app import tracing
 from app.errors import BadUserInput, DomainError, ErrorCode, IdempotencyKeyReused, Unauthenticated
 from app.logs import LOG_CONTEXT
 from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
@@ -285,8 +286,10 @@ async def run_action(
         }
     )
     outcome = "internal"  # a bug that escapes below
+    span_attributes = {"conversation_service.action_type": function, "messaging.message.id": str(ctx.get("job_id", ""))}
     try:
-        response, dead_kind = await _run_action(ctx, function, args, kwargs)
+        with tracing.job_span(f"action {function}", envelope.get("traceparent"), span_attributes):
+            response, dead_kind = await _run_action(ctx, function, args, kwargs)
         outcome = dead_kind or "ok"
         return response
     except Retry:

@@ -39,6 +39,7 @@ from arq.constants import result_key_prefix
 from arq.jobs import Job
 from redis.asyncio import Redis
 
+from app import tracing
 from jobs import signing
 
 log = logging.getLogger("conversation_service.client")
@@ -115,6 +116,7 @@ class ActionClient:
         action_id: str | None = None,
         correlation_id: str | None = None,
         reply: bool = True,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         action_id = action_id or uuid.uuid4().hex
         envelope: dict[str, Any] = {
@@ -131,6 +133,10 @@ class ActionClient:
             envelope["conversation_id"] = str(conversation_id)
         if reply:
             envelope["callback_queue_name"] = self.reply_queue
+        # W3C trace context: the worker's span joins the caller's trace (given, or the current span's).
+        traceparent = traceparent or tracing.current_traceparent()
+        if traceparent is not None:
+            envelope["traceparent"] = traceparent
         return envelope
 
     async def send(self, envelope: dict[str, Any]) -> bool:
@@ -153,6 +159,7 @@ class ActionClient:
         action_id: str | None = None,
         correlation_id: str | None = None,
         wait_s: float = 30.0,
+        traceparent: str | None = None,
     ) -> dict[str, Any]:
         """Run an action and return its answer `{correlation_id, action_id, success, data | error}`.
         Raises TimeoutError when no answer comes within `wait_s` seconds."""
@@ -164,6 +171,7 @@ class ActionClient:
             conversation_id=conversation_id,
             action_id=action_id,
             correlation_id=correlation_id,
+            traceparent=traceparent,
         )
         key = envelope["action_id"]
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -15,6 +15,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.worker import Function, func
 
+from app import tracing
 from app.services import crm
 from jobs.context import is_transient, retry_later, state
 
@@ -34,9 +35,13 @@ async def enqueue_delivery(
     defer_s: float | None = None,
 ) -> bool:
     """Queue an attempt; False when that attempt is already queued."""
+    payload = {"tenant_id": tenant_id, "outbox_id": str(outbox_id)}
+    traceparent = tracing.current_traceparent()
+    if traceparent is not None:  # the delivery joins the trace of the request that closed the conversation
+        payload["traceparent"] = traceparent
     job = await redis.enqueue_job(
         DELIVER,
-        {"tenant_id": tenant_id, "outbox_id": str(outbox_id)},
+        payload,
         _job_id=f"crm:{tenant_id}:{outbox_id}:{attempts}",
         _queue_name=queue_name,
         _defer_by=defer_s + DEFER_MARGIN_S if defer_s is not None else None,
@@ -58,7 +63,8 @@ async def crm_deliver(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str,
     tenant_id = str(payload["tenant_id"])
     outbox_id = uuid.UUID(str(payload["outbox_id"]))
     try:
-        result = await crm.deliver(st.db, st.http, tenant_id, outbox_id, st.crm)
+        with tracing.job_span(DELIVER, payload.get("traceparent"), {"conversation_service.outbox_id": str(outbox_id)}):
+            result = await crm.deliver(st.db, st.http, tenant_id, outbox_id, st.crm)
     except Exception as exc:
         if is_transient(exc) and (retry := retry_later(ctx)) is not None:
             raise retry from exc

@@ -22,7 +22,7 @@ from arq.connections import RedisSettings, create_pool
 from arq.utils import poll
 from arq.worker import Function, func
 
-from app import liveness, tokens
+from app import liveness, tokens, tracing
 from app.resources import Resources
 from app.services import crm, summaries
 from app.services.crm import CrmOptions
@@ -253,6 +253,7 @@ def create_worker(
     settings: Settings | None = None, *, database_url: str, redis_url: str, queue_name: str | None = None
 ) -> Worker:
     settings = settings or get_settings()
+    tracing.setup(settings, "worker")  # a no-op (nothing imported) unless tracing is configured
     # uvloop where installed (uvicorn[standard] brings it), as the API runs: a worker is mostly
     # event-loop and socket work, and uvloop does that in C. arq takes the loop at construction.
     with contextlib.suppress(ImportError):

@@ -25,13 +25,14 @@ from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOpe
 from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
-from app import metrics
+from app import metrics, tracing
 from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistry
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
 from app.api.errors import http_status, shape
+from app.api.graphiql import page as graphiql_page
 from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
 from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers, connection_headers
 from app.auth import Authenticator, Principal
@@ -274,6 +275,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
         status = 503 if error.code is ErrorCode.SERVICE_UNAVAILABLE else 200
         return refusal(error.message, error.code, status)
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our packaged GraphiQL (app/api/graphiql.py) instead of Strawberry's CDN page."""
+        return graphiql_page()
+
     def should_render_graphql_ide(self, request: Any) -> bool:
         """GraphiQL for a browser's plain GET; a GET naming a documentId or carrying extensions
         (Apollo's hashed GET, sent with `Accept: */*`) is an operation."""
@@ -383,6 +388,10 @@ class GraphQLView(GraphQL[RequestContext, None]):
             kind = "unknown"
         metrics.OPERATIONS.labels(label, kind, "error" if codes else "ok").inc()
         metrics.LATENCY.labels(label, kind).observe(elapsed)
+        if tracing.active() and not context.long_lived:  # a WebSocket's span is the connection's
+            tracing.annotate_request(
+                kind, name[:200], codes, context.principal.tenant_id if context.principal else None
+            )
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "graphql %s %s",

@@ -168,8 +168,15 @@ async def test_production_mode_hides_the_schema_and_trusted_mode_takes_the_heade
         r = await post(http, "{ conversations { totalCount } }", headers)
         assert r.json()["data"]["conversations"]["totalCount"] == 0
         assert (await http.get("/graphql", headers={"Accept": "text/html"})).status_code == 404
+        assert (await http.get("/static/graphiql/graphiql.min.js")).status_code == 404
 
 
 async def test_graphiql_in_development(http: httpx.AsyncClient) -> None:
     r = await http.get("/graphql", headers={"Accept": "text/html"})
     assert r.status_code == 200 and "graphiql" in r.text.lower()
+    # Packaged, not from a CDN: the page names only its own assets, and the CSP pins them there.
+    assert "https://" not in r.text and "static/graphiql/graphiql.min.js" in r.text
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    asset = await http.get("/static/graphiql/graphiql.min.js")
+    assert asset.status_code == 200 and "javascript" in asset.headers["content-type"]
+    assert len(asset.content) > 100_000

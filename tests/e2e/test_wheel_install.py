@@ -34,7 +34,17 @@ pytestmark = pytest.mark.slow
 
 #: What a clean checkout holds; everything else (venvs, data, caches, builds) stays behind.
 _IGNORED = shutil.ignore_patterns(
-    ".venv", ".data", ".git", "build", "dist", "*.egg-info", "node_modules", "__pycache__", ".*_cache", ".hypothesis"
+    ".venv",
+    ".data",
+    ".git",
+    "build",
+    "dist",
+    "*.egg-info",
+    "node_modules",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "test-artifacts",
 )
 
 
@@ -156,6 +166,12 @@ def test_the_installed_wheel_migrates_serves_and_works(
         _wait_healthy(url, api)
         event = asyncio.run(_subscribe_and_add(url, key, DocumentRegistry.load()))
         assert event == {"seq": 1, "content": "from the wheel"}
+        # GraphiQL (development) comes from the installed package's data, not a CDN.
+        page = httpx.get(f"{url}/graphql", headers={"Accept": "text/html"}, timeout=10)
+        assert page.status_code == 200 and "static/graphiql/boot.js" in page.text, page.text[:500]
+        for asset in ("graphiql.min.js", "boot.js"):
+            served = httpx.get(f"{url}/static/graphiql/{asset}", timeout=10)
+            assert served.status_code == 200 and len(served.content) > 1000, (asset, served.status_code)
 
         async def one_action() -> dict[str, Any]:
             async with await ActionClient.connect(servers.redis_url, queue_name=queue) as client:
