@@ -68,16 +68,7 @@ def _banner(sock: socket.socket, host: str) -> str:
     return f"Conversation Service on http://{host}:{port}  (health: /readyz)"
 
 
-def _admin_endpoints(settings: Settings) -> runtime.Endpoints:
-    """The database for an admin command: DATABASE_URL, or the embedded one in DATA_DIR (never a
-    new one: runtime.NoServers). An embedded one is migrated first (its `run` may be older than
-    this code); a configured one is left alone: production schema changes are `migrate`'s job."""
-    from db.migrate import upgrade
-
-    endpoints = runtime.resolve(settings, need_redis=False, start=False)
-    if not settings.database_url:
-        upgrade(endpoints.database_url)
-    return endpoints
+_admin_endpoints = runtime.admin_endpoints
 
 
 async def _with_db(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:

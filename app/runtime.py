@@ -94,3 +94,15 @@ def running_redis_url(settings: Settings) -> str | None:
 
     running = running_redis(settings.resolved_data_dir / "redis")
     return running.url if running is not None else None
+
+
+def admin_endpoints(settings: Settings) -> Endpoints:
+    """The database for an admin command: DATABASE_URL, or the embedded one in DATA_DIR (never a
+    new one: runtime.NoServers). An embedded one is migrated first (its `run` may be older than
+    this code); a configured one is left alone: production schema changes are `migrate`'s job."""
+    from db.migrate import upgrade
+
+    endpoints = resolve(settings, need_redis=False, start=False)
+    if not settings.database_url:
+        upgrade(endpoints.database_url)
+    return endpoints

@@ -33,7 +33,8 @@ from app.embedded.process import free_port
 from app.embedded.redis import start_redis
 from bench.docs import cpu_model, write_section
 from bench.graphql_servers import start_ours
-from bench.subscriptions_bench import make_key, rss_kib
+from bench.harness import rss_kib
+from bench.subscriptions_bench import make_key
 from db.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -91,12 +91,9 @@ class Query:
                 conn,
                 tenant,
                 target,
-                first=first,
-                after=after,
-                last=last,
-                before=before,
-                after_seq=after_seq,
-                since=since,
+                messages.HistoryArgs(
+                    first=first, after=after, last=last, before=before, after_seq=after_seq, since=since
+                ),
                 limits=limits,
                 cache=info.context.resources.cache,
             )
@@ -116,7 +113,7 @@ class Query:
         include_summary: bool | None = True,
     ) -> ContextWindow:
         conversation = await _conversation(info, conversation_id, session_id)
-        return await info.context.context_window(
+        window = await info.context.context_window(
             conversation,
             max_tokens=max_tokens,
             model=model,
@@ -124,6 +121,7 @@ class Query:
             include_system=include_system,
             include_summary=include_summary,
         )
+        return cast(ContextWindow, window)
 
     @strawberry.field(description="Conversations created and messages written in [from, to).")
     async def stats(
