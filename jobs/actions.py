@@ -113,10 +113,10 @@ async def save_message(
 
 async def get_context(st: WorkerState, env: Envelope, d: act.GetContextData, target: ConversationRef) -> dict[str, Any]:
     async with st.db.read() as conn:
-        conversation = await conversations.get(conn, env.tenant_id, target)
-        window, note = await windows.context_window(
+        window, note = await windows.context_window_of(
             conn,
-            conversation,
+            env.tenant_id,
+            target,
             cache=st.resources.cache if st.resources is not None else None,
             redis=st.redis,
             http=st.http,
@@ -150,17 +150,12 @@ async def get_context(st: WorkerState, env: Envelope, d: act.GetContextData, tar
 async def get_history(st: WorkerState, env: Envelope, d: act.GetHistoryData, target: ConversationRef) -> dict[str, Any]:
     if not 0 <= d.limit <= st.limits.max_page_size:
         raise BadUserInput(f"data.limit must be between 0 and {st.limits.max_page_size}", field="data.limit")
+    forward = d.after_seq is not None
+    args = messages.HistoryArgs(first=d.limit, after_seq=d.after_seq) if forward else messages.HistoryArgs(last=d.limit)
     async with st.db.read() as conn:
-        conversation = await conversations.get(conn, env.tenant_id, target)
-        forward = d.after_seq is not None
-        args = (
-            messages.HistoryArgs(first=d.limit, after_seq=d.after_seq)
-            if forward
-            else messages.HistoryArgs(last=d.limit)
-        )
-        page = await messages.history(conn, env.tenant_id, conversation, args, limits=st.limits)
-        has_more = page.has_next_page if forward else page.has_previous_page
-        items = await messages.with_sources(conn, env.tenant_id, page.items)
+        page = await messages.history_with_sources(conn, env.tenant_id, target, args, limits=st.limits)
+    has_more = page.has_next_page if forward else page.has_previous_page
+    items = page.items
     return {"messages": [act.message_json(m) for m in items], "has_more": has_more}
 
 

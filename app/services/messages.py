@@ -481,6 +481,21 @@ async def history(
     return page_of(plan, (await ranges(conn, tenant_id, [key], cache=cache))[key])
 
 
+async def history_with_sources(
+    conn: Connection,
+    tenant_id: str,
+    target: ConversationRef,
+    args: HistoryArgs,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Page[Message]:
+    """A page of the conversation `target` names, each message with its sources (get_history)."""
+    conversation = await conversations.get(conn, tenant_id, target)
+    page = await history(conn, tenant_id, conversation, args, limits=limits)
+    page.items = await with_sources(conn, tenant_id, page.items)
+    return page
+
+
 async def history_by_ref(
     conn: Connection,
     tenant_id: str,

@@ -8,8 +8,8 @@ import httpx
 
 from app.cache.client import HotCache
 from app.cache.scan import StoreConnection
-from app.models import Conversation
-from app.services import context, crm, hot_fill
+from app.models import Conversation, ConversationRef
+from app.services import context, conversations, crm, hot_fill
 from app.services.context import ContextWindow
 from app.services.crm import CrmOptions, CustomerNote
 from db.session import Connection
@@ -69,4 +69,40 @@ async def context_window(
         default_model=default_model,
         options=options,
         source=source,
+    )
+
+
+async def context_window_of(
+    conn: Connection,
+    tenant_id: str,
+    target: ConversationRef,
+    *,
+    cache: HotCache | None,
+    redis: StoreConnection,
+    http: httpx.AsyncClient | None,
+    max_tokens: int,
+    model: str | None = None,
+    reserve_tokens: int = 0,
+    include_system: bool = True,
+    include_summary: bool = True,
+    include_customer: bool | None = None,
+    default_model: str = "gpt-4o",
+    options: CrmOptions | None = None,
+) -> tuple[ContextWindow, CustomerNote | None]:
+    """context_window of the conversation `target` names (the get_context action)."""
+    conversation = await conversations.get(conn, tenant_id, target)
+    return await context_window(
+        conn,
+        conversation,
+        cache=cache,
+        redis=redis,
+        http=http,
+        max_tokens=max_tokens,
+        model=model,
+        reserve_tokens=reserve_tokens,
+        include_system=include_system,
+        include_summary=include_summary,
+        include_customer=include_customer,
+        default_model=default_model,
+        options=options,
     )
