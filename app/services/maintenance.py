@@ -5,10 +5,9 @@ Tenant settings used here (`tenants.settings` jsonb; a tenant without a row, or 
 gets the server default): `idle_timeout_seconds` (0: never close idle sessions) and
 `retention_days` (0: keep closed conversations forever).
 
-Cache eviction goes through `app.cache.scripts.evict` (it fences in-flight fills). It finds what to
-evict by SCANning the per-conversation keys: they start with `cs:` and carry the hash tag
-`{<tenant_id>:<conversation_id>}` (app/cache/keys.py; DESIGN.md: one conversation's keys share a
-Cluster slot). The CLOSED event of an idle close is emitted by `conversations.close` itself.
+Cache eviction goes through the hot store's `app.cache.scan` (its eviction fences in-flight
+fills): it lists the conversations that have entries and drops the ones named here; the key
+layout is the hot store's alone (app/cache/keys.py). The CLOSED event of an idle close is emitted by `conversations.close` itself.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.cache.keys import conversation_of_key
 from app.cache.scan import StoreConnection as Redis
 from app.cache.scan import StoreUnavailable as RedisError
 from app.cache.scan import cached_conversations
@@ -117,9 +115,6 @@ def _close_if_idle(
 # --------------------------------------------------------------------------------------------------
 # Cache eviction
 # --------------------------------------------------------------------------------------------------
-
-
-__all__ = ["conversation_of_key"]  # re-exported: the hot store owns the key layout
 
 
 async def evict_cold(db: Database, redis: Redis) -> int:
