@@ -31,6 +31,12 @@ def contract_names() -> list[str]:
     return [config[s]["name"] for s in config.sections() if s.startswith("importlinter:contract:")]
 
 
+def test_make_lint_runs_the_contracts() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "lint-imports" in lint
+
+
 def test_the_contracts_are_kept() -> None:
     result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
