@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,26 +68,10 @@ def _banner(sock: socket.socket, host: str) -> str:
     return f"Conversation Service on http://{host}:{port}  (health: /readyz)"
 
 
-def _admin_endpoints(settings: Settings) -> runtime.Endpoints:
-    """The database for an admin command: DATABASE_URL, or the embedded one in DATA_DIR (never a
-    new one: runtime.NoServers). An embedded one is migrated first (its `run` may be older than
-    this code); a configured one is left alone: production schema changes are `migrate`'s job."""
-    from db.migrate import upgrade
-
-    endpoints = runtime.resolve(settings, need_redis=False, start=False)
-    if not settings.database_url:
-        upgrade(endpoints.database_url)
-    return endpoints
+_admin_endpoints = runtime.admin_endpoints
 
 
-async def _with_db(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
-    from db.session import Database, create_pool
-
-    db = Database(await create_pool(database_url, min_size=1, max_size=2))
-    try:
-        return await work(db)
-    finally:
-        await db.close()
+_with_db = runtime.with_db
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:

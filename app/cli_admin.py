@@ -21,7 +21,8 @@ CLI = "cli"
 
 def _run(settings: Settings, tenant: str, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run `work(db)` on the admin database, once the tenant is known to exist."""
-    from app.cli import _admin_endpoints, _with_db
+    from app.runtime import admin_endpoints as _admin_endpoints
+    from app.runtime import with_db as _with_db
     from app.services import tenants
 
     endpoints = _admin_endpoints(settings)
@@ -133,8 +134,8 @@ def cmd_tenant_dead_letters(settings: Settings, args: argparse.Namespace) -> int
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from redis.asyncio import Redis
 
+    from app.queue import replay_enqueuer
     from app.services import admin
-    from jobs.client import replay_enqueuer
 
     endpoints = runtime.resolve(settings, start=False)
 

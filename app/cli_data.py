@@ -104,9 +104,7 @@ async def _cache_evictor(settings: Settings) -> _Evictor | None:
 
 
 def _database(settings: Settings) -> runtime.Endpoints:
-    from app.cli import _admin_endpoints
-
-    return _admin_endpoints(settings)
+    return runtime.admin_endpoints(settings)
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:

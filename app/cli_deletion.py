@@ -66,7 +66,7 @@ class _AfterDeletion:
 
 
 def _run(settings: Settings, tenant_id: str, work: Any) -> int:
-    from app.cli import _admin_endpoints
+    from app.runtime import admin_endpoints as _admin_endpoints
     from app.services import transfer
     from db.session import Database, create_pool
 

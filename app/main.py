@@ -57,7 +57,7 @@ async def metrics_endpoint(request: Request) -> Response:
 async def _crm_dispatch(settings: Settings, redis_url: str) -> ArqRedis | None:
     """CRM deliveries written by this process go to the worker right after commit. With Redis
     down at start the worker's sweep picks them up instead (within seconds), so start anyway."""
-    from jobs.client import json_deserializer, json_serializer
+    from app.queue import json_deserializer, json_serializer
     from jobs.crm import dispatcher
 
     try:

@@ -75,22 +75,6 @@ EVENTS_UNKNOWN_FORMAT = Counter(
 )
 
 
-class _StatementCollector:
-    """Exposes db.session.STATEMENTS as a counter without a lock on the hot path."""
-
-    def collect(self) -> list[Any]:
-        from prometheus_client.core import CounterMetricFamily
-
-        from db.session import STATEMENTS
-
-        family = CounterMetricFamily("db_statements", "SQL statements sent to Postgres.")
-        family.add_metric([], STATEMENTS.count)
-        return [family]
-
-
-REGISTRY.register(_StatementCollector())
-
-
 def authorized(header: str | None, token: str | None) -> bool:
     """METRICS_TOKEN unset: open. Set: `Authorization: Bearer <token>`, compared in constant time."""
     if token is None:

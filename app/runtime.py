@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.settings import Settings
 
@@ -94,3 +95,29 @@ def running_redis_url(settings: Settings) -> str | None:
 
     running = running_redis(settings.resolved_data_dir / "redis")
     return running.url if running is not None else None
+
+
+def admin_endpoints(settings: Settings) -> Endpoints:
+    """The database for an admin command: DATABASE_URL, or the embedded one in DATA_DIR (never a
+    new one: runtime.NoServers). An embedded one is migrated first (its `run` may be older than
+    this code); a configured one is left alone: production schema changes are `migrate`'s job."""
+    from db.migrate import upgrade
+
+    endpoints = resolve(settings, need_redis=False, start=False)
+    if not settings.database_url:
+        upgrade(endpoints.database_url)
+    return endpoints
+
+
+_T = TypeVar("_T")
+
+
+async def with_db(database_url: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
+    """Run `work(Database)` on a small pool of its own (CLI commands), closing it after."""
+    from db.session import Database, create_pool
+
+    db = Database(await create_pool(database_url, min_size=1, max_size=2))
+    try:
+        return await work(db)
+    finally:
+        await db.close()

@@ -261,11 +261,16 @@ async def history_service(
     forms: dict[str, HotCache | None] = {"service hot": cache, "service postgres": None}
     try:
         async with db.read() as conn:
-            truth = [m.seq for m in (await messages.history_by_ref(conn, TENANT, target, last=50)).items]
+            truth = [
+                m.seq
+                for m in (await messages.history_by_ref(conn, TENANT, target, messages.HistoryArgs(last=50))).items
+            ]
 
         async def read(with_cache: HotCache | None) -> None:
             async with db.read() as conn:
-                page = await messages.history_by_ref(conn, TENANT, target, last=50, cache=with_cache)
+                page = await messages.history_by_ref(
+                    conn, TENANT, target, messages.HistoryArgs(last=50), cache=with_cache
+                )
             assert [m.seq for m in page.items] == truth
 
         for form in forms.values():

@@ -94,7 +94,7 @@ def trace_memory(directory: str, every_s: float) -> None:
     account for the RSS growth at all, or the allocator does)."""
     import tracemalloc
 
-    from bench.subscriptions_bench import rss_kib
+    from bench.harness import rss_kib
 
     tracemalloc.start(8)
     out = Path(directory)

@@ -47,6 +47,7 @@ from app.models import ConversationRef, Role
 from app.resources import Resources
 from app.services import conversations, messages, tenants
 from app.settings import Settings
+from bench.harness import cpu_seconds
 from db.migrate import upgrade
 from db.session import Database
 from jobs.client import ActionClient
@@ -107,11 +108,6 @@ async def measure(ops: Sequence[Op], warmup: float, seconds: float) -> Cell:
     await asyncio.gather(*(loop(op) for op in ops))
     cell.seconds = seconds
     return cell
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def new_refs(db: Database, label: str, n: int) -> list[ConversationRef]:

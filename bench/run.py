@@ -625,7 +625,7 @@ async def seed_history(url: str, db: Database) -> ConversationRef:
     await verify(url, [target])
     async with db.read() as c:
         conv = await conversations.get(c, TENANT, target)
-        page = await messages.history(c, TENANT, conv, last=HISTORY_PAGE)
+        page = await messages.history(c, TENANT, conv, messages.HistoryArgs(last=HISTORY_PAGE))
     seqs = [m.seq for m in page.items]
     assert seqs == list(range(HISTORY_SIZE - HISTORY_PAGE + 1, HISTORY_SIZE + 1)), seqs[:3]
     return target
@@ -635,7 +635,7 @@ def service_history_op(db: Database, target: ConversationRef) -> Op:
     async def op() -> None:
         async with db.read() as conn:
             conv = await conversations.get(conn, TENANT, target)
-            page = await messages.history(conn, TENANT, conv, last=HISTORY_PAGE)
+            page = await messages.history(conn, TENANT, conv, messages.HistoryArgs(last=HISTORY_PAGE))
         assert len(page.items) == HISTORY_PAGE
 
     return op

@@ -18,9 +18,7 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +26,11 @@ import httpx
 import orjson
 import websockets
 
-from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
-from app.embedded.redis import start_redis
 from bench.docs import cpu_model, write_section
 from bench.graphql_servers import start_ours
-from bench.subscriptions_bench import make_key, rss_kib
-from db.migrate import upgrade
+from bench.harness import rss_kib, servers
+from bench.subscriptions_bench import make_key
 
 ROOT = Path(__file__).resolve().parent.parent
 SUB = "subscription($s: String) { messageAdded(sessionId: $s) { seq content } }"
@@ -152,22 +148,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="appends per second per writer")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="cs-soak-"))
-    pg = start_postgres(root / "pg", fsync=True)
-    rd = start_redis(root / "redis", persist=False)
     port = free_port()
-    server = None
-    try:
-        upgrade(pg.url)
-        key = asyncio.run(make_key(pg.url))
-        server = start_ours(port, pg.url, rd.url)
-        result = asyncio.run(soak(args, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", key, server.pid))
-    finally:
-        if server is not None:
+    with servers("cs-soak-") as s:
+        key = asyncio.run(make_key(s.pg.url))
+        server = start_ours(port, s.pg.url, s.redis.url)
+        try:
+            result = asyncio.run(
+                soak(args, f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", key, server.pid)
+            )
+        finally:
             server.kill()
-        rd.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
     samples: list[tuple[float, int]] = result["samples"]  # type: ignore[assignment]
     after = [rss for t, rss in samples if t >= args.warmup]
     base = after[0]

@@ -31,6 +31,7 @@ from app.embedded.redis import start_redis
 from app.services import tenants
 from bench.docs import cpu_model, write_section
 from bench.graphql_servers import start_ours
+from bench.harness import rss_kib
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
@@ -44,13 +45,6 @@ def pct(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def make_key(url: str) -> str:

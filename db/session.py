@@ -21,6 +21,7 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from app.errors import RetryTransaction
+from app.metrics import REGISTRY
 from app.models import DomainEvent
 
 T = TypeVar("T")
@@ -96,6 +97,20 @@ class StatementCounter:
 
 
 STATEMENTS = StatementCounter()
+
+
+class _StatementCollector:
+    """Exposes STATEMENTS on the process' metrics registry without a lock on the hot path."""
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("db_statements", "SQL statements sent to Postgres.")
+        family.add_metric([], STATEMENTS.count)
+        return [family]
+
+
+REGISTRY.register(_StatementCollector())
 
 
 async def _init_connection(conn: Connection) -> None:

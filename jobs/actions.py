@@ -26,16 +26,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from arq import Retry
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from app import tracing
-from app.errors import BadUserInput, DomainError, ErrorCode, IdempotencyKeyReused, Unauthenticated
+from app.errors import BadUserInput, DomainError, ErrorCode, Unauthenticated
 from app.logs import LOG_CONTEXT
 from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
 from app.services import actions as act
-from app.services import admin, conversations, crm, messages
+from app.services import admin, conversations, crm, messages, windows
 from app.services import state as state_service
 from app.services.actions import Envelope, ReplyTo
 from db.session import UnitOfWork
@@ -64,35 +65,6 @@ class Action:
 # --------------------------------------------------------------------------------------------------
 
 
-async def _once(
-    st: WorkerState, env: Envelope, work: Callable[[UnitOfWork], Awaitable[dict[str, Any]]]
-) -> dict[str, Any]:
-    """Run a writing action once per action_id: its answer is logged with its write, a repeated
-    action gets the logged answer, the same action_id with another payload is refused."""
-
-    async def run(uow: UnitOfWork) -> dict[str, Any]:
-        claim = await act.claim(uow, env)
-        if not claim.first and claim.response is not None:
-            prior: dict[str, Any] = claim.response
-            return prior
-        data = await work(uow)
-        await act.remember(uow, env, data)
-        return data
-
-    try:
-        return await st.db.run(run)
-    except IdempotencyKeyReused:
-        raise
-    except DomainError:
-        # A concurrent run of this same action may have committed first (its conversation took
-        # the sessionId we wanted): then its answer is ours.
-        async with st.db.read() as conn:
-            answer = await act.answered(conn, env)
-        if answer is not None:
-            return answer
-        raise
-
-
 async def create(st: WorkerState, env: Envelope, d: act.CreateData, target: ConversationRef) -> dict[str, Any]:
 
     async def work(uow: UnitOfWork) -> dict[str, Any]:
@@ -110,7 +82,7 @@ async def create(st: WorkerState, env: Envelope, d: act.CreateData, target: Conv
         )
         return {"conversation": act.conversation_json(created)}
 
-    return await _once(st, env, work)
+    return await act.run_once(st.db, env, work)
 
 
 async def save_message(
@@ -142,12 +114,13 @@ async def save_message(
 
 async def get_context(st: WorkerState, env: Envelope, d: act.GetContextData, target: ConversationRef) -> dict[str, Any]:
     async with st.db.read() as conn:
-        conversation = await conversations.get(conn, env.tenant_id, target)
-        window, note = await crm.context_window(
+        window, note = await windows.context_window_of(
             conn,
-            st.redis,
-            st.http,
-            conversation,
+            env.tenant_id,
+            target,
+            cache=st.resources.cache if st.resources is not None else None,
+            redis=st.redis,
+            http=st.http,
             max_tokens=d.max_tokens,
             model=d.model,
             reserve_tokens=d.reserve_tokens,
@@ -179,17 +152,12 @@ async def get_context(st: WorkerState, env: Envelope, d: act.GetContextData, tar
 async def get_history(st: WorkerState, env: Envelope, d: act.GetHistoryData, target: ConversationRef) -> dict[str, Any]:
     if not 0 <= d.limit <= st.limits.max_page_size:
         raise BadUserInput(f"data.limit must be between 0 and {st.limits.max_page_size}", field="data.limit")
+    forward = d.after_seq is not None
+    args = messages.HistoryArgs(first=d.limit, after_seq=d.after_seq) if forward else messages.HistoryArgs(last=d.limit)
     async with st.db.read() as conn:
-        conversation = await conversations.get(conn, env.tenant_id, target)
-        if d.after_seq is not None:
-            page = await messages.history(
-                conn, env.tenant_id, conversation, first=d.limit, after_seq=d.after_seq, limits=st.limits
-            )
-            has_more = page.has_next_page
-        else:
-            page = await messages.history(conn, env.tenant_id, conversation, last=d.limit, limits=st.limits)
-            has_more = page.has_previous_page
-        items = await messages.with_sources(conn, env.tenant_id, page.items)
+        page = await messages.history_with_sources(conn, env.tenant_id, target, args, limits=st.limits)
+    has_more = page.has_next_page if forward else page.has_previous_page
+    items = page.items
     return {"messages": [act.message_json(m) for m in items], "has_more": has_more}
 
 
@@ -210,7 +178,7 @@ async def update_state(
         )
         return {"state": act.state_json(entry)}
 
-    return await _once(st, env, work)
+    return await act.run_once(st.db, env, work)
 
 
 async def session_closed(
@@ -221,7 +189,7 @@ async def session_closed(
         conversation, _ = await conversations.close(uow, env.tenant_id, target, d.reason, st.limits)
         return {"conversation": act.conversation_json(conversation)}
 
-    return await _once(st, env, work)
+    return await act.run_once(st.db, env, work)
 
 
 async def sync_crm(st: WorkerState, env: Envelope, d: act.SyncCrmData, target: ConversationRef) -> dict[str, Any]:
@@ -231,7 +199,7 @@ async def sync_crm(st: WorkerState, env: Envelope, d: act.SyncCrmData, target: C
         record = await crm.request_sync(uow, env.tenant_id, conversation.id, st.crm)
         return {"crm_sync": act.crm_sync_json(record)}
 
-    return await _once(st, env, work)
+    return await act.run_once(st.db, env, work)
 
 
 ACTIONS: dict[str, Action] = {
@@ -451,51 +419,21 @@ async def read_dead_letters(redis: Redis, queue_name: str, limit: int = 100) -> 
 
 
 # --------------------------------------------------------------------------------------------------
-# arq functions: module level (arq imports by qualname), named by action type
+# arq functions: made from ACTIONS, named by action type
 # --------------------------------------------------------------------------------------------------
 
 
-async def conversation_create(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.CREATE, args, kwargs)
+def _job(action_type: str) -> WorkerCoroutine:
+    """The arq coroutine of one action type: the envelope is its one argument."""
 
+    async def job(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return await run_action(ctx, action_type, args, kwargs)
 
-async def conversation_save_message(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.SAVE_MESSAGE, args, kwargs)
-
-
-async def conversation_add_message(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.ADD_MESSAGE, args, kwargs)
-
-
-async def conversation_get_context(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.GET_CONTEXT, args, kwargs)
-
-
-async def conversation_get_history(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.GET_HISTORY, args, kwargs)
-
-
-async def conversation_update_state(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.UPDATE_STATE, args, kwargs)
-
-
-async def conversation_session_closed(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.SESSION_CLOSED, args, kwargs)
-
-
-async def conversation_sync_crm(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    return await run_action(ctx, act.SYNC_CRM, args, kwargs)
+    job.__name__ = job.__qualname__ = action_type.replace(".", "_")
+    return job
 
 
 def functions(keep_result_s: int) -> list[Function]:
-    coroutines = {
-        act.CREATE: conversation_create,
-        act.SAVE_MESSAGE: conversation_save_message,
-        act.ADD_MESSAGE: conversation_add_message,
-        act.GET_CONTEXT: conversation_get_context,
-        act.GET_HISTORY: conversation_get_history,
-        act.UPDATE_STATE: conversation_update_state,
-        act.SESSION_CLOSED: conversation_session_closed,
-        act.SYNC_CRM: conversation_sync_crm,
-    }
-    return [func(coroutine, name=name, keep_result=keep_result_s) for name, coroutine in coroutines.items()]
+    """One arq function per action of ACTIONS, and per alias of one (the registration table)."""
+    names = [*ACTIONS, *(alias for alias, action in act.ALIASES.items() if action in ACTIONS)]
+    return [func(_job(name), name=name, keep_result=keep_result_s) for name in names]

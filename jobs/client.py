@@ -29,30 +29,20 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import result_key_prefix
 from arq.jobs import Job
-from redis.asyncio import Redis
 
 from app import tracing
+from app.queue import json_deserializer, json_serializer
 from jobs import signing
 
 log = logging.getLogger("conversation_service.client")
 
 DEFAULT_QUEUE = "conversation-service"
-
-
-def json_serializer(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), default=str).encode()
-
-
-def json_deserializer(data: bytes) -> Any:
-    return json.loads(data)
 
 
 class ActionClient:
@@ -213,22 +203,3 @@ class ActionClient:
                 continue
             if future is not None and not future.done():
                 future.set_result(answer)
-
-
-def replay_enqueuer(redis: Redis, queue_name: str) -> Callable[[str, dict[str, Any], str], Awaitable[None]]:
-    """How a dead letter is put on the queue again (app/services/admin.replay_dead_letter): the
-    envelope unchanged, under its own action_id as job id. arq keeps the failed run's result
-    under that id and would refuse it, so that result goes first; a job still queued or running
-    under the id is left alone (enqueue_job answers None)."""
-
-    async def enqueue(function: str, envelope: dict[str, Any], job_id: str) -> None:
-        arq = ArqRedis(
-            connection_pool=redis.connection_pool,
-            job_serializer=json_serializer,
-            job_deserializer=json_deserializer,
-            default_queue_name=queue_name,
-        )
-        await arq.delete(result_key_prefix + job_id)
-        await arq.enqueue_job(function, envelope, _job_id=job_id, _queue_name=queue_name)
-
-    return enqueue

@@ -23,6 +23,7 @@ from arq.utils import poll
 from arq.worker import Function, func
 
 from app import liveness, tokens, tracing
+from app.queue import json_serializer
 from app.resources import Resources
 from app.services import crm, summaries
 from app.services.crm import CrmOptions
@@ -32,7 +33,6 @@ from jobs import actions, metrics, signing, undecodable
 from jobs import crm as crm_jobs
 from jobs import maintenance as maintenance_jobs
 from jobs import summaries as summary_jobs
-from jobs.client import json_serializer
 from jobs.context import WorkerState, is_transient, state
 
 log = logging.getLogger("conversation_service.worker")

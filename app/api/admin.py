@@ -40,7 +40,7 @@ def _defaults(info: Ctx) -> tenant_settings.Defaults:
 
 def _enqueuer(info: Ctx) -> admin.Enqueue:
     """Replays go on this process's queue (ARQ_QUEUE) through the shared Redis client."""
-    from jobs.client import replay_enqueuer
+    from app.queue import replay_enqueuer
 
     resources = info.context.resources
     return replay_enqueuer(resources.redis, resources.settings.arq_queue)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from strawberry.dataloader import DataLoader
 
@@ -13,11 +12,11 @@ from app import models
 from app.auth import Authenticator, Principal
 from app.errors import DomainError
 from app.resources import Resources
-from app.services import crm, messages, state
+from app.services import crm, messages, state, windows
+from app.services.context import ContextWindow
 from app.services.tenants import Scope
 
 if TYPE_CHECKING:
-    from app.api import types
     from app.api.ws_connections import LiveConnection
 
 
@@ -53,30 +52,11 @@ class Loaders:
         return [found[k] for k in keys]
 
     async def history_page(
-        self,
-        conversation: models.Conversation,
-        *,
-        first: int | None = None,
-        after: str | None = None,
-        last: int | None = None,
-        before: str | None = None,
-        after_seq: int | None = None,
-        since: datetime | None = None,
+        self, conversation: models.Conversation, args: messages.HistoryArgs
     ) -> models.Page[models.Message]:
-        since_seq = None
-        if since is not None:
-            async with self.resources.db.read() as conn:
-                since_seq = await messages.since_seq(conn, self.tenant_id, conversation, since)
-        plan = messages.plan_history(
-            conversation,
-            first=first,
-            after=after,
-            last=last,
-            before=before,
-            after_seq=after_seq,
-            since_seq=since_seq,
-            limits=self.resources.limits,
-        )
+        """messages.history, its range read batched with the request's other pages."""
+        async with self.resources.db.read() as conn:
+            plan = await messages.plan_page(conn, self.tenant_id, conversation, args, self.resources.limits)
         items = [] if plan.empty else await self.ranges.load((conversation.id, plan.lo, plan.hi))
         return messages.page_of(plan, items)
 
@@ -121,53 +101,31 @@ class RequestContext:
         reserve_tokens: int | None,
         include_system: bool | None,
         include_summary: bool | None,
-    ) -> types.ContextWindow:
+    ) -> ContextWindow:
         """The same window as the get_context action: the tenant's customer note included when
-        it asks for one (app/services/crm.context_window), read from the hot cache when hot.
+        it asks for one; the service decides where it is read from (app/services/windows.py).
         An explicit null argument means its default, as the SDL's nullable arguments allow."""
-        kwargs: dict[str, Any] = {
-            "max_tokens": max_tokens,
-            "model": model,
-            "reserve_tokens": reserve_tokens or 0,
-            "include_system": include_system is not False,
-            "include_summary": include_summary is not False,
-        }
-        tenant, cache, resources = self.tenant(), self.resources.cache, self.resources
+        resources = self.resources
         async with resources.db.read() as conn:
-            source = (
-                cache.window_source(
-                    conn,
-                    tenant,
-                    conversation,
-                    max_tokens=kwargs["max_tokens"],
-                    reserve_tokens=kwargs.get("reserve_tokens") or 0,
-                )
-                if cache is not None
-                else None
+            window, _ = await windows.context_window(
+                conn,
+                conversation,
+                cache=resources.cache,
+                redis=resources.redis,
+                http=resources.http,
+                max_tokens=max_tokens,
+                model=model,
+                reserve_tokens=reserve_tokens or 0,
+                include_system=include_system is not False,
+                include_summary=include_summary is not False,
+                default_model=resources.settings.default_model,
+                options=resources.crm,
             )
-            if resources.http is None:
-                from app.services import context as context_service
+        return window
 
-                window = await context_service.build_window(
-                    conn, tenant, conversation, default_model=resources.settings.default_model, source=source, **kwargs
-                )
-            else:
-                window, _ = await crm.context_window(
-                    conn,
-                    resources.redis,
-                    resources.http,
-                    conversation,
-                    default_model=resources.settings.default_model,
-                    options=resources.crm,
-                    source=source,
-                    **kwargs,
-                )
-        return cast("types.ContextWindow", window)
-
-    async def crm_sync(self, conversation: models.Conversation) -> types.CrmSync | None:
+    async def crm_sync(self, conversation: models.Conversation) -> crm.CrmSyncRecord | None:
         async with self.resources.db.read() as conn:
-            record = await crm.crm_sync_status(conn, self.tenant(), conversation.id)
-        return cast("types.CrmSync | None", record)
+            return await crm.crm_sync_status(conn, self.tenant(), conversation.id)
 
     async def customer(self, conversation: models.Conversation) -> Any:
         http = self.resources.http

@@ -92,12 +92,9 @@ class Query(AdminQuery):
                 conn,
                 tenant,
                 target,
-                first=first,
-                after=after,
-                last=last,
-                before=before,
-                after_seq=after_seq,
-                since=since,
+                messages.HistoryArgs(
+                    first=first, after=after, last=last, before=before, after_seq=after_seq, since=since
+                ),
                 limits=limits,
                 cache=info.context.resources.cache,
             )
@@ -117,7 +114,7 @@ class Query(AdminQuery):
         include_summary: bool | None = True,
     ) -> ContextWindow:
         conversation = await _conversation(info, conversation_id, session_id)
-        return await info.context.context_window(
+        window = await info.context.context_window(
             conversation,
             max_tokens=max_tokens,
             model=model,
@@ -125,6 +122,7 @@ class Query(AdminQuery):
             include_system=include_system,
             include_summary=include_summary,
         )
+        return cast(ContextWindow, window)
 
     @strawberry.field(description="Conversations created and messages written in [from, to).")
     async def stats(

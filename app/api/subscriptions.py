@@ -51,7 +51,8 @@ class ConversationEvent:
 async def _storage(info: Ctx, tenant: str, conversation_id: uuid.UUID, lo: int, hi: int) -> list[models.Message]:
     """Messages lo..hi with their sources (a subscription context has no per-request loaders)."""
     async with info.context.resources.db.read() as conn:
-        found = await messages.between(conn, tenant, conversation_id, lo, hi)
+        key = (conversation_id, lo, hi)
+        found = (await messages.ranges(conn, tenant, [key]))[key]
         return await messages.with_sources(conn, tenant, found)
 
 

@@ -17,7 +17,7 @@ from app import models
 from app.api.context import RequestContext
 from app.api.memory import ConversationSummary, summary_info
 from app.api.scalars import JSON
-from app.services import crm
+from app.services import crm, messages
 from app.services import limits as check
 
 # The service layer's enums are the GraphQL enums (registered here, in place): no per-row mapping.
@@ -234,15 +234,10 @@ class Conversation:
         after_seq: int | None = None,
         since: datetime | None = None,
     ) -> MessageConnection:
-        page = await info.context.loaders.history_page(
-            cast(models.Conversation, self),
-            first=first,
-            after=after,
-            last=last,
-            before=before,
-            after_seq=after_seq,
-            since=since,
+        args = messages.HistoryArgs(
+            first=first, after=after, last=last, before=before, after_seq=after_seq, since=since
         )
+        page = await info.context.loaders.history_page(cast(models.Conversation, self), args)
         return MessageConnection.from_page(page)
 
     @strawberry.field(description="One state key, or null.")
@@ -265,7 +260,7 @@ class Conversation:
         include_system: bool | None = True,
         include_summary: bool | None = True,
     ) -> ContextWindow:
-        return await info.context.context_window(
+        window = await info.context.context_window(
             cast(models.Conversation, self),
             max_tokens=max_tokens,
             model=model,
@@ -273,10 +268,11 @@ class Conversation:
             include_system=include_system,
             include_summary=include_summary,
         )
+        return cast(ContextWindow, window)
 
     @strawberry.field(description="The last CRM delivery of this conversation, if any.")
     async def crm_sync(self, info: Ctx) -> CrmSync | None:
-        return await info.context.crm_sync(cast(models.Conversation, self))
+        return cast(CrmSync | None, await info.context.crm_sync(cast(models.Conversation, self)))
 
     @strawberry.field(description="Customer profile from the tenant's CRM, when configured.")
     async def customer(self, info: Ctx) -> JSON | None:

@@ -5,25 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from app.cache.reads import ReadMixin
 from app.cache.scripts import evict
-from app.cache.window_source import CachedWindowSource
 from app.cache.writes import WriteMixin
-from app.models import Conversation
-from app.services import context
-from db.session import Connection, Database
+from app.models import DomainEvent
+
+
+class _Committing(Protocol):
+    """What the cache listens to (db.session.Database), named here so storage stays apart."""
+
+    def listen(self, listener: Callable[[list[DomainEvent]], Awaitable[None]]) -> None: ...
 
 
 class HotCache(ReadMixin, WriteMixin):
     """One per process. `attach(db)` makes it hear every committed unit of work; the read seams in
-    app/services take it as `cache=` and fall back to Postgres whenever it answers None."""
+    app/services take it as `cache=`, hand it their Postgres reads for fills (app/services/
+    hot_fill.py) and fall back to Postgres whenever it answers None."""
 
     # lifecycle --------------------------------------------------------------------------------
 
-    def attach(self, db: Database) -> None:
+    def attach(self, db: _Committing) -> None:
         """Hear every committed unit of work of `db` (register before any other listener that
         tells clients about the change, so what they read next is already here)."""
         db.listen(self.on_events)
@@ -52,13 +57,3 @@ class HotCache(ReadMixin, WriteMixin):
         """Drop one conversation's entry (fencing in-flight fills). Raises RedisError when Redis
         cannot be reached (the entry then expires by its TTL)."""
         await evict(self.redis, [(tenant_id, conversation_id)])
-
-    def window_source(
-        self, conn: Connection, tenant_id: str, conversation: Conversation, *, max_tokens: int, reserve_tokens: int = 0
-    ) -> CachedWindowSource:
-        """A context.WindowSource over this cache for `build_window(source=...)`."""
-        average = conversation.token_count / max(conversation.message_count, 1)
-        budget = max(max_tokens - reserve_tokens, 0)
-        wanted = math.ceil(budget / max(average, 1.0) * context.CHUNK_SLACK) + context.CHUNK_EXTRA
-        prefetch = min(self.options.recent_messages, max(context.MIN_CHUNK, wanted))
-        return CachedWindowSource(self, conn, tenant_id, conversation, prefetch)

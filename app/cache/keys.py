@@ -29,3 +29,28 @@ def conversation_keys(tenant_id: str, conversation_id: uuid.UUID) -> tuple[str, 
 def session_key(tenant_id: str, session_id: str) -> str:
     """The sessionId → conversation id mapping (hashed: session ids are free text up to 200 chars)."""
     return f"cs:{{{tenant_id}}}:sess:{hashlib.sha256(session_id.encode()).hexdigest()[:32]}"
+
+
+#: SCAN pattern for per-conversation keys; the hash tag is parsed from each match.
+CONVERSATION_KEY_MATCH = "cs:*{*:*}*"
+
+
+def conversation_of_key(key: bytes | str) -> tuple[str, uuid.UUID] | None:
+    """(tenant_id, conversation_id) from a key's `{tenant:conversation}` hash tag, else None."""
+    text = key.decode(errors="replace") if isinstance(key, bytes) else key
+    start = text.find("{")
+    end = text.find("}", start + 1)
+    if not text.startswith("cs:") or start < 0 or end < 0:
+        return None
+    tenant_id, sep, rest = text[start + 1 : end].rpartition(":")
+    if not sep or not tenant_id:
+        return None
+    try:
+        return tenant_id, uuid.UUID(rest)
+    except ValueError:
+        return None
+
+
+def profile_key(tenant_id: str, user_id: str) -> str:
+    """A CRM customer profile (app/cache/profiles.py; user ids are free text, so hashed)."""
+    return f"cs:{{{tenant_id}}}:crm:customer:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"

@@ -13,10 +13,8 @@ from app.cache.codec import UnknownFormat, decode_conversation, decode_messages,
 from app.cache.fill import FillMixin
 from app.cache.keys import LOADED, conversation_keys, session_key
 from app.cache.scripts import READ_HEADER, READ_PAGE, READ_RANGE, READ_STATE, READ_WINDOW, _run_calls
-from app.cache.snapshot import Snapshot, _Ticket
+from app.cache.snapshot import EntrySource, Snapshot, _Ticket
 from app.models import Conversation, ConversationRef, Message, StateEntry
-from db.repositories import conversations as conversation_repo
-from db.session import Connection
 
 
 class ReadMixin(FillMixin):
@@ -34,9 +32,9 @@ class ReadMixin(FillMixin):
 
     # reads ---------------------------------------------------------------------------------------
 
-    async def _resolve(self, conn: Connection | None, tenant_id: str, target: ConversationRef) -> uuid.UUID | None:
+    async def _resolve(self, source: EntrySource | None, tenant_id: str, target: ConversationRef) -> uuid.UUID | None:
         """The conversation id of `target`: given, remembered, from Redis, or (with a connection)
-        from Postgres. None when it cannot be known cheaply or does not exist."""
+        from the source. None when it cannot be known cheaply or does not exist."""
         if target.id is not None:
             return target.id
         assert target.session_id is not None
@@ -49,10 +47,10 @@ class ReadMixin(FillMixin):
         if raw is not None:
             with contextlib.suppress(ValueError):
                 return self._remember(name, uuid.UUID(raw.decode()))
-        if conn is None:
+        if source is None:
             return None
-        header = await conversation_repo.get(conn, tenant_id, session_id=target.session_id)
-        return None if header is None else self._remember(name, header.id)
+        found = await source.conversation_id(tenant_id, target.session_id)
+        return None if found is None else self._remember(name, found)
 
     async def _forget_session(self, tenant_id: str, target: ConversationRef) -> None:
         """A sessionId that led to no (or another) conversation: forget where it led, here and in
@@ -92,7 +90,7 @@ class ReadMixin(FillMixin):
         return conversation
 
     async def page(
-        self, conn: Connection, tenant_id: str, target: ConversationRef, request: Any
+        self, source: EntrySource, tenant_id: str, target: ConversationRef, request: Any
     ) -> tuple[int, list[Message]] | None:
         """A history page as (last_seq, messages lo..hi), like db.repositories.messages.page_by_ref:
         one round trip when hot; a miss fills the entry from Postgres and answers from the fill
@@ -102,7 +100,7 @@ class ReadMixin(FillMixin):
             return None
         boot = self._boot
         try:
-            cid = await self._resolve(conn, tenant_id, target)
+            cid = await self._resolve(source, tenant_id, target)
             if cid is None or (tenant_id, cid) in self._dirty:
                 metrics.CACHE_MISSES.labels("history").inc()
                 return None
@@ -137,7 +135,7 @@ class ReadMixin(FillMixin):
                 if status == 3:
                     await self._forget_session(tenant_id, target)
                 return None
-            snapshot = await self._fill(conn, tenant_id, cid, _Ticket(int(reply[1]), int(reply[2])), boot)
+            snapshot = await self._fill(source, tenant_id, cid, _Ticket(int(reply[1]), int(reply[2])), boot)
         except Exception as exc:
             self._read_failed(exc, "history")
             return None
@@ -230,7 +228,7 @@ class ReadMixin(FillMixin):
         # Sorted by code point: Postgres' ORDER BY key under the C collation (docs/decisions.md).
         return [decode_state(conversation_id, k, pairs[k]) for k in sorted(pairs, key=lambda k: k.decode())]
 
-    async def _window(self, conn: Connection, tenant_id: str, cid: uuid.UUID, prefetch: int) -> Snapshot | None:
+    async def window(self, source: EntrySource, tenant_id: str, cid: uuid.UUID, prefetch: int) -> Snapshot | None:
         """The window's prelude and newest messages in one round trip, or a fill; None: Postgres."""
         if not await self._ready() or (tenant_id, cid) in self._dirty:
             metrics.CACHE_MISSES.labels("window").inc()
@@ -256,7 +254,7 @@ class ReadMixin(FillMixin):
                     head=int(last_seq) - int(n) + 1,
                 )
             metrics.CACHE_MISSES.labels("window").inc()
-            return await self._fill(conn, tenant_id, cid, _Ticket(int(reply[1]), int(reply[2])), boot)
+            return await self._fill(source, tenant_id, cid, _Ticket(int(reply[1]), int(reply[2])), boot)
         except UnknownFormat:
             self._unknown_format(tenant_id, cid, "window")
             return None
@@ -285,5 +283,5 @@ class ReadMixin(FillMixin):
                 memo.put((tenant_id, cid, m.seq), items[i], m)
         return out  # type: ignore[return-value]
 
-    async def _range(self, tenant_id: str, cid: uuid.UUID, lo: int, hi: int) -> list[Message] | None:
+    async def range_of(self, tenant_id: str, cid: uuid.UUID, lo: int, hi: int) -> list[Message] | None:
         return (await self.ranges(tenant_id, [(cid, lo, hi)])).get((cid, lo, hi))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from app.models import Conversation, Message, StateEntry
 
@@ -20,6 +22,8 @@ class Snapshot:
     messages: list[Message]
     #: The oldest seq the Redis list holds (messages older than `messages` may still be there).
     head: int
+    #: Every state entry of the conversation (a fill writes them all; reads leave it empty).
+    entries: list[StateEntry] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -37,3 +41,17 @@ class _Ticket:
     def __init__(self, v: int, ms: int) -> None:
         self.v = v
         self.ms = ms
+
+
+class EntrySource(Protocol):
+    """Where a miss reads the truth from. The hot store never reads Postgres itself: the services
+    hand it one of these (app/services/hot_fill.py) and decide when the cache is used at all."""
+
+    async def conversation_id(self, tenant_id: str, session_id: str) -> uuid.UUID | None:
+        """The conversation a sessionId names, or None."""
+        ...
+
+    async def entry(self, tenant_id: str, conversation_id: uuid.UUID, recent: int) -> Snapshot | None:
+        """The entry to cache: header, its newest `recent` messages (with sources), every state
+        entry and the first SYSTEM message; None when there is no such conversation."""
+        ...

@@ -49,6 +49,8 @@ class EmbeddedServer:
     pid: int | None = None
     # Extra directory to remove on stop (postgres socket dir when data_dir is too long for a socket path).
     _cleanup_dir: Path | None = field(default=None, repr=False)
+    # What the server's own module cleans up after a stop (redis: its state file), given (data_dir, pid).
+    _on_stop: Callable[[Path, int], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pid is None and self.process is not None:
@@ -76,10 +78,8 @@ class EmbeddedServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        if self.name == "redis":
-            from app.embedded.redis import _remove_redis_state  # a cycle at module level: redis imports us
-
-            _remove_redis_state(self.data_dir, proc.pid)
+        if self._on_stop is not None:
+            self._on_stop(self.data_dir, proc.pid)
         if self._cleanup_dir is not None:
             shutil.rmtree(self._cleanup_dir, ignore_errors=True)
 

@@ -86,6 +86,7 @@ def start_redis(data_dir: Path, *, persist: bool = True, port: int | None = None
             port=chosen,
             data_dir=data_dir,
             process=proc,
+            _on_stop=_remove_redis_state,
         )
         _remember(server)
         _write_redis_state(data_dir, proc.pid, chosen)
@@ -111,6 +112,7 @@ def running_redis(data_dir: Path) -> EmbeddedServer | None:
         data_dir=data_dir,
         process=None,
         pid=pid,
+        _on_stop=_remove_redis_state,
     )
 
 

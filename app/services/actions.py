@@ -10,6 +10,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from app import codec
-from app.errors import BadUserInput, IdempotencyKeyReused, NotFound, RetryTransaction
+from app.errors import BadUserInput, DomainError, IdempotencyKeyReused, NotFound, RetryTransaction
 from app.models import Conversation, ConversationRef, Message, Source, StateEntry
 from app.services import limits as check
 from app.services import tenants
@@ -25,7 +26,7 @@ from app.services.crm import CrmSyncRecord
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import actions as repo
 from db.repositories import deletion as deletion_repo
-from db.session import Connection, UnitOfWork
+from db.session import Connection, Database, UnitOfWork
 
 CREATE = "conversation.create"
 SAVE_MESSAGE = "conversation.save_message"
@@ -403,3 +404,32 @@ async def require_tenant(conn: Connection, tenant_id: str, known: KnownTenants |
         raise NotFound(f"tenant {tenant_id!r} does not exist", field="tenant_id")
     if known is not None:
         known.add(tenant_id)
+
+
+async def run_once(
+    db: Database, env: Envelope, work: Callable[[UnitOfWork], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run a writing action once per action_id: its answer is logged with its write, a repeated
+    action gets the logged answer, the same action_id with another payload is refused."""
+
+    async def run(uow: UnitOfWork) -> dict[str, Any]:
+        found = await claim(uow, env)
+        if not found.first and found.response is not None:
+            prior: dict[str, Any] = found.response
+            return prior
+        data = await work(uow)
+        await remember(uow, env, data)
+        return data
+
+    try:
+        return await db.run(run)
+    except IdempotencyKeyReused:
+        raise
+    except DomainError:
+        # A concurrent run of this same action may have committed first (its conversation took
+        # the sessionId we wanted): then its answer is ours.
+        async with db.read() as conn:
+            answer = await answered(conn, env)
+        if answer is not None:
+            return answer
+        raise

@@ -30,10 +30,11 @@ from typing import Any
 
 import asyncpg
 import httpx
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app import codec, tokens
+from app.cache import profiles
+from app.cache.keys import profile_key
+from app.cache.scan import StoreConnection as Redis
 from app.errors import BadUserInput, NotFound
 from app.models import Conversation, Message
 from app.services import context
@@ -413,7 +414,7 @@ async def delivery_stats(db: Database) -> DeliveryStats:
 
 
 def profile_cache_key(tenant_id: str, user_id: str) -> str:
-    return f"cs:{{{tenant_id}}}:crm:customer:{hashlib.sha256(user_id.encode()).hexdigest()[:32]}"
+    return profile_key(tenant_id, user_id)
 
 
 def lookup_request(lookup_url: str, user_id: str) -> str:
@@ -441,15 +442,9 @@ async def customer_profile(
     config = await tenant_config(conn, tenant_id, options)
     if config.lookup_url is None:
         return None
-    key = profile_cache_key(tenant_id, user_id)
-    try:
-        cached = await redis.get(key)
-    except RedisError as exc:  # Redis down: slower, never wrong
-        log.warning("customer profile cache unavailable: %s", exc)
-        cached = None
-    if cached is not None:
-        profile: dict[str, Any] | None = json.loads(cached).get("profile")
-        return profile
+    cached = await profiles.cached_profile(redis, tenant_id, user_id)
+    if not isinstance(cached, profiles.Missing):
+        return cached
     url = lookup_request(config.lookup_url, user_id)
     parts = urllib.parse.urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -474,10 +469,7 @@ async def customer_profile(
     else:
         log.warning("customer lookup for tenant %s answered HTTP %s", tenant_id, response.status_code)
         return None
-    try:
-        await redis.set(key, json.dumps({"profile": found}, separators=(",", ":")), ex=options.profile_ttl_s)
-    except RedisError as exc:
-        log.warning("customer profile cache unavailable: %s", exc)
+    await profiles.remember_profile(redis, tenant_id, user_id, found, options.profile_ttl_s)
     return found
 
 

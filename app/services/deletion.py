@@ -21,17 +21,16 @@ event, so a repeat also re-invalidates a cache entry a Redis outage may have lef
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from redis.asyncio import Redis
-
+from app.cache import profiles
+from app.cache.scan import StoreConnection as Redis
 from app.models import Conversation, DomainEvent, EventType
-from app.services import audit, crm
+from app.services import audit
 from app.services import limits as check
 from app.services.conversations import parse_uuid
 from app.services.limits import DEFAULT_LIMITS, Limits
@@ -120,11 +119,10 @@ async def erase_end_user(
     removed = await remove(uow, tenant_id, found)
     await audit.record(conn, tenant_id, actor, ERASE_END_USER, {"userIdSha256": user_digest(user), **_details(removed)})
     if redis is not None:
-        profile_key = crm.profile_cache_key(tenant_id, user)
+        store = redis
 
         async def forget_profile() -> None:
-            with contextlib.suppress(Exception):  # it expires within CRM_PROFILE_TTL_S anyway
-                await redis.delete(profile_key)
+            await profiles.forget_profile(store, tenant_id, user)  # else it expires within CRM_PROFILE_TTL_S
 
         uow.after_commit(forget_profile)
     return _result(removed)

@@ -5,10 +5,9 @@ Tenant settings used here (`tenants.settings` jsonb; a tenant without a row, or 
 gets the server default): `idle_timeout_seconds` (0: never close idle sessions) and
 `retention_days` (0: keep closed conversations forever).
 
-Cache eviction goes through `app.cache.scripts.evict` (it fences in-flight fills). It finds what to
-evict by SCANning the per-conversation keys: they start with `cs:` and carry the hash tag
-`{<tenant_id>:<conversation_id>}` (app/cache/keys.py; DESIGN.md: one conversation's keys share a
-Cluster slot). The CLOSED event of an idle close is emitted by `conversations.close` itself.
+Cache eviction goes through the hot store's `app.cache.scan` (its eviction fences in-flight
+fills): it lists the conversations that have entries and drops the ones named here; the key
+layout is the hot store's alone (app/cache/keys.py). The CLOSED event of an idle close is emitted by `conversations.close` itself.
 """
 
 from __future__ import annotations
@@ -16,15 +15,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from app.cache.scripts import evict
+from app.cache.scan import StoreConnection as Redis
+from app.cache.scan import StoreUnavailable as RedisError
+from app.cache.scan import cached_conversations
+from app.cache.scan import evict_entries as evict
 from app.models import Conversation, ConversationRef, Status
 from app.services import conversations, deletion
 from app.settings import Settings
@@ -35,8 +34,6 @@ from db.session import Database, UnitOfWork
 log = logging.getLogger("conversation_service.maintenance")
 
 IDLE_CLOSE_REASON = "idle_timeout"
-#: SCAN pattern for per-conversation keys; the hash tag is parsed from each match.
-CONVERSATION_KEY_MATCH = "cs:*{*:*}*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,34 +117,11 @@ def _close_if_idle(
 # --------------------------------------------------------------------------------------------------
 
 
-def conversation_of_key(key: bytes | str) -> tuple[str, uuid.UUID] | None:
-    """(tenant_id, conversation_id) from a key's `{tenant:conversation}` hash tag, else None."""
-    text = key.decode(errors="replace") if isinstance(key, bytes) else key
-    start = text.find("{")
-    end = text.find("}", start + 1)
-    if not text.startswith("cs:") or start < 0 or end < 0:
-        return None
-    tenant_id, sep, rest = text[start + 1 : end].rpartition(":")
-    if not sep or not tenant_id:
-        return None
-    try:
-        return tenant_id, uuid.UUID(rest)
-    except ValueError:
-        return None
-
-
-async def _cached_conversations(redis: Redis) -> AsyncIterator[tuple[str, uuid.UUID]]:
-    async for key in redis.scan_iter(match=CONVERSATION_KEY_MATCH, count=1000):
-        owner = conversation_of_key(key)
-        if owner is not None:
-            yield owner
-
-
 async def evict_cold(db: Database, redis: Redis) -> int:
     """One pass over the per-conversation keys: evict the cache entries of conversations that
     are closed, archived or gone. Returns entries evicted."""
     by_tenant: dict[str, set[uuid.UUID]] = defaultdict(set)
-    async for tenant_id, conversation_id in _cached_conversations(redis):
+    async for tenant_id, conversation_id in cached_conversations(redis):
         by_tenant[tenant_id].add(conversation_id)
     doomed: list[tuple[str, uuid.UUID]] = []
     async with db.read() as conn:

@@ -29,6 +29,7 @@ from app.models import (
 )
 from app.services import conversations, cursors, idempotency
 from app.services import limits as check
+from app.services.hot_fill import PostgresEntries
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
 from db.repositories import messages as repo
@@ -312,11 +313,6 @@ async def append_batch(
     return BatchAppendResult(messages=ordered, conversation=conversation, created_count=len(inserted))
 
 
-async def between(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lo: int, hi: int) -> list[Message]:
-    """Messages lo..hi of one conversation, seq ascending (replays and backfills)."""
-    return await repo.range_(conn, tenant_id, conversation_id, lo, hi)
-
-
 async def with_sources(conn: Connection, tenant_id: str, messages: list[Message]) -> list[Message]:
     loaded = await repo.sources_for(conn, tenant_id, [(m.conversation_id, m.seq) for m in messages])
     for m in messages:
@@ -414,21 +410,37 @@ def page_request(
     )
 
 
-def plan_history(
-    conversation: Conversation,
-    *,
-    first: int | None = None,
-    after: str | None = None,
-    last: int | None = None,
-    before: str | None = None,
-    after_seq: int | None = None,
-    since_seq: int | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+@dataclass(frozen=True, slots=True)
+class HistoryArgs:
+    """A history page as an edge asks for it (GraphQL `history` / `Conversation.messages`, the
+    get_history action), passed whole to the one history path below."""
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+    after_seq: int | None = None
+    since: datetime | None = None
+
+    def request(self, limits: Limits = DEFAULT_LIMITS, since_seq: int | None = None) -> PageRequest:
+        """The validated request (BAD_USER_INPUT otherwise); `since` must be resolved to since_seq."""
+        return page_request(
+            first=self.first,
+            after=self.after,
+            last=self.last,
+            before=self.before,
+            after_seq=self.after_seq,
+            since_seq=since_seq,
+            limits=limits,
+        )
+
+
+async def plan_page(
+    conn: Connection, tenant_id: str, conversation: Conversation, args: HistoryArgs, limits: Limits = DEFAULT_LIMITS
 ) -> HistoryPlan:
-    request = page_request(
-        first=first, after=after, last=last, before=before, after_seq=after_seq, since_seq=since_seq, limits=limits
-    )
-    return request.plan(conversation.last_seq)
+    """Which seqs the page of `args` holds (a `since` costs one lookup)."""
+    found = await since_seq(conn, tenant_id, conversation, args.since) if args.since is not None else None
+    return args.request(limits, found).plan(conversation.last_seq)
 
 
 def _seq_cursor_of(message: Message) -> str:
@@ -455,63 +467,52 @@ async def history(
     conn: Connection,
     tenant_id: str,
     conversation: Conversation,
+    args: HistoryArgs = HistoryArgs(),
     *,
-    first: int | None = None,
-    after: str | None = None,
-    last: int | None = None,
-    before: str | None = None,
-    after_seq: int | None = None,
-    since: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    cache: HotCache | None = None,
+) -> Page[Message]:
+    """A page of one conversation's messages, in seq order: plan_page, then `ranges` (the
+    DataLoader of app/api/context.py does the same two steps batched)."""
+    plan = await plan_page(conn, tenant_id, conversation, args, limits)
+    if plan.empty:
+        return page_of(plan, [])
+    key = (conversation.id, plan.lo, plan.hi)
+    return page_of(plan, (await ranges(conn, tenant_id, [key], cache=cache))[key])
+
+
+async def history_with_sources(
+    conn: Connection,
+    tenant_id: str,
+    target: ConversationRef,
+    args: HistoryArgs,
+    *,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Page[Message]:
-    """A page of one conversation's messages, in seq order (see plan_history)."""
-    plan = plan_history(
-        conversation,
-        first=first,
-        after=after,
-        last=last,
-        before=before,
-        after_seq=after_seq,
-        since_seq=await since_seq(conn, tenant_id, conversation, since) if since is not None else None,
-        limits=limits,
-    )
-    items = [] if plan.empty else await repo.range_(conn, tenant_id, conversation.id, plan.lo, plan.hi)
-    return page_of(plan, items)
+    """A page of the conversation `target` names, each message with its sources (get_history)."""
+    conversation = await conversations.get(conn, tenant_id, target)
+    page = await history(conn, tenant_id, conversation, args, limits=limits)
+    page.items = await with_sources(conn, tenant_id, page.items)
+    return page
 
 
 async def history_by_ref(
     conn: Connection,
     tenant_id: str,
     target: ConversationRef,
+    args: HistoryArgs = HistoryArgs(),
     *,
-    first: int | None = None,
-    after: str | None = None,
-    last: int | None = None,
-    before: str | None = None,
-    after_seq: int | None = None,
-    since: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
     cache: HotCache | None = None,
 ) -> Page[Message]:
     """A history page by conversation id or sessionId: one statement finds the conversation
     and reads the page (the hottest read; `since` needs a lookup first and takes two). With a
     `cache`, a recent page of a cached conversation is one Redis round trip instead."""
-    if since is not None:
+    if args.since is not None:
         conversation = await conversations.get(conn, tenant_id, target)
-        return await history(
-            conn,
-            tenant_id,
-            conversation,
-            first=first,
-            after=after,
-            last=last,
-            before=before,
-            after_seq=after_seq,
-            since=since,
-            limits=limits,
-        )
-    request = page_request(first=first, after=after, last=last, before=before, after_seq=after_seq, limits=limits)
-    found = await cache.page(conn, tenant_id, target, request) if cache is not None else None
+        return await history(conn, tenant_id, conversation, args, limits=limits)
+    request = args.request(limits)
+    found = await cache.page(PostgresEntries(conn), tenant_id, target, request) if cache is not None else None
     if found is None:
         found = await repo.page_by_ref(conn, tenant_id, target.id, target.session_id, request)
     if found is None:
@@ -532,6 +533,9 @@ async def ranges(
     Redis, in one round trip: messages never change, so a cached one is always right)."""
     found = await cache.ranges(tenant_id, wanted) if cache is not None else {}
     missing = [key for key in wanted if key not in found]
-    if missing:
+    if len(missing) == 1:  # the plainer statement (no unnest) for the common single page
+        cid, lo, hi = missing[0]
+        found[missing[0]] = await repo.range_(conn, tenant_id, cid, lo, hi)
+    elif missing:
         found.update(await repo.ranges(conn, tenant_id, missing))
     return found

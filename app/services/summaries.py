@@ -403,11 +403,7 @@ async def _plan(
     if row_covered[0] == up_to:
         covered = row_covered[1]
     else:  # the key was written by someone else: count what it covers
-        covered = (
-            sum(m.token_count for m in await message_service.between(conn, tenant_id, conversation_id, 1, up_to))
-            if up_to
-            else 0
-        )
+        covered = sum(m.token_count for m in await _between(conn, tenant_id, conversation_id, 1, up_to)) if up_to else 0
     pending = conversation.token_count - covered
     if pending <= 0 or conversation.last_seq <= up_to:
         return None
@@ -421,9 +417,7 @@ async def _plan(
     size = 0
     lo = up_to + 1
     while lo <= conversation.last_seq and size <= options.max_input_tokens:
-        chunk = await message_service.between(
-            conn, tenant_id, conversation_id, lo, min(lo + READ_CHUNK - 1, conversation.last_seq)
-        )
+        chunk = await _between(conn, tenant_id, conversation_id, lo, min(lo + READ_CHUNK - 1, conversation.last_seq))
         if not chunk:
             break
         candidates += chunk
@@ -540,3 +534,9 @@ def describe(outcome: Outcome) -> dict[str, Any]:
         "error": outcome.error,
         "retry_in_s": outcome.retry_in_s,
     }
+
+
+async def _between(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lo: int, hi: int) -> list[Message]:
+    """Messages lo..hi, seq ascending, through the one history-reading path."""
+    key = (conversation_id, lo, hi)
+    return (await message_service.ranges(conn, tenant_id, [key]))[key]

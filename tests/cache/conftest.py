@@ -18,7 +18,7 @@ from app.cache.options import CacheOptions
 from app.embedded.process import EmbeddedServer
 from app.embedded.redis import start_redis
 from app.models import ConversationRef, Message
-from app.services import context, conversations, messages, state
+from app.services import context, conversations, hot_fill, messages, state
 from app.services.context import ContextWindow
 from db.session import Database
 from tests.conftest import Servers
@@ -93,9 +93,9 @@ async def assert_messages(db: Database, tenant: str, got: list[Message], want: l
 async def check_history(db: Database, cache: HotCache, tenant: str, target: ConversationRef, **params: Any) -> bool:
     """The page through the cache equals the page from Postgres; True when the cache answered."""
     async with db.read() as conn:
-        want = await messages.history_by_ref(conn, tenant, target, **params)
+        want = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(**params))
         hits = _hits("history")
-        got = await messages.history_by_ref(conn, tenant, target, cache=cache, **params)
+        got = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(**params), cache=cache)
     await assert_messages(db, tenant, got.items, want.items)
     assert (got.has_next_page, got.has_previous_page, got.total_count, got.cursors) == (
         want.has_next_page,
@@ -125,8 +125,8 @@ async def check_window(db: Database, cache: HotCache, tenant: str, conversation_
     async with db.read() as conn:
         header = await conversations.get(conn, tenant, ConversationRef(id=conversation_id))
         want = await context.build_window(conn, tenant, header, **params)
-        source = cache.window_source(
-            conn, tenant, header, max_tokens=params["max_tokens"], reserve_tokens=params.get("reserve_tokens", 0)
+        source = hot_fill.window_source(
+            cache, conn, tenant, header, max_tokens=params["max_tokens"], reserve_tokens=params.get("reserve_tokens", 0)
         )
         got = await context.build_window(conn, tenant, header, source=source, **params)
     await assert_windows(db, tenant, got, want)

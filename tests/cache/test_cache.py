@@ -23,6 +23,7 @@ from app.cache.snapshot import _Ticket
 from app.errors import NotFound
 from app.models import Conversation, ConversationRef, NewMessage, Role, Source, Status
 from app.services import conversations, cursors, messages, state
+from app.services.hot_fill import PostgresEntries
 from db.session import STATEMENTS, Database, UnitOfWork
 from tests.cache.conftest import (
     Node,
@@ -112,7 +113,7 @@ async def test_hot_history_is_one_round_trip_and_no_sql(
     statements = STATEMENTS.count
     async with node.db.read() as conn:
         for target in (by_id, by_session, by_id):
-            page = await messages.history_by_ref(conn, tenant, target, last=8, cache=node.cache)
+            page = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(last=8), cache=node.cache)
             assert [m.seq for m in page.items] == list(range(23, 31))
     await asyncio.sleep(0.01)
     assert counting.calls == 3
@@ -158,7 +159,7 @@ async def test_a_fill_cannot_overwrite_newer_data(node: Node, tenant: str) -> No
     await append(node.db, tenant, conv.id, {"content": "newer"})
     fills = counter("cache_fills_total")
     async with node.db.read() as conn:
-        snapshot = await node.cache._fill(conn, tenant, conv.id, stale, node.cache._boot)
+        snapshot = await node.cache._fill(PostgresEntries(conn), tenant, conv.id, stale, node.cache._boot)
     assert snapshot is not None and snapshot.last_seq == 5
     assert counter("cache_fills_total") == fills  # refused: the version moved
     assert await node.cache.conversation(tenant, ConversationRef(id=conv.id)) is None
@@ -173,7 +174,7 @@ async def test_a_fill_older_than_the_deadline_is_dropped(node: Node, tenant: str
     old.ms -= int(FILL_DEADLINE_S * 1000) + 1
     fills = counter("cache_fills_total")
     async with node.db.read() as conn:
-        await node.cache._fill(conn, tenant, conv.id, old, node.cache._boot)
+        await node.cache._fill(PostgresEntries(conn), tenant, conv.id, old, node.cache._boot)
     assert counter("cache_fills_total") == fills
     assert await node.cache.conversation(tenant, ConversationRef(id=conv.id)) is None
 
@@ -185,7 +186,7 @@ async def test_evict_fences_fills_in_flight(node: Node, tenant: str) -> None:
     assert await evict(node.cache.redis, [(tenant, conv.id)]) == 1
     fills = counter("cache_fills_total")
     async with node.db.read() as conn:
-        await node.cache._fill(conn, tenant, conv.id, before, node.cache._boot)
+        await node.cache._fill(PostgresEntries(conn), tenant, conv.id, before, node.cache._boot)
     assert counter("cache_fills_total") == fills
 
 

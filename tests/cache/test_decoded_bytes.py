@@ -26,14 +26,16 @@ async def test_decoded_messages_never_exceed_their_byte_bound(db: Database, serv
             target = ConversationRef(id=conv.id)
             for last in (12, 5, 12):
                 async with node.db.read() as conn:
-                    page = await messages.history_by_ref(conn, tenant, target, last=last, cache=node.cache)
+                    page = await messages.history_by_ref(
+                        conn, tenant, target, messages.HistoryArgs(last=last), cache=node.cache
+                    )
                 assert [m.content.split()[0] for m in page.items] == [str(i) for i in range(12 - last, 12)]
                 held = sum(weight(raw) for raw, _ in memo._data.values())
                 assert memo.bytes == held <= LIMIT, (size, memo.bytes)
         # Small messages are still kept and reused (a hot read decodes each message once).
         async with node.db.read() as conn:
-            first = await messages.history_by_ref(conn, tenant, target, last=3, cache=node.cache)
-            again = await messages.history_by_ref(conn, tenant, target, last=3, cache=node.cache)
+            first = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(last=3), cache=node.cache)
+            again = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(last=3), cache=node.cache)
         assert len(memo) > 0 and all(a is b for a, b in zip(first.items, again.items, strict=True))
     finally:
         await node.cache.close()

@@ -24,7 +24,7 @@ import pytest
 from app.embedded.process import EmbeddedServer
 from app.errors import DomainError
 from app.models import Conversation, ConversationRef, DomainEvent, NewMessage, Role, Status
-from app.services import conversations, cursors, messages, state
+from app.services import conversations, cursors, hot_fill, messages, state
 from db.session import Database, UnitOfWork
 from tests.cache.conftest import (
     Node,
@@ -135,7 +135,7 @@ class World:
             if self.rng.random() < 0.5:
                 await messages.history_by_ref(conn, self.tenant, ConversationRef(id=conv.id), cache=node.cache)
             else:
-                source = node.cache.window_source(conn, self.tenant, conv, max_tokens=200)
+                source = hot_fill.window_source(node.cache, conn, self.tenant, conv, max_tokens=200)
                 await source.newest(conv.last_seq + 1, 8)
 
     async def refresh(self) -> None:

@@ -104,7 +104,7 @@ async def test_a_restart_fences_entries_redis_lost_writes_of(
         for key, value in zip(keys, dumps, strict=True):  # the entry as it was before that append
             await node.cache.redis.restore(key, 60_000, value, replace=True)
         async with node.db.read() as conn:
-            stale = await messages.history_by_ref(conn, tenant, target, last=5, cache=node.cache)
+            stale = await messages.history_by_ref(conn, tenant, target, messages.HistoryArgs(last=5), cache=node.cache)
         assert stale.items[-1].seq == 4  # without a restart this is what a lost write looks like
 
         restart(private_redis, redis_dir)
@@ -196,7 +196,9 @@ async def test_graphql_with_redis_down_is_degraded_but_right(
 
         async def truth() -> dict[str, Any]:
             async with db.read() as conn:
-                page = await messages.history_by_ref(conn, tenant, ConversationRef(id=uuid.UUID(conv)), last=4)
+                page = await messages.history_by_ref(
+                    conn, tenant, ConversationRef(id=uuid.UUID(conv)), messages.HistoryArgs(last=4)
+                )
             return {
                 "history": {
                     "totalCount": page.total_count,

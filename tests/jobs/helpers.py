@@ -10,12 +10,12 @@ from typing import Any
 import httpx
 from arq.connections import RedisSettings, create_pool
 
+from app.queue import json_deserializer, json_serializer
 from app.services.crm import CrmOptions
 from app.services.limits import Limits
 from app.services.maintenance import MaintenanceOptions
 from app.settings import Settings
 from db.session import Database
-from jobs.client import json_deserializer, json_serializer
 from jobs.context import WorkerState
 from tests.conftest import Servers
 

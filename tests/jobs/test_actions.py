@@ -16,10 +16,11 @@ from redis.asyncio import Redis
 
 from app import events
 from app.models import ConversationRef, EventType, Role, Status
+from app.queue import json_deserializer
 from app.services import conversations, state
 from db.session import Database
 from jobs.actions import read_dead_letters
-from jobs.client import ActionClient, json_deserializer
+from jobs.client import ActionClient
 from tests.conftest import Servers
 from tests.factories import count_rows
 from tests.jobs.conftest import WorkerProcess, pop_answer

@@ -12,10 +12,11 @@ from typing import Any
 from arq.jobs import Job
 from redis.asyncio import Redis
 
+from app.queue import json_deserializer
 from db.session import Database
 from jobs import signing
 from jobs.actions import read_dead_letters
-from jobs.client import ActionClient, json_deserializer
+from jobs.client import ActionClient
 from tests.conftest import Servers
 from tests.factories import count_rows
 from tests.jobs.conftest import WorkerProcess, eventually, wait_ready

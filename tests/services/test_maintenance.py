@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from app.cache.keys import conversation_keys
+from app.cache.keys import conversation_keys, conversation_of_key
 from app.models import ConversationRef, DomainEvent, EventType, Role, Source, Status
 from app.services import conversations, crm, maintenance, state, tenants
 from app.services.maintenance import MaintenanceOptions
@@ -123,11 +123,11 @@ async def test_eviction_drops_the_cache_of_closed_and_gone_conversations_only(
 
 def test_conversation_keys_are_recognised_by_their_hash_tag() -> None:
     cid = uuid.uuid4()
-    assert maintenance.conversation_of_key(f"cs:{{acme:eu:{cid}}}:m") == ("acme:eu", cid)
-    assert maintenance.conversation_of_key(f"cs:{{acme:{cid}}}".encode()) == ("acme", cid)
-    assert maintenance.conversation_of_key("cs:{acme}:crm:customer:x") is None
-    assert maintenance.conversation_of_key(f"arq:{{acme:{cid}}}") is None
-    assert maintenance.conversation_of_key("cs:{acme:not-a-uuid}:x") is None
+    assert conversation_of_key(f"cs:{{acme:eu:{cid}}}:m") == ("acme:eu", cid)
+    assert conversation_of_key(f"cs:{{acme:{cid}}}".encode()) == ("acme", cid)
+    assert conversation_of_key("cs:{acme}:crm:customer:x") is None
+    assert conversation_of_key(f"arq:{{acme:{cid}}}") is None
+    assert conversation_of_key("cs:{acme:not-a-uuid}:x") is None
 
 
 async def test_retention_purges_conversations_closed_before_the_cutoff_with_everything_they_own(

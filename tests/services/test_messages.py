@@ -295,35 +295,35 @@ async def test_history_pages(db: Database, tenant: str) -> None:
         assert [m.seq for m in default.items] == list(range(71, 121))
         assert default.has_previous_page and not default.has_next_page and default.total_count == 120
 
-        fwd = await messages.history(conn, tenant, conv, first=30)
+        fwd = await messages.history(conn, tenant, conv, messages.HistoryArgs(first=30))
         assert [m.seq for m in fwd.items] == list(range(1, 31)) and fwd.has_next_page and not fwd.has_previous_page
-        fwd2 = await messages.history(conn, tenant, conv, first=100, after=fwd.end_cursor)
+        fwd2 = await messages.history(conn, tenant, conv, messages.HistoryArgs(first=100, after=fwd.end_cursor))
         assert [m.seq for m in fwd2.items] == list(range(31, 121)) and not fwd2.has_next_page
         assert fwd2.has_previous_page
 
-        back = await messages.history(conn, tenant, conv, last=20, before=default.start_cursor)
+        back = await messages.history(conn, tenant, conv, messages.HistoryArgs(last=20, before=default.start_cursor))
         assert [m.seq for m in back.items] == list(range(51, 71)) and back.has_next_page and back.has_previous_page
 
-        after_seq = await messages.history(conn, tenant, conv, after_seq=115)
+        after_seq = await messages.history(conn, tenant, conv, messages.HistoryArgs(after_seq=115))
         assert [m.seq for m in after_seq.items] == [116, 117, 118, 119, 120] and after_seq.total_count == 5
         assert not after_seq.has_next_page
 
-        past_end = await messages.history(conn, tenant, conv, after_seq=500)
+        past_end = await messages.history(conn, tenant, conv, messages.HistoryArgs(after_seq=500))
         assert past_end.items == [] and past_end.total_count == 0
 
-        m60 = (await messages.history(conn, tenant, conv, after_seq=59, first=1)).items[0]
-        since = await messages.history(conn, tenant, conv, since=m60.created_at, first=3)
+        m60 = (await messages.history(conn, tenant, conv, messages.HistoryArgs(after_seq=59, first=1))).items[0]
+        since = await messages.history(conn, tenant, conv, messages.HistoryArgs(since=m60.created_at, first=3))
         assert next(m.seq for m in since.items) <= 60
         assert all(m.created_at >= m60.created_at for m in since.items)
 
         with pytest.raises(BadUserInput):
-            await messages.history(conn, tenant, conv, first=101)
+            await messages.history(conn, tenant, conv, messages.HistoryArgs(first=101))
         with pytest.raises(BadUserInput):
-            await messages.history(conn, tenant, conv, last=-1)
+            await messages.history(conn, tenant, conv, messages.HistoryArgs(last=-1))
         with pytest.raises(BadUserInput):
-            await messages.history(conn, tenant, conv, first=1, last=1)
+            await messages.history(conn, tenant, conv, messages.HistoryArgs(first=1, last=1))
         with pytest.raises(BadUserInput):
-            await messages.history(conn, tenant, conv, after="not-a-cursor")
+            await messages.history(conn, tenant, conv, messages.HistoryArgs(after="not-a-cursor"))
 
 
 async def test_one_statement_history_equals_the_planned_one(db: Database, tenant: str) -> None:
@@ -347,8 +347,8 @@ async def test_one_statement_history_equals_the_planned_one(db: Database, tenant
             if rng.random() < 0.3:
                 args["after_seq"] = rng.randint(0, 40)
             ref = ConversationRef(id=conv.id) if rng.random() < 0.5 else ConversationRef(session_id="paging")
-            one = await messages.history_by_ref(conn, tenant, ref, **args)  # type: ignore[arg-type]
-            two = await messages.history(conn, tenant, conv, **args)  # type: ignore[arg-type]
+            one = await messages.history_by_ref(conn, tenant, ref, messages.HistoryArgs(**args))  # type: ignore[arg-type]
+            two = await messages.history(conn, tenant, conv, messages.HistoryArgs(**args))  # type: ignore[arg-type]
             assert [m.seq for m in one.items] == [m.seq for m in two.items], args
             assert (one.has_next_page, one.has_previous_page, one.total_count) == (
                 two.has_next_page,

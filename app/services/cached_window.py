@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from app.cache.snapshot import Snapshot
+from app.cache.client import HotCache
+from app.cache.snapshot import EntrySource, Snapshot
 from app.models import Conversation, Message
 from app.services.context import PostgresWindowSource, Prelude
 from db.session import Connection
-
-if TYPE_CHECKING:
-    from app.cache.client import HotCache
 
 
 class CachedWindowSource:
@@ -18,12 +14,19 @@ class CachedWindowSource:
     the newest messages come from one Redis call made on first use; messages older than the cached
     suffix, or newer than it (a cache behind the header the window was asked for), from Postgres."""
 
-    __slots__ = ("_loaded", "cache", "conn", "conversation", "pg", "prefetch", "snapshot", "tenant_id")
+    __slots__ = ("_loaded", "cache", "conn", "conversation", "entries", "pg", "prefetch", "snapshot", "tenant_id")
 
     def __init__(
-        self, cache: HotCache, conn: Connection, tenant_id: str, conversation: Conversation, prefetch: int
+        self,
+        cache: HotCache,
+        entries: EntrySource,
+        conn: Connection,
+        tenant_id: str,
+        conversation: Conversation,
+        prefetch: int,
     ) -> None:
         self.cache = cache
+        self.entries = entries
         self.conn = conn
         self.tenant_id = tenant_id
         self.conversation = conversation
@@ -35,7 +38,7 @@ class CachedWindowSource:
     async def _snapshot(self) -> Snapshot | None:
         if not self._loaded:
             self._loaded = True
-            self.snapshot = await self.cache._window(self.conn, self.tenant_id, self.conversation.id, self.prefetch)
+            self.snapshot = await self.cache.window(self.entries, self.tenant_id, self.conversation.id, self.prefetch)
         return self.snapshot
 
     async def prelude(self, *, from_seq: int, up_to_seq: int) -> Prelude:
@@ -67,7 +70,7 @@ class CachedWindowSource:
             top = bottom - 1
         if top >= lo and top >= snap.head:
             bottom = max(lo, snap.head)
-            cached = await self.cache._range(self.tenant_id, self.conversation.id, bottom, top)
+            cached = await self.cache.range_of(self.tenant_id, self.conversation.id, bottom, top)
             if cached is not None:
                 out.extend(reversed(cached))
                 top = bottom - 1
