@@ -202,7 +202,8 @@ async def close(conn: Connection, tenant_id: str, id: uuid.UUID, reason: str | N
     row = await conn.fetchrow(
         f"""
         UPDATE conversations
-        SET status = 'closed', closed_at = clock_timestamp(), close_reason = $3, updated_at = clock_timestamp()
+        -- statement_timestamp(): Citus refuses volatile functions in UPDATEs of distributed tables
+        SET status = 'closed', closed_at = statement_timestamp(), close_reason = $3, updated_at = statement_timestamp()
         WHERE tenant_id = $1 AND id = $2 AND status = 'active'
         RETURNING {CONVERSATION_COLUMNS}
         """,
