@@ -35,7 +35,7 @@ def _run_id(info: Any) -> bytes:
 CLUSTER_BOOT = b"*"
 
 
-def _cluster_client(seeds: str, options: CacheOptions, on_connect: Any) -> Any:
+def _cluster_client(seeds: str, options: CacheOptions) -> Any:
     from redis.asyncio.cluster import ClusterNode, RedisCluster
 
     nodes = []
@@ -46,7 +46,6 @@ def _cluster_client(seeds: str, options: CacheOptions, on_connect: Any) -> Any:
         startup_nodes=nodes,
         socket_timeout=options.timeout_s,
         socket_connect_timeout=options.timeout_s,
-        redis_connect_func=on_connect,
         # A failover is followed within the breaker's budget: MOVED / a dead node refresh the slots.
         cluster_error_retry_attempts=3,
     )
@@ -62,7 +61,14 @@ class HotCacheBase:
             # REDIS_CLUSTER_NODES (docs/scaling.md): the hot store on a Redis Cluster. Its scripts
             # already touch one slot each (hash tags); the client is typed as Redis because the
             # commands used here exist on both clients.
-            self.redis: Redis = _cluster_client(cluster_nodes, self.options, self._on_cluster_connect)  # type: ignore[assignment]
+            self.redis: Redis = _cluster_client(cluster_nodes, self.options)
+            # The client cannot know which node will answer a script (a failover moves a slot to
+            # a replica under a call in flight, and the client follows MOVED with the same
+            # arguments), so it sends CLUSTER_BOOT and each node fences with its own run_id, read
+            # inside the script (lua/common.lua): entries a promoted replica got from the old
+            # master carry the old master's run_id and read as misses there. Scripts are loaded
+            # on NOSCRIPT (_eval, _run_calls): the cluster client has no per-connection hook.
+            self._boot = CLUSTER_BOOT
         else:
             self.redis = Redis.from_url(
                 redis_url,
@@ -102,18 +108,6 @@ class HotCacheBase:
                 boot.decode(errors="replace"),
             )
         self._boot = boot
-
-    async def _on_cluster_connect(self, conn: Any) -> None:
-        """On a Cluster the client cannot know which node will answer a script (a failover moves
-        a slot to a replica under a call in flight, and the client follows MOVED with the same
-        arguments), so it sends the boot id CLUSTER_BOOT and each node fences with its own run_id,
-        read inside the script (lua/common.lua): entries a promoted replica got from the old
-        master carry the old master's run_id and read as misses there."""
-        await conn.on_connect()
-        for script in SCRIPTS:
-            await conn.send_command("SCRIPT", "LOAD", script.source)
-            await conn.read_response()
-        self._boot = CLUSTER_BOOT
 
     async def _ready(self) -> bool:
         if self._closed or time.monotonic() < self._down_until:
