@@ -1,7 +1,8 @@
 """Running the suites on Citus: `pytest --cluster citus` (or TEST_CLUSTER=citus).
 
 The session's Postgres is then a local Citus cluster (coordinator + 2 workers, app/embedded/citus.py)
-instead of the single embedded server, and every test is checked for multi-shard statements: the
+instead of the single embedded server, the hot store a Redis Cluster (3 masters + 3 replicas,
+REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: the
 coordinator logs each statement that runs as more than one task (Citus'
 ``citus.multi_task_query_log_level``, with the statement itself via ``log_min_error_statement``), and
 after each test the new lines are read. A statement that is not on the allow-list below fails the
@@ -138,6 +139,13 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
         "ALTER DATABASE conversations SET log_min_error_statement = 'warning';",
     )
     install_guard(cluster.coordinator.data_dir / "postgres.log")
+    # The hot store on a 3-master Redis Cluster too (pub/sub and arq stay on the single Redis, as in
+    # production: docs/scaling.md). Every Settings() the suites build reads it from the environment.
+    from app.embedded.redis_cluster import start_redis_cluster
+
+    redis_cluster = start_redis_cluster(root / "redis-cluster")
+    started.extend(redis_cluster.nodes)
+    os.environ["REDIS_CLUSTER_NODES"] = redis_cluster.seeds
     return cluster.url
 
 
