@@ -97,23 +97,29 @@ class ShardGuard:
         return found
 
 
-_guard: ShardGuard | None = None
+#: The session's guard (one per session: the plugin module is imported once).
+_guards: list[ShardGuard] = []
 
 
 def install_guard(log_path: Path) -> ShardGuard:
-    global _guard
-    _guard = ShardGuard(log_path)
-    _guard.skip_to_end()
-    return _guard
+    guard = ShardGuard(log_path)
+    guard.skip_to_end()
+    _guards[:] = [guard]
+    return guard
+
+
+def current_guard() -> ShardGuard | None:
+    return _guards[0] if _guards else None
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> object:
-    if _guard is not None:
-        _guard.skip_to_end()  # fixtures' setup (factories, other tenants) is not the request path
+    guard = current_guard()
+    if guard is not None:
+        guard.skip_to_end()  # fixtures' setup (factories, other tenants) is not the request path
     result = yield
-    if _guard is not None:
-        statements = _guard.new_multi_shard_statements()
+    if guard is not None:
+        statements = guard.new_multi_shard_statements()
         if statements:
             listing = "\n".join(f"  - {s[:400]}" for s in dict.fromkeys(statements))
             pytest.fail(
@@ -140,7 +146,9 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
     )
     install_guard(cluster.coordinator.data_dir / "postgres.log")
     # The hot store on a 3-master Redis Cluster too (pub/sub and arq stay on the single Redis, as in
-    # production: docs/scaling.md). Every Settings() the suites build reads it from the environment.
+    # production: docs/scaling.md). Every Settings() the suites build reads it from the environment. TEST_REDIS_CLUSTER=0: Citus alone.
+    if os.environ.get("TEST_REDIS_CLUSTER", "1") == "0":
+        return cluster.url
     from app.embedded.redis_cluster import start_redis_cluster
 
     redis_cluster = start_redis_cluster(root / "redis-cluster")

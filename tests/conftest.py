@@ -24,7 +24,6 @@ os.environ.setdefault("WORKER_STALE_S", "0")
 from db.migrate import upgrade
 from db.session import Database, create_pool
 
-
 pytest_plugins = ["tests.citus_cluster"]
 
 

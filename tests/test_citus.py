@@ -63,7 +63,7 @@ async def test_a_table_added_later_is_distributed_by_the_next_migrate(db: Databa
 
 async def test_the_guard_sees_multi_shard_statements_and_not_routed_ones(db: Database, tenant: str) -> None:
     await _citus_or_skip(db)
-    guard = citus_cluster._guard
+    guard = citus_cluster.current_guard()
     assert guard is not None
     async with db.pool.acquire() as conn:
         await conn.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", tenant)

@@ -61,7 +61,7 @@ class HotCacheBase:
             # REDIS_CLUSTER_NODES (docs/scaling.md): the hot store on a Redis Cluster. Its scripts
             # already touch one slot each (hash tags); the client is typed as Redis because the
             # commands used here exist on both clients.
-            self.redis: Redis = _cluster_client(cluster_nodes, self.options)
+            self.redis = _cluster_client(cluster_nodes, self.options)
             # The client cannot know which node will answer a script (a failover moves a slot to
             # a replica under a call in flight, and the client follows MOVED with the same
             # arguments), so it sends CLUSTER_BOOT and each node fences with its own run_id, read

@@ -112,8 +112,9 @@ async def _run_calls(redis: Redis, calls: Sequence[Call]) -> list[Any]:
         if hasattr(redis, "get_node_from_key"):
             # Redis Cluster (REDIS_CLUSTER_NODES): redis-py refuses EVALSHA in cluster pipelines;
             # concurrent calls, each routed to its slot's node, keep it to about one round trip.
+            cluster: Any = redis  # a RedisCluster, typed as the Redis it stands in for
             answers = await asyncio.gather(
-                *(redis.evalsha(calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2]) for i in pending),
+                *(cluster.evalsha(calls[i][0].sha, len(calls[i][1]), *calls[i][1], *calls[i][2]) for i in pending),
                 return_exceptions=True,
             )
         else:

@@ -80,14 +80,18 @@ def start_redis_cluster(data_dir: Path, *, masters: int = 3, replicas: int = 1) 
                     persist=False,
                     port=port,
                     extra_args=[
-                        "--cluster-enabled", "yes",
-                        "--cluster-config-file", "nodes.conf",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
                         # Failure detection; a killed master's replica takes over after about this.
-                        "--cluster-node-timeout", "1000",
+                        "--cluster-node-timeout",
+                        "1000",
                         # A replica may promote even when it lost the link a while ago (tests kill masters).
-                        "--cluster-replica-validity-factor", "0",
+                        "--cluster-replica-validity-factor",
+                        "0",
                     ],
-                )  # fmt: skip
+                )
             )
         redis_cli(
             "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
