@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from app.embedded.citus import CitusCluster
 from app.embedded.process import EmbeddedServer
 
 #: Statements allowed to touch many shards, by a fragment of their text, each with why.
@@ -34,6 +35,9 @@ ALLOWED_MULTI_SHARD: dict[str, str] = {
     "alembic_version": "migrations",
     "create_distributed_table": "migrations",
     "pg_dist_": "the guard's own metadata queries",
+    "citus_move_shard_placement": "online growth: the operator's shard move",
+    "citus_shards": "online growth: where a shard is",
+    "citus_tables": "tests reading Citus metadata",
 }
 
 _MULTI_TASK = re.compile(r"(?:WARNING|NOTICE):\s+multi-task query about to be executed")
@@ -108,6 +112,14 @@ def install_guard(log_path: Path) -> ShardGuard:
     return guard
 
 
+#: The session's Citus cluster, its directory, and the servers list the session stops at its end.
+_clusters: list[tuple[CitusCluster, Path, list[EmbeddedServer]]] = []
+
+
+def current_cluster() -> tuple[CitusCluster, Path, list[EmbeddedServer]] | None:
+    return _clusters[0] if _clusters else None
+
+
 def current_guard() -> ShardGuard | None:
     return _guards[0] if _guards else None
 
@@ -137,6 +149,7 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
 
     cluster = start_citus_cluster(root, fsync=False)
     started.extend([cluster.coordinator, *cluster.workers])
+    _clusters[:] = [(cluster, root, started)]
     upgrade(cluster.url)
     # New sessions (the test pools open after this) log every multi-task statement with its text.
     _psql_coordinator(

@@ -191,6 +191,10 @@ def _build(source: Path, wheel_site: Path, root: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Every node: Citus loaded; logical WAL so shards move without blocking writes (online growth).
+NODE_OPTIONS = ["shared_preload_libraries=citus", "wal_level=logical", "max_replication_slots=20", "max_wal_senders=20"]
+
+
 @dataclass
 class CitusCluster:
     coordinator: EmbeddedServer
@@ -221,7 +225,7 @@ def start_citus_cluster(
     from app.embedded.postgres import start_postgres
 
     pginstall = citus_install()
-    options = ["shared_preload_libraries=citus", "citus.log_remote_commands=off"]
+    options = NODE_OPTIONS
     started: list[EmbeddedServer] = []
     try:
         coordinator = start_postgres(
@@ -259,7 +263,7 @@ def add_worker(
 
     pginstall = citus_install()
     node = start_postgres(
-        data_dir, fsync=fsync, dbname=dbname, install=pginstall, options=["shared_preload_libraries=citus"]
+        data_dir, fsync=fsync, dbname=dbname, install=pginstall, options=NODE_OPTIONS
     )
     _psql(pginstall, node.port, dbname, "CREATE EXTENSION IF NOT EXISTS citus;")
     _psql(pginstall, cluster.coordinator.port, dbname, f"SELECT citus_add_node('127.0.0.1', {node.port});")
