@@ -68,12 +68,16 @@ async def test_a_shard_group_moves_to_a_new_worker_while_writers_append(db: Data
         await fifth_written.wait()
         conn = await asyncpg.connect(cluster.url)
         try:
-            shard = await conn.fetchval("SELECT get_shard_id_for_distribution_column('conversations', $1)", tenants[0])
+            shard = await conn.fetchval(
+                "SELECT get_shard_id_for_distribution_column('conversations', $1::text)", tenants[0]
+            )
             node = await conn.fetchrow("SELECT nodename, nodeport FROM citus_shards WHERE shardid = $1", shard)
             assert node is not None
             began = time.monotonic()
+            # A new node needs the reference tables (tenants, api_keys) before it can take shards.
+            await conn.execute("SELECT replicate_reference_tables('force_logical')")
             await conn.execute(
-                "SELECT citus_move_shard_placement($1, $2, $3, '127.0.0.1', $4, shard_transfer_mode => 'force_logical')",
+                "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, shard_transfer_mode => 'force_logical')",
                 shard,
                 node["nodename"],
                 node["nodeport"],

@@ -262,9 +262,7 @@ def add_worker(
     from app.embedded.postgres import start_postgres
 
     pginstall = citus_install()
-    node = start_postgres(
-        data_dir, fsync=fsync, dbname=dbname, install=pginstall, options=NODE_OPTIONS
-    )
+    node = start_postgres(data_dir, fsync=fsync, dbname=dbname, install=pginstall, options=NODE_OPTIONS)
     _psql(pginstall, node.port, dbname, "CREATE EXTENSION IF NOT EXISTS citus;")
     _psql(pginstall, cluster.coordinator.port, dbname, f"SELECT citus_add_node('127.0.0.1', {node.port});")
     cluster.workers.append(node)

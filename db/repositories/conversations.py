@@ -168,7 +168,7 @@ async def update(
 ) -> Conversation | None:
     row = await conn.fetchrow(
         f"""
-        WITH clock AS (SELECT clock_timestamp() AS now)
+        WITH clock AS (SELECT statement_timestamp() AS now)  -- stable: routed whole on Citus
         UPDATE conversations SET
             title = CASE WHEN $3 THEN $4 ELSE title END,
             tags = COALESCE($5::text[], tags),
@@ -218,7 +218,7 @@ async def advance(conn: Connection, tenant_id: str, id: uuid.UUID, count: int, t
     """Reserve `count` seqs and add to the counters (the batch append; the row is locked)."""
     row = await conn.fetchrow(
         f"""
-        WITH clock AS (SELECT clock_timestamp() AS now)
+        WITH clock AS (SELECT statement_timestamp() AS now)  -- stable: routed whole on Citus
         UPDATE conversations
         SET last_seq = last_seq + $3,
             message_count = message_count + $3,

@@ -104,7 +104,7 @@ async def settle(
         -- (timestamptz + interval) over a column, in UPDATEs of distributed tables.
         WITH clock AS (
             SELECT t AS now, t + make_interval(secs => coalesce($5::float8, 0)) AS retry_at
-            FROM (SELECT clock_timestamp() AS t) c
+            FROM (SELECT statement_timestamp() AS t) c
         )
         UPDATE crm_outbox
         SET status = $3,
