@@ -40,7 +40,7 @@ pytest: $(STAMP)
 ## The cluster suite: a representative subset on Citus (coordinator + 2 workers) with the hot store on
 ## a Redis Cluster, every test checked for multi-shard statements (docs/scaling.md). Citus is built
 ## once per machine (~/.cache/conversation-service); without its source this prints one line and passes.
-CLUSTER_TESTS ?= tests/test_citus.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/cache/test_redis_cluster.py
+CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/cache/test_redis_cluster.py
 # Times out on Citus under load (docs/scaling.md, "Known gaps").
 CLUSTER_DESELECT ?= -k 'not ten_writers_and_fifty_subscribers'
 pytest-cluster: $(STAMP)
