@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -312,6 +313,37 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_cluster(settings: Settings, args: argparse.Namespace) -> int:
+    """A local Citus cluster (coordinator + workers) in DATA_DIR/citus, migrated; runs until Ctrl-C.
+
+    Builds Citus on first use (minutes, once per machine; app/embedded/citus.py). `run --cluster
+    citus` (or CLUSTER=citus) starts the whole service on it instead.
+    """
+    import signal
+    import threading
+
+    from app.embedded.citus import CitusUnavailable, start_citus_cluster
+    from db.migrate import upgrade
+
+    try:
+        cluster = start_citus_cluster(settings.resolved_data_dir / "citus", workers=args.workers)
+    except CitusUnavailable as exc:
+        print(f"dev-cluster: {exc}", file=sys.stderr)
+        return 1
+    try:
+        upgrade(cluster.url)
+        print(f"Citus coordinator: DATABASE_URL={cluster.url}", flush=True)
+        for node in cluster.workers:
+            print(f"  worker: {node.url}", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    finally:
+        cluster.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conversation-service", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,9 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        p.add_argument("--cluster", choices=["none", "citus"], help="overrides CLUSTER (embedded servers only)")
         p.set_defaults(func=func)
     sub.add_parser("worker", help="the arq worker").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    dc = sub.add_parser("dev-cluster", help="a local Citus cluster (coordinator + workers) until Ctrl-C")
+    dc.add_argument("--workers", type=int, default=2)
+    dc.set_defaults(func=cmd_dev_cluster)
 
     tenant = sub.add_parser("tenant", help="tenants").add_subparsers(dest="tenant_command", required=True)
     create = tenant.add_parser("create", help="create a tenant (idempotent)")
@@ -365,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "cluster", None):
+        settings = settings.model_copy(update={"cluster": args.cluster})
     _setup_logging(settings)
     try:
         code: int = args.func(settings, args)

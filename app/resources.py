@@ -52,7 +52,11 @@ class Resources:
         )
         db = Database(pool)
         hub = EventHub(redis_url, queue_size=settings.subscriber_queue_size)
-        cache = HotCache(redis_url, CacheOptions.from_settings(settings)) if settings.cache_enabled else None
+        cache = (
+            HotCache(redis_url, CacheOptions.from_settings(settings), cluster_nodes=settings.redis_cluster_nodes)
+            if settings.cache_enabled
+            else None
+        )
         resources = cls(
             settings=settings,
             db=db,

@@ -50,6 +50,8 @@ def resolve(settings: Settings, *, need_redis: bool = True, start: bool = True) 
 def _resolve(settings: Settings, started: list[EmbeddedServer], *, need_redis: bool, start: bool) -> Endpoints:
     data_dir = settings.resolved_data_dir
     database_url = settings.database_url
+    if not database_url and settings.cluster == "citus":
+        database_url = _citus(settings, started, start=start)
     if not database_url:
         from app.embedded.postgres import running_postgres, start_postgres
 
@@ -77,6 +79,26 @@ def _resolve(settings: Settings, started: list[EmbeddedServer], *, need_redis: b
         else:
             redis_url = ""
     return Endpoints(database_url=database_url, redis_url=redis_url, started=started)
+
+
+def _citus(settings: Settings, started: list[EmbeddedServer], *, start: bool) -> str:
+    """CLUSTER=citus: the local Citus cluster in DATA_DIR/citus (dev tooling, imported lazily)."""
+    from app.embedded.citus import running_citus, start_citus_cluster
+
+    root = settings.resolved_data_dir / "citus"
+    url = running_citus(root)
+    if url is not None:
+        return url
+    if not start and not (root / "coordinator" / "PG_VERSION").is_file():
+        raise NoServers(_nothing_running(settings, "DATABASE_URL"))
+    cluster = start_citus_cluster(root, fsync=True)
+    started.extend([cluster.coordinator, *cluster.workers])
+    log.info(
+        "started a local Citus cluster: coordinator on port %s, workers on %s",
+        cluster.coordinator.port,
+        ", ".join(str(w.port) for w in cluster.workers),
+    )
+    return cluster.url
 
 
 def _nothing_running(settings: Settings, variable: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -191,6 +192,12 @@ class Settings(BaseSettings):
     otel_exporter_otlp_endpoint: str | None = None
     #: `service.name` of the spans (the API and the worker differ by `conversation_service.role`).
     otel_service_name: str = "conversation-service"
+    # Scale-out (issue 13: app/embedded/citus.py, db/distribute.py, docs/scaling.md).
+    #: `citus`: with no DATABASE_URL, `run` starts a local Citus cluster (coordinator + 2 workers) in
+    #: DATA_DIR/citus instead of one embedded Postgres; `none`: the single embedded Postgres.
+    cluster: Literal["none", "citus"] = "none"
+    #: Seed nodes (`host:port,host:port`) of a Redis Cluster for the hot store; unset: REDIS_URL's node.
+    redis_cluster_nodes: str = ""
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

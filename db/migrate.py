@@ -54,6 +54,12 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     finally:
         for name in _CHATTY:
             logging.getLogger(name).removeFilter(quiet)
+    if revision == "head":
+        # On Citus, tables the migrations just made (whoever wrote them) are distributed by tenant;
+        # a no-op on plain Postgres. Alembic's env ran its own loop in this thread and closed it.
+        from db.distribute import distribute_url
+
+        asyncio.run(distribute_url(database_url))
     if quiet.applied:
         # A step reads "upgrade <from> -> <to>, <message>".
         head = quiet.applied[-1].split(",", 1)[0].rsplit(" ", 1)[-1]

@@ -24,6 +24,8 @@ os.environ.setdefault("WORKER_STALE_S", "0")
 from db.migrate import upgrade
 from db.session import Database, create_pool
 
+pytest_plugins = ["tests.citus_cluster"]
+
 
 @dataclass
 class Servers:
@@ -32,12 +34,16 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers() -> Iterator[Servers]:
+def servers(request: pytest.FixtureRequest) -> Iterator[Servers]:
     database_url = os.environ.get("TEST_DATABASE_URL")
     redis_url = os.environ.get("TEST_REDIS_URL")
     root = Path(tempfile.mkdtemp(prefix="cs-tests-"))
     started: list[EmbeddedServer] = []
     try:
+        from tests import citus_cluster  # registered as a plugin above: imported once pytest has
+
+        if not database_url and citus_cluster.cluster_requested(request.config):
+            database_url = citus_cluster.start(root / "citus", started)
         if not database_url:
             pg = start_postgres(root / "postgres", fsync=False)
             started.append(pg)

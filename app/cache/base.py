@@ -31,18 +31,51 @@ def _run_id(info: Any) -> bytes:
     raise ValueError("INFO server has no run_id")
 
 
+#: The boot id argument that tells a script to use the answering node's own run_id (Cluster).
+CLUSTER_BOOT = b"*"
+
+
+def _cluster_client(seeds: str, options: CacheOptions) -> Any:
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    nodes = []
+    for seed in seeds.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        nodes.append(ClusterNode(host or "127.0.0.1", int(port)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        socket_timeout=options.timeout_s,
+        socket_connect_timeout=options.timeout_s,
+        # A failover is followed within the breaker's budget: MOVED / a dead node refresh the slots.
+        cluster_error_retry_attempts=3,
+    )
+
+
 class HotCacheBase:
     """What every part of HotCache (app/cache/client.py) shares."""
 
-    def __init__(self, redis_url: str, options: CacheOptions | None = None) -> None:
+    def __init__(self, redis_url: str, options: CacheOptions | None = None, *, cluster_nodes: str = "") -> None:
         self.options = options or CacheOptions()
-        self.redis = Redis.from_url(
-            redis_url,
-            socket_timeout=self.options.timeout_s,
-            socket_connect_timeout=self.options.timeout_s,
-            redis_connect_func=self._on_connect,
-        )
         self._boot: bytes | None = None
+        if cluster_nodes:
+            # REDIS_CLUSTER_NODES (docs/scaling.md): the hot store on a Redis Cluster. Its scripts
+            # already touch one slot each (hash tags); the client is typed as Redis because the
+            # commands used here exist on both clients.
+            self.redis = _cluster_client(cluster_nodes, self.options)
+            # The client cannot know which node will answer a script (a failover moves a slot to
+            # a replica under a call in flight, and the client follows MOVED with the same
+            # arguments), so it sends CLUSTER_BOOT and each node fences with its own run_id, read
+            # inside the script (lua/common.lua): entries a promoted replica got from the old
+            # master carry the old master's run_id and read as misses there. Scripts are loaded
+            # on NOSCRIPT (_eval, _run_calls): the cluster client has no per-connection hook.
+            self._boot = CLUSTER_BOOT
+        else:
+            self.redis = Redis.from_url(
+                redis_url,
+                socket_timeout=self.options.timeout_s,
+                socket_connect_timeout=self.options.timeout_s,
+                redis_connect_func=self._on_connect,
+            )
         self._down_until = 0.0
         self._last_warning = 0.0
         #: (tenant, conversation) → mark number: writes of this process that Redis may not have.

@@ -46,15 +46,19 @@ def start_postgres(
     fsync: bool = True,
     dbname: str = "conversations",
     port: int | None = None,
+    install: Path | None = None,
+    options: list[str] | None = None,
 ) -> EmbeddedServer:
     """Start postgres on ``data_dir`` (initialising it on first use) and ensure ``dbname`` exists.
 
     ``fsync=False`` trades crash safety for speed; meant for throwaway test clusters only.
+    ``install`` runs another pginstall (the Citus copy, app/embedded/citus.py); ``options`` are extra
+    ``-c name=value`` server settings.
     """
     _require_main_thread()
     data_dir = data_dir.resolve()
     run_as = _postgres_run_as()
-    bin_dir = _postgres_install(run_as) / "bin"
+    bin_dir = (install if install is not None else _postgres_install(run_as)) / "bin"
 
     data_dir.mkdir(parents=True, exist_ok=True)
     if run_as is not None:
@@ -92,6 +96,8 @@ def start_postgres(
             # stderr already goes to postgres.log; the collector would add a process and a log dir.
             "-c", "logging_collector=off",
         ]  # fmt: skip
+        for option in options or []:
+            args += ["-c", option]
         if not fsync:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         log_offset = _file_size(log_path)

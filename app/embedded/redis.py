@@ -33,7 +33,9 @@ _REDIS_LOG = "redis.log"
 _REDIS_STATE = "embedded-redis.json"
 
 
-def start_redis(data_dir: Path, *, persist: bool = True, port: int | None = None) -> EmbeddedServer:
+def start_redis(
+    data_dir: Path, *, persist: bool = True, port: int | None = None, extra_args: list[str] | None = None
+) -> EmbeddedServer:
     """Start ``redis-server`` with its files in ``data_dir``.
 
     persist=True uses the append-only file with ``appendfsync everysec`` and no RDB snapshots: every
@@ -67,6 +69,7 @@ def start_redis(data_dir: Path, *, persist: bool = True, port: int | None = None
             "--dir", str(data_dir),
             "--daemonize", "no",
             *persistence,
+            *(extra_args or []),
         ]  # fmt: skip
         log_offset = _file_size(log_path)
         proc = _spawn(args, log_path, run_as=None)

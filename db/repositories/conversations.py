@@ -168,7 +168,7 @@ async def update(
 ) -> Conversation | None:
     row = await conn.fetchrow(
         f"""
-        WITH clock AS (SELECT clock_timestamp() AS now)
+        WITH clock AS (SELECT statement_timestamp() AS now)  -- stable: routed whole on Citus
         UPDATE conversations SET
             title = CASE WHEN $3 THEN $4 ELSE title END,
             tags = COALESCE($5::text[], tags),
@@ -202,7 +202,8 @@ async def close(conn: Connection, tenant_id: str, id: uuid.UUID, reason: str | N
     row = await conn.fetchrow(
         f"""
         UPDATE conversations
-        SET status = 'closed', closed_at = clock_timestamp(), close_reason = $3, updated_at = clock_timestamp()
+        -- statement_timestamp(): Citus refuses volatile functions in UPDATEs of distributed tables
+        SET status = 'closed', closed_at = statement_timestamp(), close_reason = $3, updated_at = statement_timestamp()
         WHERE tenant_id = $1 AND id = $2 AND status = 'active'
         RETURNING {CONVERSATION_COLUMNS}
         """,
@@ -217,7 +218,7 @@ async def advance(conn: Connection, tenant_id: str, id: uuid.UUID, count: int, t
     """Reserve `count` seqs and add to the counters (the batch append; the row is locked)."""
     row = await conn.fetchrow(
         f"""
-        WITH clock AS (SELECT clock_timestamp() AS now)
+        WITH clock AS (SELECT statement_timestamp() AS now)  -- stable: routed whole on Citus
         UPDATE conversations
         SET last_seq = last_seq + $3,
             message_count = message_count + $3,

@@ -72,12 +72,13 @@ async def claim(conn: Connection, tenant_id: str, id: uuid.UUID, lease_s: float)
     None when it is not due, already settled, or another sender holds it."""
     return await conn.fetchrow(
         f"""
+        -- statement_timestamp(): Citus refuses volatile functions in UPDATEs of distributed tables
         UPDATE crm_outbox
         SET attempts = attempts + 1,
-            locked_until = clock_timestamp() + make_interval(secs => $3),
-            updated_at = clock_timestamp()
-        WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND next_attempt_at <= clock_timestamp()
-          AND (locked_until IS NULL OR locked_until < clock_timestamp())
+            locked_until = statement_timestamp() + make_interval(secs => $3),
+            updated_at = statement_timestamp()
+        WHERE tenant_id = $1 AND id = $2 AND status = 'pending' AND next_attempt_at <= statement_timestamp()
+          AND (locked_until IS NULL OR locked_until < statement_timestamp())
         RETURNING {OUTBOX_COLUMNS}
         """,
         tenant_id,
@@ -99,14 +100,21 @@ async def settle(
     The last error is kept after a later success: it says what the earlier attempts met."""
     return await conn.fetchrow(
         f"""
+        -- The clock CTE: Citus allows no non-immutable function inside CASE, nor a stable one
+        -- (timestamptz + interval) over a column, in UPDATEs of distributed tables.
+        WITH clock AS (
+            SELECT t AS now, t + make_interval(secs => coalesce($5::float8, 0)) AS retry_at
+            FROM (SELECT statement_timestamp() AS t) c
+        )
         UPDATE crm_outbox
         SET status = $3,
             last_error = coalesce($4, last_error),
             next_attempt_at = CASE WHEN $5::float8 IS NULL THEN next_attempt_at
-                                   ELSE clock_timestamp() + make_interval(secs => $5::float8) END,
-            delivered_at = CASE WHEN $3 = 'delivered' THEN clock_timestamp() ELSE delivered_at END,
+                                   ELSE clock.retry_at END,
+            delivered_at = CASE WHEN $3 = 'delivered' THEN clock.now ELSE delivered_at END,
             locked_until = NULL,
-            updated_at = clock_timestamp()
+            updated_at = clock.now
+        FROM clock
         WHERE tenant_id = $1 AND id = $2
         RETURNING {OUTBOX_COLUMNS}
         """,

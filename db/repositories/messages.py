@@ -29,7 +29,10 @@ prior AS (
     SELECT seq FROM messages
     WHERE tenant_id = $1 AND conversation_id = (SELECT id FROM target) AND client_message_id = $3
 ),
-clock AS (SELECT clock_timestamp() AS now),
+-- statement_timestamp(), not clock_timestamp(): a volatile CTE is run on the Citus coordinator and
+-- shipped to the shard as an intermediate result, which a concurrent shard move loses; GREATEST
+-- below keeps created_at in seq order either way.
+clock AS (SELECT statement_timestamp() AS now),
 bump AS (
     UPDATE conversations c
     SET last_seq = c.last_seq + 1,

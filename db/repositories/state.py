@@ -66,7 +66,8 @@ async def put(
     if expected_version is not None and expected_version > 0:
         row = await conn.fetchrow(
             f"""
-            UPDATE conversation_state SET value = $4::jsonb, version = version + 1, updated_at = clock_timestamp()
+            -- statement_timestamp(): Citus refuses volatile functions in UPDATEs of distributed tables
+            UPDATE conversation_state SET value = $4::jsonb, version = version + 1, updated_at = statement_timestamp()
             WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND version = $5 AND NOT deleted
             RETURNING {_COLUMNS}
             """,
@@ -81,10 +82,13 @@ async def put(
         row = await conn.fetchrow(
             f"""
             INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
-            SELECT $1, $2, $3, $4::jsonb, 1, clock_timestamp()
-            WHERE EXISTS (SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2)
+            -- FROM the conversation (not WHERE EXISTS): Citus pushes this INSERT ... SELECT down to
+            -- the one shard group whole; with no FROM it plans it on the coordinator and fails.
+            SELECT c.tenant_id, c.id, $3::text, $4::jsonb, 1, statement_timestamp()
+            FROM conversations c WHERE c.tenant_id = $1 AND c.id = $2
             ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
-            SET value = EXCLUDED.value, version = s.version + 1, updated_at = clock_timestamp(), deleted = false
+            -- EXCLUDED.updated_at, not a function: Citus wants only immutable ones in DO UPDATE
+            SET value = EXCLUDED.value, version = s.version + 1, updated_at = EXCLUDED.updated_at, deleted = false
             WHERE $5::int IS NULL OR s.deleted
             RETURNING {_COLUMNS}
             """,
@@ -102,7 +106,7 @@ async def delete(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, k
     status = await conn.execute(
         """
         UPDATE conversation_state
-        SET deleted = true, value = 'null'::jsonb, version = version + 1, updated_at = clock_timestamp()
+        SET deleted = true, value = 'null'::jsonb, version = version + 1, updated_at = statement_timestamp()
         WHERE tenant_id = $1 AND conversation_id = $2 AND key = $3 AND NOT deleted
         """,
         tenant_id,

@@ -79,7 +79,7 @@ async def list_keys(conn: Connection, tenant_id: str) -> list[asyncpg.Record]:
 
 async def revoke_key(conn: Connection, key_id: uuid.UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp()) WHERE id = $1 "
+        f"UPDATE api_keys SET revoked_at = least(revoked_at, statement_timestamp()) WHERE id = $1 "
         f"RETURNING {_KEY_COLUMNS}",
         key_id,
     )

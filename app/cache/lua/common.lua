@@ -1,5 +1,9 @@
 
 local LOADED = '\0'
+-- Redis Cluster: the client sends '*' for the boot id and the node answering fences with its own
+-- run_id (app/cache/base.py, _on_cluster_connect), so a promoted replica never serves what it
+-- replicated from the old master.
+if ARGV[1] == '*' then ARGV[1] = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -1,0 +1,201 @@
+"""Running the suites on Citus: `pytest --cluster citus` (or TEST_CLUSTER=citus).
+
+The session's Postgres is then a local Citus cluster (coordinator + 2 workers, app/embedded/citus.py)
+instead of the single embedded server, the hot store a Redis Cluster (3 masters + 3 replicas,
+REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: the
+coordinator logs each statement that runs as more than one task (Citus'
+``citus.multi_task_query_log_level``, with the statement itself via ``log_min_error_statement``), and
+after each test the new lines are read. A statement that is not on the allow-list below fails the
+test that ran it: every request path must route to one shard (``tenant_id = $n`` on every table
+reference and CTE).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from app.embedded.citus import CitusCluster
+from app.embedded.process import EmbeddedServer
+
+#: Statements allowed to touch many shards, by a fragment of their text, each with why.
+ALLOWED_MULTI_SHARD: dict[str, str] = {
+    # crons (jobs/maintenance.py): cross-tenant by nature, run by one worker on a schedule
+    "FROM conversations WHERE status = 'active'": "cron: idle close scans every tenant",
+    "closed_at <": "cron: retention purge across tenants",
+    "FROM crm_outbox": "cron: CRM sweep of due deliveries across tenants",
+    "FROM action_log WHERE created_at <": "cron: action log pruning across tenants",
+    "DELETE FROM action_log": "cron: action log pruning across tenants",
+    "DELETE FROM crm_outbox": "cron: settled deliveries pruning across tenants",
+    # cross-tenant admin and migrations
+    "alembic_version": "migrations",
+    "create_distributed_table": "migrations",
+    "pg_dist_": "the guard's own metadata queries",
+    "citus_move_shard_placement": "online growth: the operator's shard move",
+    "citus_shards": "online growth: where a shard is",
+    "citus_tables": "tests reading Citus metadata",
+}
+
+_MULTI_TASK = re.compile(r"(?:WARNING|NOTICE):\s+multi-task query about to be executed")
+_STATEMENT = re.compile(r"STATEMENT:\s+(.*)")
+# Only logged with TEST_CITUS_STRICT=1 (citus.log_remote_commands): a subplan's result shipped to a
+# worker, or a two-phase commit across connections.
+_SPLIT = re.compile(r"issuing (?:COPY \"\d+_\d+\" FROM STDIN WITH \(format result\)|PREPARE TRANSACTION)")
+
+
+def cluster_requested(config: pytest.Config) -> bool:
+    option = config.getoption("--cluster", default=None)
+    return (option or os.environ.get("TEST_CLUSTER", "none")) == "citus"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cluster",
+        choices=["none", "citus"],
+        default=None,
+        help="run against a local Citus cluster (coordinator + 2 workers); also TEST_CLUSTER=citus",
+    )
+
+
+@dataclass
+class ShardGuard:
+    """Reads the coordinator's log from where the previous test left it."""
+
+    log_path: Path
+    offset: int = 0
+    seen: list[str] = field(default_factory=list)
+
+    def skip_to_end(self) -> None:
+        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def new_multi_shard_statements(self) -> list[str]:
+        if not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as f:
+            f.seek(self.offset)
+            text = f.read().decode(errors="replace")
+        # Only complete lines: a statement being written now belongs to the next read.
+        end = text.rfind("\n") + 1
+        self.offset += len(text[:end].encode())
+        lines = text[:end].splitlines()
+        found: list[str] = []
+        for i, line in enumerate(lines):
+            if _SPLIT.search(line):
+                found.append(line.strip()[:300])
+                continue
+            if not _MULTI_TASK.search(line):
+                continue
+            statement = ""
+            for follower in lines[i + 1 : i + 4]:
+                match = _STATEMENT.search(follower)
+                if match:
+                    statement = match.group(1)
+                    # A statement spans lines until the next log line (which starts with a prefix).
+                    rest = lines[lines.index(follower) + 1 :]
+                    for more in rest:
+                        if re.match(r"^\d{4}-\d\d-\d\d |^(?:WARNING|NOTICE|ERROR|LOG|STATEMENT|DETAIL):", more):
+                            break
+                        statement += " " + more.strip()
+                    break
+            if not any(fragment in statement for fragment in ALLOWED_MULTI_SHARD):
+                found.append(statement or line)
+        self.seen.extend(found)
+        return found
+
+
+#: The session's guard (one per session: the plugin module is imported once).
+_guards: list[ShardGuard] = []
+
+
+def install_guard(log_path: Path) -> ShardGuard:
+    guard = ShardGuard(log_path)
+    guard.skip_to_end()
+    _guards[:] = [guard]
+    return guard
+
+
+#: The session's Citus cluster, its directory, and the servers list the session stops at its end.
+_clusters: list[tuple[CitusCluster, Path, list[EmbeddedServer]]] = []
+
+
+def current_cluster() -> tuple[CitusCluster, Path, list[EmbeddedServer]] | None:
+    return _clusters[0] if _clusters else None
+
+
+def current_guard() -> ShardGuard | None:
+    return _guards[0] if _guards else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    guard = current_guard()
+    if guard is not None:
+        guard.skip_to_end()  # fixtures' setup (factories, other tenants) is not the request path
+    result = yield
+    if guard is not None:
+        statements = guard.new_multi_shard_statements()
+        if statements:
+            listing = "\n".join(f"  - {s[:400]}" for s in dict.fromkeys(statements))
+            pytest.fail(
+                f"{len(statements)} multi-shard (or, strict, split) statement(s) on Citus outside the allow-list "
+                f"(tests/citus_cluster.py):\n{listing}",
+                pytrace=False,
+            )
+    return result
+
+
+def start(root: Path, started: list[EmbeddedServer]) -> str:
+    """Start the cluster for the session (building Citus once per machine), migrate it, arm the guard."""
+    from app.embedded.citus import start_citus_cluster
+    from db.migrate import upgrade
+
+    cluster = start_citus_cluster(root, fsync=False)
+    started.extend([cluster.coordinator, *cluster.workers])
+    _clusters[:] = [(cluster, root, started)]
+    upgrade(cluster.url)
+    # New sessions (the test pools open after this) log every multi-task statement with its text.
+    _psql_coordinator(
+        cluster.url,
+        "ALTER DATABASE conversations SET citus.multi_task_query_log_level = 'warning';"
+        "ALTER DATABASE conversations SET log_min_error_statement = 'warning';",
+    )
+    if os.environ.get("TEST_CITUS_STRICT") == "1":
+        # Stricter: also fail statements that Citus splits into subplans (intermediate results) or
+        # commits with two-phase commit, which multi_task_query_log_level does not see because
+        # each piece is one task (the append is such a statement today: docs/scaling.md).
+        _psql_coordinator(
+            cluster.url,
+            "ALTER DATABASE conversations SET citus.log_remote_commands = on;"
+            "ALTER DATABASE conversations SET log_min_messages = notice;",
+        )
+    install_guard(cluster.coordinator.data_dir / "postgres.log")
+    # The hot store on a 3-master Redis Cluster too (pub/sub and arq stay on the single Redis, as in
+    # production: docs/scaling.md). Every Settings() the suites build reads it from the environment.
+    # TEST_REDIS_CLUSTER=0: Citus alone.
+    if os.environ.get("TEST_REDIS_CLUSTER", "1") == "0":
+        return cluster.url
+    from app.embedded.redis_cluster import start_redis_cluster
+
+    redis_cluster = start_redis_cluster(root / "redis-cluster")
+    started.extend(redis_cluster.nodes)
+    os.environ["REDIS_CLUSTER_NODES"] = redis_cluster.seeds
+    return cluster.url
+
+
+def _psql_coordinator(url: str, sql: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
