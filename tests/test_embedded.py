@@ -231,6 +231,10 @@ def test_unreadable_install_is_copied(
     # A private cache root: the real one (/var/tmp) is shared with other runs.
     cache = Path(tempfile.mkdtemp(prefix="embedded-pg-cache-"))
     cache.chmod(0o755)
+    # The data directory is not under tmp_path either: a concurrent pytest session resets
+    # /tmp/pytest-of-root to 0700, which locks `nobody` out of it mid-initdb.
+    data = Path(tempfile.mkdtemp(prefix="embedded-pg-data-"))
+    data.chmod(0o755)
     try:
         monkeypatch.setattr(binaries, "_install_usable_by", lambda *_: False)
         monkeypatch.setattr(binaries, "_cache_root", lambda: cache)
@@ -243,10 +247,11 @@ def test_unreadable_install_is_copied(
         assert len(installs) == 1
         assert [p.name for p in cache.iterdir()] == [next(iter(installs)).parent.parent.name]
 
-        pg = start_postgres(tmp_path / "pg", fsync=False)
+        pg = start_postgres(data / "pg", fsync=False)
         servers.append(pg)
         assert pg.process is not None
         assert str(pg.process.args[0]).startswith(str(cache))  # type: ignore[index]
         pg.stop()
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
