@@ -8,6 +8,7 @@ from typing import Annotated, cast
 import strawberry
 
 from app import models
+from app.api.selection import COUNT_FIELDS, selects
 from app.api.types import (
     AgentStats,
     ContextWindow,
@@ -64,6 +65,7 @@ class Query:
                 after=after,
                 order=order_by or models.ConversationOrder.LAST_ACTIVITY_DESC,
                 limits=info.context.resources.limits,
+                with_count=selects(info, COUNT_FIELDS),
             )
         return ConversationConnection.from_page(page)
 

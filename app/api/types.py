@@ -144,13 +144,26 @@ class MessageEdge:
 class MessageConnection:
     edges: list[MessageEdge] = strawberry.field(description="The page, in seq order (search: newest first).")
     page_info: PageInfo = strawberry.field(description="Paging information.")
-    total_count: int = strawberry.field(description="All messages the query matches, across pages.")
+    total_count: int = strawberry.field(
+        description="All messages the query matches, across pages: exact up to the search count cap "
+        "(SEARCH_COUNT_CAP), and the cap itself beyond (see totalCountCapped)."
+    )
+    total_count_capped: bool = strawberry.field(
+        default=False,
+        description="True when counting stopped at the cap: totalCount is then a lower bound (at least that "
+        "many). Added by issue 11.",
+    )
 
     @classmethod
     def from_page(cls, page: models.Page[models.Message]) -> MessageConnection:
         cursor_of = page.cursor_of
         edges = [cast(MessageEdge, models.Edge(m, cursor_of)) for m in page.items]
-        return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
+        return cls(
+            edges=edges,
+            page_info=page_info(page),
+            total_count=page.total_count,
+            total_count_capped=page.total_count_capped,
+        )
 
 
 @strawberry.type(description="A versioned key of conversation state.")
@@ -289,13 +302,26 @@ class ConversationEdge:
 class ConversationConnection:
     edges: list[ConversationEdge] = strawberry.field(description="The page.")
     page_info: PageInfo = strawberry.field(description="Paging information.")
-    total_count: int = strawberry.field(description="All conversations the filter matches, across pages.")
+    total_count: int = strawberry.field(
+        description="All conversations the filter matches, across pages: exact up to LIST_COUNT_CAP, and the "
+        "cap itself beyond (see totalCountCapped)."
+    )
+    total_count_capped: bool = strawberry.field(
+        default=False,
+        description="True when counting stopped at the cap: totalCount is then a lower bound (at least that "
+        "many). Added by issue 11.",
+    )
 
     @classmethod
     def from_page(cls, page: models.Page[models.Conversation]) -> ConversationConnection:
         cursor_of = page.cursor_of
         edges = [cast(ConversationEdge, models.Edge(c, cursor_of)) for c in page.items]
-        return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
+        return cls(
+            edges=edges,
+            page_info=page_info(page),
+            total_count=page.total_count,
+            total_count_capped=page.total_count_capped,
+        )
 
 
 @strawberry.type(description="Messages of one role.")

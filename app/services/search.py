@@ -24,7 +24,9 @@ async def search_messages(
     after: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Page[Message]:
-    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first."""
+    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first.
+    totalCount is exact up to limits.search_count_cap (the probe that finds the page counts it too,
+    so it costs nothing extra) and the cap beyond, with total_count_capped set."""
     query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
     if not query:
         raise BadUserInput("query must not be blank", field="query")
@@ -32,12 +34,14 @@ async def search_messages(
     size = check.page_size(first if first is not None else 20, limits, "first")
     assert size is not None
     key = cursors.parse_search_cursor(after) if after else None
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key)
+    cap = limits.search_count_cap
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap)
     items = rows[:size]
     return Page(
         items=items,
         cursor_of=lambda m: cursors.search_cursor(m.created_at, m.conversation_id, m.seq),
         has_next_page=len(rows) > size,
         has_previous_page=key is not None,
-        total_count=total,
+        total_count=min(total, cap),
+        total_count_capped=total > cap,
     )

@@ -387,23 +387,63 @@ async def search(
     f: ConversationFilter,
     limit: int,
     after: tuple[datetime, uuid.UUID, int] | None,
+    cap: int,
 ) -> tuple[list[Message], int]:
-    """Full-text matches, newest first, keyset-paged, with the exact total."""
+    """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1.
+
+    The plan cannot flip to a walk of the created_at index (which runs to_tsvector on every message of
+    the tenant when the planner overestimates a rare word): matching keys come from the GIN index first
+    (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
+    paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
+    walking newest first, which then meets a match within a few rows."""
     where = filtered(tenant_id, f, alias="c")
+    filtered_by_conversation = len(where.args) > 1  # more than the tenant
     tsq = where.param(query)
-    match = (
-        f"m.tenant_id = c.tenant_id AND m.conversation_id = c.id "
-        f"AND to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq})"
-    )
-    base = f"FROM conversations c JOIN messages m ON {match} WHERE {where.sql} AND m.tenant_id = $1"
-    total = int(await conn.fetchval(f"SELECT count(*) {base}", *where.args))
-    if after is not None:
-        where.add("(m.created_at, m.conversation_id, m.seq) < ({}, {}, {})", *after)
+    matches = f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq})"
+    if filtered_by_conversation:
+        probe_from = (
+            "FROM messages m JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id "
+            f"WHERE {where.sql} AND m.tenant_id = $1 AND {matches}"
+        )
+    else:
+        probe_from = f"FROM messages m WHERE m.tenant_id = $1 AND {matches}"
+    cap_param = where.param(cap + 1)
     limit_param = where.param(limit)
-    base = f"FROM conversations c JOIN messages m ON {match} WHERE {where.sql} AND m.tenant_id = $1"
+    keyset = ""
+    if after is not None:
+        at, cid, seq = (where.param(v) for v in after)
+        keyset = f"WHERE (h.created_at, h.conversation_id, h.seq) < ({at}, {cid}, {seq})"
     rows = await conn.fetch(
-        f"SELECT {prefixed(MESSAGE_COLUMNS, 'm')} {base} "
-        f"ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {limit_param}",
+        f"""
+        WITH hits AS MATERIALIZED (
+            SELECT m.conversation_id, m.seq, m.created_at {probe_from} LIMIT {cap_param}
+        ), page AS (
+            SELECT h.conversation_id, h.seq, h.created_at FROM hits h {keyset}
+            ORDER BY h.created_at DESC, h.conversation_id DESC, h.seq DESC LIMIT {limit_param}
+        )
+        SELECT n.total, {prefixed(MESSAGE_COLUMNS, "m")}
+        FROM (SELECT count(*) AS total FROM hits) n
+        LEFT JOIN (page p JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = p.conversation_id
+                   AND m.seq = p.seq) ON true
+        ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC
+        """,
         *where.args,
     )
-    return [records.message(r) for r in rows], total
+    total = int(rows[0]["total"])
+    if total <= cap:
+        return [records.message(r) for r in rows if r["id"] is not None], total
+    # A common word: the newest-first walk meets matches quickly.
+    walk = filtered(tenant_id, f, alias="c")
+    tsq = walk.param(query)
+    if after is not None:
+        walk.add("(m.created_at, m.conversation_id, m.seq) < ({}, {}, {})", *after)
+    limit_param = walk.param(limit)
+    page = await conn.fetch(
+        f"SELECT {prefixed(MESSAGE_COLUMNS, 'm')} FROM conversations c JOIN messages m "
+        f"ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND "
+        f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq}) "
+        f"WHERE {walk.sql} AND m.tenant_id = $1 "
+        f"ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {limit_param}",
+        *walk.args,
+    )
+    return [records.message(r) for r in page], total
