@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 from datetime import UTC, datetime, timedelta
@@ -43,10 +44,8 @@ async def _batch(db: Database, tenant: str, conv_id: Any, rng: random.Random) ->
         messages.new_message(role=rng.choice([Role.USER, Role.ASSISTANT, Role.SYSTEM]), content="word " * rng.randint(1, 40))
         for _ in range(rng.randint(1, 5))
     ]
-    try:
+    with contextlib.suppress(ConversationClosed):
         await db.run(lambda uow: messages.append_batch(uow, tenant, ConversationRef(id=conv_id), batch))
-    except ConversationClosed:
-        pass
 
 
 async def test_rollups_follow_appends_closes_imports_moves_and_deletions(db: Database, tenant: str) -> None:
