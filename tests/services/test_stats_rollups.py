@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.errors import ConversationClosed
-from app.models import ConversationRef, Role
+from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages, stats, transfer
 from db.repositories import stats as stats_repo
 from db.session import Database
@@ -41,7 +41,9 @@ async def _assert_rollups_equal_brute_force(db: Database, tenant: str) -> None:
 async def _batch(db: Database, tenant: str, conv_id: Any, rng: random.Random) -> None:
     """Append a batch (a closed conversation refuses it and nothing changes, which is checked too)."""
     batch = [
-        messages.new_message(role=rng.choice([Role.USER, Role.ASSISTANT, Role.SYSTEM]), content="word " * rng.randint(1, 40))
+        messages.new_message(
+            role=rng.choice([Role.USER, Role.ASSISTANT, Role.SYSTEM]), content="word " * rng.randint(1, 40)
+        )
         for _ in range(rng.randint(1, 5))
     ]
     with contextlib.suppress(ConversationClosed):
@@ -50,7 +52,7 @@ async def _batch(db: Database, tenant: str, conv_id: Any, rng: random.Random) ->
 
 async def test_rollups_follow_appends_closes_imports_moves_and_deletions(db: Database, tenant: str) -> None:
     rng = random.Random(11)
-    convs = []
+    convs: list[Conversation] = []
     for step in range(60):
         op = rng.random()
         if op < 0.2 or not convs:
