@@ -110,6 +110,14 @@ async def test_rollups_follow_appends_closes_imports_moves_and_deletions(db: Dat
                         tenant,
                         victim.id,
                     )
+                    # As a deletion keeps the counter (the message facts went with the rows).
+                    await conn.execute(
+                        "UPDATE conversations SET message_count = (SELECT count(*) FROM messages "
+                        "WHERE tenant_id = $1 AND conversation_id = $2) WHERE tenant_id = $1 AND id = $2",
+                        tenant,
+                        victim.id,
+                    )
+                    convs.append(victim)
                 else:  # messages and sources go by cascade
                     await conn.execute("DELETE FROM conversations WHERE tenant_id = $1 AND id = $2", tenant, victim.id)
         if step % 10 == 9:
