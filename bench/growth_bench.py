@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from app.services import stats
 from bench.run import ROOT, log
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, asyncpg_dsn, create_pool
@@ -85,6 +86,16 @@ async def load(url: str, first: int, count: int) -> None:
                 PER_CONVERSATION,
                 first,
             )
+    finally:
+        await conn.close()
+    # The hourly fold cron, as it would have run on data this old (the load is all in the past).
+    db = Database(await create_pool(url, min_size=1, max_size=1))
+    try:
+        await stats.fold_rollups(db, NOW)
+    finally:
+        await db.close()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
         await conn.execute("VACUUM ANALYZE conversations")
         await conn.execute("VACUUM ANALYZE messages")
         await conn.execute("VACUUM ANALYZE stats_daily")

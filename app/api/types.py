@@ -16,7 +16,7 @@ from strawberry.types import Info
 from app import models
 from app.api.context import RequestContext
 from app.api.scalars import JSON
-from app.services import crm
+from app.services import crm, search
 from app.services import limits as check
 
 # The service layer's enums are the GraphQL enums (registered here, in place): no per-row mapping.
@@ -497,3 +497,38 @@ class UpdateConversationInput:
         default=None, description="Merged into the existing metadata (top-level keys)."
     )
     status: ConversationStatus | None = strawberry.field(default=None, description="New status.")
+
+
+strawberry.enum(
+    search.SearchMode,
+    name="SearchMode",
+    description="KEYWORD: full-text match ranked by ts_rank. SEMANTIC, HYBRID: need an embedder (not configured yet).",
+)
+SearchMode = search.SearchMode
+
+
+@strawberry.type(description="A search result.")
+class SearchHit:
+    message: Message = strawberry.field(description="The matching message.")
+    score: float = strawberry.field(description="Higher is better; comparable within one result list only.")
+    snippet: str | None = strawberry.field(
+        description="A short excerpt with the matching words marked as **word**, when there are any."
+    )
+
+
+@strawberry.type(description="A search result in a connection.")
+class SearchHitEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this edge.")
+    node: SearchHit = strawberry.field(description="The hit.")
+
+
+@strawberry.type(description="A page of search results, best first.")
+class SearchHitConnection:
+    edges: list[SearchHitEdge] = strawberry.field(description="The page.")
+    page_info: PageInfo = strawberry.field(description="Paging information.")
+
+    @classmethod
+    def from_page(cls, page: models.Page[search.SearchHit]) -> SearchHitConnection:
+        cursor_of = page.cursor_of
+        edges = [cast(SearchHitEdge, models.Edge(h, cursor_of)) for h in page.items]
+        return cls(edges=edges, page_info=page_info(page))

@@ -10,7 +10,7 @@ from app.errors import BadUserInput
 from app.models import Role, Status
 from app.services import limits as check
 from db.repositories import stats as repo
-from db.session import Connection
+from db.session import Connection, Database
 
 
 @dataclass(slots=True)
@@ -149,3 +149,16 @@ async def tenant_stats(
         if c or m
     ]
     return result
+
+
+async def fold_rollups(db: Database, now: datetime) -> int:
+    """Fold the rollup shards of every day before today (UTC) into one row per key, tenant by tenant
+    (the maintenance cron; stats are equal before and after). Returns the shard rows folded."""
+    before = now.astimezone(UTC).date()
+    async with db.read() as conn:
+        tenants = await repo.tenants_with_shards(conn, before)
+    folded = 0
+    async with db.read() as conn:  # one statement per tenant: each is atomic on its own
+        for tenant_id in tenants:
+            folded += await repo.fold_shards(conn, tenant_id, before)
+    return folded

@@ -66,3 +66,42 @@ async def rollup_facts(
             agent,
         )
     )
+
+
+async def tenants_with_shards(conn: Connection, before: date) -> list[str]:
+    rows = await conn.fetch("SELECT DISTINCT tenant_id FROM stats_daily WHERE shard <> 0 AND day < $1", before)
+    return [r["tenant_id"] for r in rows]
+
+
+async def fold_shards(conn: Connection, tenant_id: str, before: date) -> int:
+    """Sum the shards of a tenant's days before `before` into shard 0 (one statement, atomic). Shards
+    only spread the row locks of concurrent writes to the current day; past days are read far more
+    often than written, so they are kept as one row per key. A late write to a past day (a close, an
+    import) simply lands in its shard again, to be folded next time. Returns the rows removed."""
+    status = await conn.execute(
+        """
+        WITH moved AS (
+            DELETE FROM stats_daily WHERE tenant_id = $1 AND day < $2 AND shard <> 0 RETURNING *
+        ), summed AS (
+            SELECT tenant_id, day, agent_id, role, status, sum(conversations) AS conversations,
+                   sum(conversation_messages) AS conversation_messages, sum(closed) AS closed,
+                   sum(duration_seconds) AS duration_seconds, sum(messages) AS messages, sum(tokens) AS tokens
+            FROM moved GROUP BY 1, 2, 3, 4, 5
+        )
+        INSERT INTO stats_daily AS s (tenant_id, day, agent_id, role, status, shard, conversations,
+                                      conversation_messages, closed, duration_seconds, messages, tokens)
+        SELECT tenant_id, day, agent_id, role, status, 0, conversations, conversation_messages, closed,
+               duration_seconds, messages, tokens
+        FROM summed ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
+            conversations = s.conversations + excluded.conversations,
+            conversation_messages = s.conversation_messages + excluded.conversation_messages,
+            closed = s.closed + excluded.closed,
+            duration_seconds = s.duration_seconds + excluded.duration_seconds,
+            messages = s.messages + excluded.messages,
+            tokens = s.tokens + excluded.tokens
+        """,
+        tenant_id,
+        before,
+    )
+    return int(status.split()[-1])
