@@ -174,6 +174,7 @@ class Query:
                 first=first,
                 after=after,
                 limits=info.context.resources.limits,
+                with_count=selects(info, COUNT_FIELDS),
             )
         return MessageConnection.from_page(page)
 

@@ -28,6 +28,7 @@ async def search_messages(
     first: int | None = 20,
     after: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    with_count: bool = True,
 ) -> Page[Message]:
     """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first.
     totalCount is exact up to limits.search_count_cap (the probe that finds the page counts it too,
@@ -40,7 +41,7 @@ async def search_messages(
     assert size is not None
     key = cursors.parse_search_cursor(after) if after else None
     cap = limits.search_count_cap
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap)
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count)
     items = rows[:size]
     return Page(
         items=items,

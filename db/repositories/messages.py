@@ -380,6 +380,25 @@ async def sources_for(
     return result
 
 
+async def estimated_matches(conn: Connection, tenant_id: str, query: str) -> int:
+    """The planner's estimate of a tenant's matches for `query` (one EXPLAIN, no execution). For words
+    in the index statistics' most common elements it is close; for rare words it is a small default."""
+    plan = await conn.fetchval(
+        "EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND "
+        "to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, $2)",
+        tenant_id,
+        query,
+    )
+    parsed = json.loads(plan) if isinstance(plan, str) else plan
+    return int(parsed[0]["Plan"]["Plan Rows"])
+
+
+#: A word the planner expects this many times the cap (or more) is "common": the GIN probe would build
+#: a bitmap of every match before its LIMIT applies, while the newest-first walk meets one match every
+#: few rows. Rare words are estimated far below (a 15-match word at 1M messages: ~1,500).
+COMMON_FACTOR = 20
+
+
 async def search(
     conn: Connection,
     tenant_id: str,
@@ -388,14 +407,18 @@ async def search(
     limit: int,
     after: tuple[datetime, uuid.UUID, int] | None,
     cap: int,
+    with_count: bool = True,
 ) -> tuple[list[Message], int]:
-    """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1.
+    """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1
+    (0 when not with_count and the word is common).
 
     The plan cannot flip to a walk of the created_at index (which runs to_tsvector on every message of
     the tenant when the planner overestimates a rare word): matching keys come from the GIN index first
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
     walking newest first, which then meets a match within a few rows."""
+    if await estimated_matches(conn, tenant_id, query) >= COMMON_FACTOR * cap:
+        return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count)
     where = filtered(tenant_id, f, alias="c")
     filtered_by_conversation = len(where.args) > 1  # more than the tenant
     tsq = where.param(query)
@@ -433,17 +456,46 @@ async def search(
     if total <= cap:
         return [records.message(r) for r in rows if r["id"] is not None], total
     # A common word: the newest-first walk meets matches quickly.
+    return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count=False, known_total=total)
+
+
+async def _walk(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    f: ConversationFilter,
+    limit: int,
+    after: tuple[datetime, uuid.UUID, int] | None,
+    cap: int,
+    with_count: bool,
+    known_total: int = 0,
+) -> tuple[list[Message], int]:
+    """Newest first by the created_at index, testing each message: for common words only. The count,
+    when asked, walks the same way and stops after cap + 1 matches (exact below the cap)."""
     walk = filtered(tenant_id, f, alias="c")
     tsq = walk.param(query)
+    source = (
+        "FROM conversations c JOIN messages m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND "
+        f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq}) "
+    )
+    order = "ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC"
+    total = known_total
+    if with_count:
+        cap_param = walk.param(cap + 1)
+        total = int(
+            await conn.fetchval(
+                f"SELECT count(*) FROM (SELECT 1 {source} WHERE {walk.sql} AND m.tenant_id = $1 {order} "
+                f"LIMIT {cap_param}) AS capped",
+                *walk.args,
+            )
+        )
+        walk.args.pop()
     if after is not None:
         walk.add("(m.created_at, m.conversation_id, m.seq) < ({}, {}, {})", *after)
     limit_param = walk.param(limit)
     page = await conn.fetch(
-        f"SELECT {prefixed(MESSAGE_COLUMNS, 'm')} FROM conversations c JOIN messages m "
-        f"ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND "
-        f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq}) "
-        f"WHERE {walk.sql} AND m.tenant_id = $1 "
-        f"ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {limit_param}",
+        f"SELECT {prefixed(MESSAGE_COLUMNS, 'm')} {source} WHERE {walk.sql} AND m.tenant_id = $1 {order} "
+        f"LIMIT {limit_param}",
         *walk.args,
     )
     return [records.message(r) for r in page], total
