@@ -51,9 +51,10 @@ async def rollup_facts(
     return list(
         await conn.fetch(
             """
-            SELECT day, agent_id, role, status, sum(conversations) AS conversations,
-                   sum(conversation_messages) AS conversation_messages, sum(closed) AS closed,
-                   sum(duration_seconds) AS duration_seconds, sum(messages) AS messages, sum(tokens) AS tokens
+            SELECT day, agent_id, role, status, sum(conversations)::bigint AS conversations,
+                   sum(conversation_messages)::bigint AS conversation_messages, sum(closed)::bigint AS closed,
+                   sum(duration_seconds) AS duration_seconds, sum(messages)::bigint AS messages,
+                   sum(tokens)::bigint AS tokens
             FROM stats_daily
             WHERE tenant_id = $1 AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day < $3)
               AND ($4::text IS NULL OR agent_id = $4)
