@@ -31,7 +31,7 @@ class Limits:
     max_json_depth: int = 32
     # totalCount is exact up to these caps and says "at least the cap" beyond (totalCountCapped).
     list_count_cap: int = 100_000
-    search_count_cap: int = 1_000
+    search_count_cap: int = 100
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:

@@ -101,6 +101,16 @@ async def tenant_stats(
     days: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])  # conversations, messages, tokens
     for row in facts:
         conversations, messages, tokens = int(row["conversations"]), int(row["messages"]), int(row["tokens"])
+        # Rollup rows come in two groupings (see repo.rollup_facts): per day (agent_id NULL) and per
+        # agent (day NULL). Exact rows from the edges have both and count in both.
+        if row["day"] is None:
+            if row["agent_id"]:
+                a = agents[row["agent_id"]]
+                a[0] += conversations
+                a[1] += int(row["conversation_messages"])
+                a[2] += messages
+                a[3] += tokens
+            continue
         if row["status"]:
             status = Status(row["status"])
             result.conversations_by_status[status] = result.conversations_by_status.get(status, 0) + conversations

@@ -380,23 +380,36 @@ async def sources_for(
     return result
 
 
-async def estimated_matches(conn: Connection, tenant_id: str, query: str) -> int:
-    """The planner's estimate of a tenant's matches for `query` (one EXPLAIN, no execution). For words
-    in the index statistics' most common elements it is close; for rare words it is a small default."""
-    plan = await conn.fetchval(
-        "EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND "
-        "to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, $2)",
-        tenant_id,
-        query,
-    )
+async def _plan_rows(conn: Connection, sql: str, *args: object) -> int:
+    plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", *args)
     parsed = json.loads(plan) if isinstance(plan, str) else plan
     return int(parsed[0]["Plan"]["Plan Rows"])
 
 
-#: A word the planner expects this many times the cap (or more) is "common": the GIN probe would build
-#: a bitmap of every match before its LIMIT applies, while the newest-first walk meets one match every
-#: few rows. Rare words are estimated far below (a 15-match word at 1M messages: ~1,500).
-COMMON_FACTOR = 20
+async def is_common(conn: Connection, tenant_id: str, query: str, cap: int) -> bool:
+    """Whether the planner expects `query` to match a large share of the tenant's messages (two
+    EXPLAINs, nothing executed). Words among the index statistics' most common elements are estimated
+    closely; any other word gets a small default share (a 15-match word at 1M messages: ~0.15 %), so
+    a share threshold keeps rare words off the walk at any tenant size."""
+    matches = await _plan_rows(
+        conn,
+        "SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND "
+        "to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, $2)",
+        tenant_id,
+        query,
+    )
+    if matches < COMMON_FACTOR * cap:
+        return False
+    rows = await _plan_rows(conn, "SELECT 1 FROM messages m WHERE m.tenant_id = $1", tenant_id)
+    return matches >= COMMON_SHARE * rows
+
+
+#: "Common": expected at least COMMON_FACTOR x the cap matches and COMMON_SHARE of the tenant's
+#: messages. The GIN probe would build a bitmap of every match before its LIMIT applies, while the
+#: newest-first walk meets a match every 1/COMMON_SHARE rows at worst (so counting to the cap tests at
+#: most cap/COMMON_SHARE messages).
+COMMON_FACTOR = 10
+COMMON_SHARE = 0.05
 
 
 async def search(
@@ -417,7 +430,7 @@ async def search(
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
     walking newest first, which then meets a match within a few rows."""
-    if await estimated_matches(conn, tenant_id, query) >= COMMON_FACTOR * cap:
+    if await is_common(conn, tenant_id, query, cap):
         return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count)
     where = filtered(tenant_id, f, alias="c")
     filtered_by_conversation = len(where.args) > 1  # more than the tenant

@@ -47,7 +47,9 @@ async def exact_facts(
 async def rollup_facts(
     conn: Connection, tenant_id: str, first_day: date | None, end_day: date | None, agent: str | None
 ) -> list[asyncpg.Record]:
-    """Facts of the whole UTC days [first_day, end_day) from the daily rollups (summing their shards)."""
+    """Facts of the whole UTC days [first_day, end_day) from the daily rollups, summed over shards in
+    two groupings so that few rows travel: per (day, role, status) with agent_id NULL (totals and
+    days), and per (agent_id, role, status) with day NULL (the agents)."""
     return list(
         await conn.fetch(
             """
@@ -58,7 +60,7 @@ async def rollup_facts(
             FROM stats_daily
             WHERE tenant_id = $1 AND ($2::date IS NULL OR day >= $2) AND ($3::date IS NULL OR day < $3)
               AND ($4::text IS NULL OR agent_id = $4)
-            GROUP BY 1, 2, 3, 4
+            GROUP BY GROUPING SETS ((day, role, status), (agent_id, role, status))
             HAVING sum(conversations) <> 0 OR sum(messages) <> 0
             """,
             tenant_id,

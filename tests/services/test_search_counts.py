@@ -53,7 +53,7 @@ async def test_search_count_is_exact_under_the_cap_and_a_lower_bound_over_it(db:
     assert await _all_pages(db, tenant, "refund", Limits(search_count_cap=3)) == newest_first
     assert await _all_pages(db, tenant, "refund", Limits(search_count_cap=100)) == newest_first
     assert await _all_pages(db, tenant, "absent", Limits(search_count_cap=3)) == []
-    # A cap of 0 makes every word "common" (estimate >= 20 x cap): the newest-first walk pages and counts.
+    # A cap of 0: every probe overflows, so the newest-first walk reads the pages.
     assert await _all_pages(db, tenant, "refund", Limits(search_count_cap=0)) == newest_first
     async with db.read() as conn:
         walked = await search.search_messages(conn, tenant, "refund", first=2, limits=Limits(search_count_cap=0))

@@ -33,7 +33,15 @@ def _values(r: Any) -> tuple[Any, ...]:
 
 async def _assert_rollups_equal_brute_force(db: Database, tenant: str) -> None:
     async with db.read() as conn:
-        rolled = await stats_repo.rollup_facts(conn, tenant, None, None, None)
+        # The table itself at full grain (shards summed), against the rows.
+        rolled = await conn.fetch(
+            "SELECT day, agent_id, role, status, sum(conversations) AS conversations, "
+            "sum(conversation_messages) AS conversation_messages, sum(closed) AS closed, "
+            "sum(duration_seconds) AS duration_seconds, sum(messages) AS messages, sum(tokens) AS tokens "
+            "FROM stats_daily WHERE tenant_id = $1 GROUP BY 1, 2, 3, 4 "
+            "HAVING sum(conversations) <> 0 OR sum(messages) <> 0",
+            tenant,
+        )
         exact = await stats_repo.exact_facts(conn, tenant, None, None, None)
     assert {_key(r): _values(r) for r in rolled} == {_key(r): _values(r) for r in exact}
 
@@ -166,4 +174,9 @@ async def test_stats_over_unaligned_ranges_equal_exact_counts(db: Database, tena
         assert got.messages == sum(int(r["messages"]) for r in exact)
         assert got.tokens == sum(int(r["tokens"]) for r in exact)
         assert by_agent.messages == sum(int(r["messages"]) for r in exact_x)
+        for agent in got.agents:
+            rows = [r for r in exact if r["agent_id"] == agent.agent_id]
+            assert agent.messages == sum(int(r["messages"]) for r in rows)
+            assert agent.conversations == sum(int(r["conversations"]) for r in rows)
+        assert {a.agent_id for a in got.agents} == {r["agent_id"] for r in exact if r["agent_id"]}
         assert {d.day for d in got.daily} == {r["day"].isoformat() for r in exact}
