@@ -404,6 +404,33 @@ async def is_common(conn: Connection, tenant_id: str, query: str, cap: int) -> b
     return matches >= COMMON_SHARE * rows
 
 
+async def dense_in_recent(conn: Connection, tenant_id: str, query: str, f: ConversationFilter, cap: int) -> bool:
+    """Whether the tenant's newest messages really hold cap + 1 matches within cap / COMMON_SHARE x 2
+    of them. The statistics are table-wide: a word common in other tenants' messages may be rare in
+    this one's, and an unbounded walk would then test every message of the tenant. This check tests
+    at most that many (and stops at cap + 1 matches)."""
+    where = filtered(tenant_id, f, alias="c")
+    q = where.param(query)
+    window = where.param(int(2 * (cap + 1) / COMMON_SHARE))
+    need = where.param(cap + 1)
+    found = await conn.fetchval(
+        f"""
+        SELECT count(*) FROM (
+            SELECT 1 FROM (
+                SELECT m.content FROM messages m
+                JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id
+                WHERE {where.sql} AND m.tenant_id = $1
+                ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {window}
+            ) recent
+            WHERE to_tsvector('simple'::regconfig, recent.content) @@ websearch_to_tsquery('simple'::regconfig, {q})
+            LIMIT {need}
+        ) AS hits
+        """,
+        *where.args,
+    )
+    return int(found) > cap
+
+
 #: "Common": expected at least COMMON_FACTOR x the cap matches and COMMON_SHARE of the tenant's
 #: messages. The GIN probe would build a bitmap of every match before its LIMIT applies, while the
 #: newest-first walk meets a match every 1/COMMON_SHARE rows at worst (so counting to the cap tests at
@@ -430,8 +457,9 @@ async def search(
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
     walking newest first, which then meets a match within a few rows."""
-    if await is_common(conn, tenant_id, query, cap):
-        return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count)
+    if await is_common(conn, tenant_id, query, cap) and await dense_in_recent(conn, tenant_id, query, f, cap):
+        # The check found more than cap matches: the count is "more than cap" without counting again.
+        return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count=False, known_total=cap + 1)
     where = filtered(tenant_id, f, alias="c")
     filtered_by_conversation = len(where.args) > 1  # more than the tenant
     tsq = where.param(query)

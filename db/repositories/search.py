@@ -9,7 +9,7 @@ import asyncpg
 
 from app.models import ConversationFilter
 from db.repositories.conversations import filtered
-from db.repositories.messages import is_common
+from db.repositories.messages import dense_in_recent, is_common
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.session import Connection
 
@@ -32,7 +32,7 @@ async def ranked(
     index (no ORDER BY, stopped after cap + 1: the plan cannot become an index walk); when there are
     more than cap (a common word), the newest cap matches are ranked instead. Rows carry `score`
     and, when asked, `snippet`."""
-    common = await is_common(conn, tenant_id, query, cap)
+    common = await is_common(conn, tenant_id, query, cap) and await dense_in_recent(conn, tenant_id, query, f, cap)
     rows = [] if common else await _page(conn, tenant_id, query, f, limit, after, cap, snippets, walk=False)
     if common or (rows and rows[0]["total"] > cap):
         rows = await _page(conn, tenant_id, query, f, limit, after, cap, snippets, walk=True)

@@ -7,6 +7,7 @@ from typing import Any
 from app.models import ConversationFilter
 from app.services import conversations, search
 from app.services.limits import Limits
+from db.repositories import messages as messages_repo
 from db.session import Database
 from tests.factories import add_message, create_conversation
 
@@ -70,3 +71,17 @@ async def test_list_count_is_capped(db: Database, tenant: str) -> None:
         assert (exact.total_count, exact.total_count_capped) == (4, False)
         capped = await conversations.list_(conn, tenant, first=1, limits=Limits(list_count_cap=2))
         assert (capped.total_count, capped.total_count_capped) == (2, True) and len(capped.items) == 1
+
+
+async def test_the_walk_is_taken_only_where_matches_are_dense(db: Database, tenant: str, other_tenant: str) -> None:
+    """Statistics are table-wide; the walk is used only when this tenant's newest messages hold
+    more than cap matches within a bounded window (else a word common elsewhere would walk them all)."""
+    await _seed(db, tenant)
+    async with db.read() as conn:
+        f = ConversationFilter()
+        assert await messages_repo.dense_in_recent(conn, tenant, "refund", f, 3) is True
+        assert await messages_repo.dense_in_recent(conn, tenant, "nothing", f, 3) is False
+        assert await messages_repo.dense_in_recent(conn, other_tenant, "refund", f, 3) is False
+        support = ConversationFilter(agent_id="support")
+        assert await messages_repo.dense_in_recent(conn, tenant, "refund", support, 3) is True
+        assert await messages_repo.dense_in_recent(conn, tenant, "refund", support, 4) is False
