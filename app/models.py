@@ -150,6 +150,8 @@ class Page(Generic[T]):
     has_next_page: bool
     has_previous_page: bool
     total_count: int
+    # True when counting stopped at the cap: total_count is then a lower bound.
+    total_count_capped: bool = False
 
     @property
     def cursors(self) -> list[str]:

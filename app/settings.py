@@ -199,6 +199,11 @@ class Settings(BaseSettings):
     #: Seed nodes (`host:port,host:port`) of a Redis Cluster for the hot store; unset: REDIS_URL's node.
     redis_cluster_nodes: str = ""
 
+    #: totalCount caps (issue 11): counting stops here so a huge result costs no more than this many rows;
+    #: beyond it totalCount is the cap and totalCountCapped is true.
+    list_count_cap: int = Field(default=100_000, ge=1)
+    search_count_cap: int = Field(default=100, ge=1)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:

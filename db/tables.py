@@ -10,7 +10,7 @@ before its tenant is known (a reference table in Citus terms).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -359,3 +359,24 @@ class DeadLetter(SQLModel, table=True):
     envelope: Any = _jsonb(nullable=True, default=None)
     failed_at: datetime = _ts(default_now=True)
     replayed_at: datetime | None = _ts(nullable=True)
+
+
+class StatsDaily(SQLModel, table=True):
+    """Daily rollups for stats (issue 11), kept by statement triggers on messages and conversations
+    (migration 3b7d9e1f6a24). Message facts have role set and status ''; conversation facts (by the
+    conversation's creation day) have status set and role ''. 16 shards per key spread concurrent writes."""
+
+    __tablename__ = "stats_daily"
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    day: date = Field(sa_column=sa.Column(sa.Date(), primary_key=True))
+    agent_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    role: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    status: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    shard: int = Field(sa_column=sa.Column(sa.SmallInteger(), primary_key=True))
+    conversations: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    conversation_messages: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    closed: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    duration_seconds: float = Field(sa_column=sa.Column(sa.Float(), nullable=False))
+    messages: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+    tokens: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))

@@ -7,6 +7,7 @@
 | `maintenance.evict_cache` | every 5 minutes | evict cache entries of conversations no longer active |
 | `maintenance.purge` | hourly (:17) | delete conversations closed before their tenant's retention cutoff |
 | `maintenance.prune` | hourly (:47) | delete settled CRM deliveries and old action-log entries |
+| `maintenance.fold_stats` | hourly (:37) | fold the stats rollup shards of past days into one row per key |
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from arq.cron import CronJob, cron
 
-from app.services import maintenance
+from app.services import maintenance, stats
 from jobs.context import state
 from jobs.crm import crm_sweep
 
@@ -42,6 +43,11 @@ async def prune_job_records(ctx: dict[str, Any]) -> dict[str, Any]:
     return await maintenance.prune_job_records(st.db, st.clock(), st.maintenance)
 
 
+async def fold_stats(ctx: dict[str, Any]) -> dict[str, Any]:
+    st = state(ctx)
+    return {"folded": await stats.fold_rollups(st.db, st.clock())}
+
+
 def cron_jobs(timeout_s: float) -> list[CronJob]:
     def every(name: str, coroutine: Any, **when: Any) -> CronJob:
         # unique: with many workers, each tick runs once; max_tries=1: the next tick is the retry.
@@ -53,4 +59,5 @@ def cron_jobs(timeout_s: float) -> list[CronJob]:
         every("maintenance.evict_cache", evict_cold_cache, minute=set(range(0, 60, 5)), second={30}),
         every("maintenance.purge", purge_expired, minute={17}, second={0}),
         every("maintenance.prune", prune_job_records, minute={47}, second={0}),
+        every("maintenance.fold_stats", fold_stats, minute={37}, second={0}),
     ]

@@ -9,6 +9,7 @@ import strawberry
 
 from app import models
 from app.api.admin import AdminQuery
+from app.api.selection import COUNT_FIELDS, selects, selects_path
 from app.api.types import (
     AgentStats,
     ContextWindow,
@@ -19,6 +20,8 @@ from app.api.types import (
     DailyStats,
     MessageConnection,
     RoleCount,
+    SearchHitConnection,
+    SearchMode,
     StatusCount,
     TenantStats,
 )
@@ -65,6 +68,7 @@ class Query(AdminQuery):
                 after=after,
                 order=order_by or models.ConversationOrder.LAST_ACTIVITY_DESC,
                 limits=info.context.resources.limits,
+                with_count=selects(info, COUNT_FIELDS),
             )
         return ConversationConnection.from_page(page)
 
@@ -169,5 +173,34 @@ class Query(AdminQuery):
                 first=first,
                 after=after,
                 limits=info.context.resources.limits,
+                with_count=selects(info, COUNT_FIELDS),
             )
         return MessageConnection.from_page(page)
+
+    @strawberry.field(
+        description="Best matches first. KEYWORD: full-text matches ranked by ts_rank (newest first among equals). "
+        "SEMANTIC and HYBRID need an embedder to be configured (else BAD_USER_INPUT). Added by issue 11."
+    )
+    async def search(
+        self,
+        info: Ctx,
+        query: str,
+        mode: SearchMode | None = SearchMode.HYBRID,
+        filter: ConversationFilter | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> SearchHitConnection:
+        tenant = info.context.tenant()
+        async with info.context.resources.db.read() as conn:
+            page = await search.search(
+                conn,
+                tenant,
+                query,
+                mode or SearchMode.HYBRID,
+                filter.to_model() if filter else None,
+                first=first,
+                after=after,
+                limits=info.context.resources.limits,
+                snippets=selects_path(info, ("edges", "node", "snippet")),
+            )
+        return SearchHitConnection.from_page(page)

@@ -17,7 +17,7 @@ from app import models
 from app.api.context import RequestContext
 from app.api.memory import ConversationSummary, summary_info
 from app.api.scalars import JSON
-from app.services import crm, messages
+from app.services import crm, messages, search
 from app.services import limits as check
 
 # The service layer's enums are the GraphQL enums (registered here, in place): no per-row mapping.
@@ -145,13 +145,26 @@ class MessageEdge:
 class MessageConnection:
     edges: list[MessageEdge] = strawberry.field(description="The page, in seq order (search: newest first).")
     page_info: PageInfo = strawberry.field(description="Paging information.")
-    total_count: int = strawberry.field(description="All messages the query matches, across pages.")
+    total_count: int = strawberry.field(
+        description="All messages the query matches, across pages: exact up to the search count cap "
+        "(SEARCH_COUNT_CAP), and the cap itself beyond (see totalCountCapped)."
+    )
+    total_count_capped: bool = strawberry.field(
+        default=False,
+        description="True when counting stopped at the cap: totalCount is then a lower bound (at least that "
+        "many). Added by issue 11.",
+    )
 
     @classmethod
     def from_page(cls, page: models.Page[models.Message]) -> MessageConnection:
         cursor_of = page.cursor_of
         edges = [cast(MessageEdge, models.Edge(m, cursor_of)) for m in page.items]
-        return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
+        return cls(
+            edges=edges,
+            page_info=page_info(page),
+            total_count=page.total_count,
+            total_count_capped=page.total_count_capped,
+        )
 
 
 @strawberry.type(description="A versioned key of conversation state.")
@@ -294,13 +307,26 @@ class ConversationEdge:
 class ConversationConnection:
     edges: list[ConversationEdge] = strawberry.field(description="The page.")
     page_info: PageInfo = strawberry.field(description="Paging information.")
-    total_count: int = strawberry.field(description="All conversations the filter matches, across pages.")
+    total_count: int = strawberry.field(
+        description="All conversations the filter matches, across pages: exact up to LIST_COUNT_CAP, and the "
+        "cap itself beyond (see totalCountCapped)."
+    )
+    total_count_capped: bool = strawberry.field(
+        default=False,
+        description="True when counting stopped at the cap: totalCount is then a lower bound (at least that "
+        "many). Added by issue 11.",
+    )
 
     @classmethod
     def from_page(cls, page: models.Page[models.Conversation]) -> ConversationConnection:
         cursor_of = page.cursor_of
         edges = [cast(ConversationEdge, models.Edge(c, cursor_of)) for c in page.items]
-        return cls(edges=edges, page_info=page_info(page), total_count=page.total_count)
+        return cls(
+            edges=edges,
+            page_info=page_info(page),
+            total_count=page.total_count,
+            total_count_capped=page.total_count_capped,
+        )
 
 
 @strawberry.type(description="Messages of one role.")
@@ -476,3 +502,38 @@ class UpdateConversationInput:
         default=None, description="Merged into the existing metadata (top-level keys)."
     )
     status: ConversationStatus | None = strawberry.field(default=None, description="New status.")
+
+
+strawberry.enum(
+    search.SearchMode,
+    name="SearchMode",
+    description="KEYWORD: full-text match ranked by ts_rank. SEMANTIC, HYBRID: need an embedder (not configured yet).",
+)
+SearchMode = search.SearchMode
+
+
+@strawberry.type(description="A search result.")
+class SearchHit:
+    message: Message = strawberry.field(description="The matching message.")
+    score: float = strawberry.field(description="Higher is better; comparable within one result list only.")
+    snippet: str | None = strawberry.field(
+        description="A short excerpt with the matching words marked as **word**, when there are any."
+    )
+
+
+@strawberry.type(description="A search result in a connection.")
+class SearchHitEdge:
+    cursor: str = strawberry.field(description="Opaque cursor of this edge.")
+    node: SearchHit = strawberry.field(description="The hit.")
+
+
+@strawberry.type(description="A page of search results, best first.")
+class SearchHitConnection:
+    edges: list[SearchHitEdge] = strawberry.field(description="The page.")
+    page_info: PageInfo = strawberry.field(description="Paging information.")
+
+    @classmethod
+    def from_page(cls, page: models.Page[search.SearchHit]) -> SearchHitConnection:
+        cursor_of = page.cursor_of
+        edges = [cast(SearchHitEdge, models.Edge(h, cursor_of)) for h in page.items]
+        return cls(edges=edges, page_info=page_info(page))

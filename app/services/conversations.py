@@ -117,14 +117,17 @@ async def list_(
     after: str | None = None,
     order: ConversationOrder = ConversationOrder.LAST_ACTIVITY_DESC,
     limits: Limits = DEFAULT_LIMITS,
+    with_count: bool = True,
 ) -> Page[Conversation]:
-    """A keyset page in the requested order, with the exact total of the filter."""
+    """A keyset page in the requested order. The total of the filter is counted only `with_count`
+    (the edge passes whether totalCount was selected), exactly up to limits.list_count_cap."""
     f = validate_filter(filter or ConversationFilter(), limits)
     size = check.page_size(first if first is not None else DEFAULT_PAGE_SIZE, limits, "first")
     assert size is not None
     key = cursors.parse_conversation_cursor(after) if after else None
     rows = await repo.list_page(conn, tenant_id, f, order, size + 1, key) if size else []
-    total = await repo.count(conn, tenant_id, f)
+    total = await repo.count(conn, tenant_id, f, limits.list_count_cap) if with_count else 0
+    capped = total > limits.list_count_cap
     items = rows[:size]
     column = "last_activity_at" if order is ConversationOrder.LAST_ACTIVITY_DESC else "created_at"
     return Page(
@@ -132,7 +135,8 @@ async def list_(
         cursor_of=lambda c: cursors.conversation_cursor(getattr(c, column), c.id),
         has_next_page=len(rows) > size,
         has_previous_page=key is not None,
-        total_count=total,
+        total_count=min(total, limits.list_count_cap),
+        total_count_capped=capped,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
 from datetime import UTC, datetime
 
@@ -96,5 +97,22 @@ def parse_audit_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         at, id = parts
         return _instant(at), uuid.UUID(id)
+    except ValueError:
+        raise BadUserInput("invalid cursor", field="cursor") from None
+
+
+def hit_cursor(score: float, at: datetime, conversation_id: uuid.UUID, seq: int) -> str:
+    # repr keeps every bit of the float, so the keyset comparison lands exactly on this hit.
+    return _encode(f"h|{score!r}|{at.isoformat()}|{conversation_id}|{seq}")
+
+
+def parse_hit_cursor(cursor: str) -> tuple[float, datetime, uuid.UUID, int]:
+    parts = _decode(cursor, "h")
+    try:
+        score, at, cid, seq = parts
+        value = float(score)
+        if not math.isfinite(value):
+            raise ValueError("not a finite score")
+        return value, _instant(at), uuid.UUID(cid), _seq(seq)
     except ValueError:
         raise BadUserInput("invalid cursor", field="cursor") from None

@@ -29,6 +29,9 @@ class Limits:
     max_batch_messages: int = 100
     max_page_size: int = 100
     max_json_depth: int = 32
+    # totalCount is exact up to these caps and says "at least the cap" beyond (totalCountCapped).
+    list_count_cap: int = 100_000
+    search_count_cap: int = 100
 
     @classmethod
     def from_settings(cls, s: Settings) -> Limits:
@@ -44,6 +47,8 @@ class Limits:
             max_batch_messages=s.max_batch_messages,
             max_page_size=s.max_page_size,
             max_json_depth=s.max_json_depth,
+            list_count_cap=s.list_count_cap,
+            search_count_cap=s.search_count_cap,
         )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+
 from app.errors import BadUserInput
 from app.models import ConversationFilter, Message, Page
 from app.services import cursors
@@ -9,6 +12,8 @@ from app.services import limits as check
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import messages as repo
+from db.repositories import records
+from db.repositories import search as search_repo
 from db.session import Connection
 
 MAX_QUERY_LENGTH = 500
@@ -23,8 +28,11 @@ async def search_messages(
     first: int | None = 20,
     after: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    with_count: bool = True,
 ) -> Page[Message]:
-    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first."""
+    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first.
+    totalCount is exact up to limits.search_count_cap (the probe that finds the page counts it too,
+    so it costs nothing extra) and the cap beyond, with total_count_capped set."""
     query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
     if not query:
         raise BadUserInput("query must not be blank", field="query")
@@ -32,12 +40,63 @@ async def search_messages(
     size = check.page_size(first if first is not None else 20, limits, "first")
     assert size is not None
     key = cursors.parse_search_cursor(after) if after else None
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key)
+    cap = limits.search_count_cap
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count)
     items = rows[:size]
     return Page(
         items=items,
         cursor_of=lambda m: cursors.search_cursor(m.created_at, m.conversation_id, m.seq),
         has_next_page=len(rows) > size,
         has_previous_page=key is not None,
-        total_count=total,
+        total_count=min(total, cap),
+        total_count_capped=total > cap,
+    )
+
+
+class SearchMode(Enum):
+    KEYWORD = "KEYWORD"
+    SEMANTIC = "SEMANTIC"
+    HYBRID = "HYBRID"
+
+
+@dataclass(slots=True)
+class SearchHit:
+    message: Message
+    score: float
+    snippet: str | None
+
+
+async def search(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    mode: SearchMode = SearchMode.HYBRID,
+    filter: ConversationFilter | None = None,
+    *,
+    first: int | None = 20,
+    after: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    snippets: bool = True,
+) -> Page[SearchHit]:
+    """Best matches first. KEYWORD ranks full-text matches with ts_rank (ties: newest first); when a
+    word matches more than limits.search_count_cap messages, the newest cap of them are ranked.
+    SEMANTIC and HYBRID need an embedder, which this service does not have yet: BAD_USER_INPUT."""
+    if mode is not SearchMode.KEYWORD:
+        raise BadUserInput(f"search mode {mode.value} needs an embedder, and none is configured", field="mode")
+    query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
+    if not query:
+        raise BadUserInput("query must not be blank", field="query")
+    f = validate_filter(filter or ConversationFilter(), limits)
+    size = check.page_size(first if first is not None else 20, limits, "first")
+    assert size is not None
+    key = cursors.parse_hit_cursor(after) if after else None
+    rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets)
+    hits = [SearchHit(records.message(r), float(r["score"]), r["snippet"]) for r in rows]
+    items = hits[:size]
+    return Page(
+        items=items,
+        cursor_of=lambda h: cursors.hit_cursor(h.score, h.message.created_at, h.message.conversation_id, h.message.seq),
+        has_next_page=len(hits) > size,
+        has_previous_page=key is not None,
+        total_count=0,  # a SearchHitConnection has no totalCount (searchMessages has one)
     )

@@ -148,9 +148,18 @@ async def list_page(
     return [records.conversation(r) for r in await conn.fetch(sql, *where.args)]
 
 
-async def count(conn: Connection, tenant_id: str, f: ConversationFilter) -> int:
+async def count(conn: Connection, tenant_id: str, f: ConversationFilter, cap: int | None = None) -> int:
+    """Conversations matching the filter; with a cap, counting stops after cap + 1 rows (so a result
+    above cap means "more than cap") and the cost is bounded whatever the tenant's size."""
     where = filtered(tenant_id, f)
-    value = await conn.fetchval(f"SELECT count(*) FROM conversations WHERE {where.sql}", *where.args)
+    if cap is None:
+        value = await conn.fetchval(f"SELECT count(*) FROM conversations WHERE {where.sql}", *where.args)
+    else:
+        limit = where.param(cap + 1)
+        value = await conn.fetchval(
+            f"SELECT count(*) FROM (SELECT 1 FROM conversations WHERE {where.sql} LIMIT {limit}) AS capped",
+            *where.args,
+        )
     return int(value)
 
 

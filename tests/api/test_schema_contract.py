@@ -32,8 +32,8 @@ MEMORY_CONTRACT = (
 )
 #: Parts of the memory contract built later (hybrid search, issue 14 item 2): left out of the check
 #: until then. Only these: everything else in the file must be served.
-MEMORY_NOT_YET_BUILT_TYPES = frozenset({"SearchMode", "SearchHit", "SearchHitEdge", "SearchHitConnection"})
-MEMORY_NOT_YET_BUILT_FIELDS = frozenset({("Query", "search")})
+MEMORY_NOT_YET_BUILT_TYPES: frozenset[str] = frozenset()
+MEMORY_NOT_YET_BUILT_FIELDS: frozenset[tuple[str, str]] = frozenset()
 SHARED_ADMIN_CONTRACT = PROJECT_ROOT.parent / "shared" / "contract-admin.graphql"
 #: The administration and deletion contract extends the main one (the two are built together).
 ADMIN_CONTRACT = (
@@ -80,7 +80,7 @@ def _memory_contract_without_later_parts() -> str:
 def test_schema_keeps_the_memory_contract() -> None:
     ours = build_schema(sdl())
     contract = build_schema(Path(CONTRACT).read_text() + "\n" + _memory_contract_without_later_parts())
-    assert "SummaryStatus" in contract.type_map and "search" not in contract.query_type.fields  # type: ignore[union-attr]
+    assert "SummaryStatus" in contract.type_map and "search" in contract.query_type.fields  # type: ignore[union-attr]
     assert [c.description for c in find_breaking_changes(contract, ours)] == []
     assert [c.description for c in find_dangerous_changes(contract, ours)] == []
 
