@@ -1,4 +1,4 @@
-"""The Strawberry schema, built from the query and mutation roots."""
+"""The Strawberry schema: the root Query and Mutation composed from the domains' mixins, and the build."""
 
 from __future__ import annotations
 
@@ -11,14 +11,42 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 
 from app.api.documents_cache import DocumentCache, PreparedDocuments
+from app.api.domains.admin import AdminMutation, AdminQuery
+from app.api.domains.context import ContextQuery
+from app.api.domains.conversations import ConversationChangesMutation, ConversationsMutation, ConversationsQuery
+from app.api.domains.crm import CrmMutation
+from app.api.domains.deletion import DeletionMutation
+from app.api.domains.memory import MemoryMutation
+from app.api.domains.messages import MessagesMutation, MessagesQuery
+from app.api.domains.state import StateMutation
+from app.api.domains.stats_search import StatsSearchQuery
 from app.api.errors import shape
 from app.api.fast_lists import FastListExecutionContext
 from app.api.http import OperationRecorder
-from app.api.mutations import Mutation
-from app.api.queries import Query
 from app.api.scalars import SCALARS
 from app.api.subscriptions import Subscription
 from app.settings import Settings
+
+
+# The roots are the domains' mixins (app/api/domains/), in the order of the published fields: a
+# new query or mutation goes in its domain's module, and a new domain adds its mixin here.
+@strawberry.type(description="Reads: conversations, transcripts, context windows, stats and search.")
+class Query(AdminQuery, ConversationsQuery, MessagesQuery, ContextQuery, StatsSearchQuery):
+    pass
+
+
+@strawberry.type(description="Writes; each field is one transaction, run in order.")
+class Mutation(
+    MemoryMutation,
+    AdminMutation,
+    DeletionMutation,
+    ConversationsMutation,
+    MessagesMutation,
+    StateMutation,
+    ConversationChangesMutation,
+    CrmMutation,
+):
+    pass
 
 
 class Schema(strawberry.Schema):

@@ -18,7 +18,9 @@ from typing import cast
 import strawberry
 
 from app import metrics, models
-from app.api.types import Conversation, Ctx, Message
+from app.api.domains.common import Ctx
+from app.api.domains.conversations import Conversation
+from app.api.domains.message_types import Message
 from app.errors import DomainError, ErrorCode, NotFound
 from app.events import RESYNC, EventHub, SubscriberOverflow, conversation_channel, tenant_channel
 from app.models import ConversationRef, DomainEvent, EventType

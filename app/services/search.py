@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from app.errors import BadUserInput
 from app.models import ConversationFilter, Message, Page
@@ -53,7 +53,7 @@ async def search_messages(
     )
 
 
-class SearchMode(Enum):
+class SearchMode(StrEnum):
     KEYWORD = "KEYWORD"
     SEMANTIC = "SEMANTIC"
     HYBRID = "HYBRID"

@@ -169,15 +169,16 @@ async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path
 def test_enum_arguments_convert_to_python_members() -> None:
     from graphql import GraphQLList, GraphQLNonNull
 
-    from app import models
     from app.api.compiled import _converter
+    from app.api.domains.enums import ConversationOrder
     from app.api.schema import schema
 
+    # Members of the GraphQL enum's own class (declared in the API layer), as Strawberry gives them.
     order = schema._schema.get_type("ConversationOrder")
     convert = _converter(GraphQLNonNull(order))  # type: ignore[arg-type]
-    assert convert("last_activity_desc") is models.ConversationOrder.LAST_ACTIVITY_DESC
+    assert convert("last_activity_desc") is ConversationOrder.LAST_ACTIVITY_DESC
     many = _converter(GraphQLList(order))
-    assert many(["created_at_asc"]) == [models.ConversationOrder.CREATED_AT_ASC]
+    assert many(["created_at_asc"]) == [ConversationOrder.CREATED_AT_ASC]
     assert _converter(schema._schema.get_type("Int")) is None  # type: ignore[arg-type]
 
 

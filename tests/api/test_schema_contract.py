@@ -19,6 +19,7 @@ from graphql import (
 )
 
 from app.api.documents import DocumentRegistry
+from app.api.domains.enums import MIRRORS
 from app.api.export import sdl
 from app.settings import PROJECT_ROOT
 
@@ -107,3 +108,15 @@ def test_trusted_documents_are_valid() -> None:
     for document in registry.documents:
         errors = validate(schema, parse(document.text))
         assert errors == [], (document.name, errors)
+
+
+def test_graphql_enums_are_the_api_layers_own_and_mirror_the_inner_ones() -> None:
+    """The GraphQL enums are declared in app/api (issue 10, item 5): the kernel's and services'
+    enums carry no Strawberry definition, and each GraphQL enum has exactly their members and
+    values, so records serialize and inputs map back without a per-value table."""
+    sdl()  # the schema is built: every GraphQL enum has been registered
+    assert MIRRORS
+    for api, inner in MIRRORS:
+        assert "__strawberry_definition__" in vars(api), api
+        assert "__strawberry_definition__" not in vars(inner), f"{inner} is decorated in place"
+        assert [(m.name, m.value) for m in api] == [(m.name, m.value) for m in inner], (api, inner)

@@ -8,8 +8,10 @@ from typing import cast
 import strawberry
 
 from app import models
+from app.api.domains.common import Ctx, PageInfo, page_info
+from app.api.domains.conversations import Conversation
+from app.api.domains.crm import CrmSync
 from app.api.scalars import JSON
-from app.api.types import Conversation, CrmSync, Ctx, PageInfo, page_info
 from app.services import admin, audit, conversations, tenant_settings, tenants
 from app.services.crm import CrmSyncRecord
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import strawberry
 
-from app.api.types import Ctx
+from app.api.domains.common import Ctx
 from app.services import audit, deletion
 from app.services.tenants import Scope
 

@@ -9,7 +9,7 @@ from typing import cast
 import orjson
 import strawberry
 
-from app.api.admin_types import (
+from app.api.domains.admin_types import (
     ApiKey,
     AuditEntryConnection,
     CreateApiKeyInput,
@@ -20,10 +20,11 @@ from app.api.admin_types import (
     TenantSettings,
     UpdateTenantSettingsInput,
 )
-from app.api.types import CrmSync, Ctx
+from app.api.domains.common import Ctx
+from app.api.domains.crm import CrmSync
+from app.api.domains.enums import CrmSyncStatus
 from app.events import KEY_REVOKED_CHANNEL
-from app.services import admin, audit, tenant_settings, tenants
-from app.services.crm import CrmSyncStatus
+from app.services import admin, audit, crm, tenant_settings, tenants
 from app.services.tenants import Scope
 
 
@@ -74,7 +75,8 @@ class AdminQuery:
     ) -> CrmDeliveryConnection:
         tenant, _ = _admin(info)
         async with info.context.resources.db.read() as conn:
-            page = await admin.deliveries(conn, tenant, status, first, after, info.context.resources.limits)
+            wanted = crm.CrmSyncStatus(status) if status is not None else None
+            page = await admin.deliveries(conn, tenant, wanted, first, after, info.context.resources.limits)
         return CrmDeliveryConnection.from_page(page)
 
     @strawberry.field(description="Admin changes and deletions in this tenant, newest first. Scope admin.")

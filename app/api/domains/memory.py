@@ -7,23 +7,13 @@ from datetime import datetime
 from typing import cast
 
 import strawberry
-from strawberry.types import Info
 
 from app import models
 from app.api import write_only
-from app.api.context import RequestContext
+from app.api.domains.common import Ctx
+from app.api.domains.enums import SummaryStatus
 from app.services import conversations, summaries
-from app.services.summaries import SummaryStatus
 from app.services.tenants import Scope
-
-Ctx = Info[RequestContext, None]
-
-strawberry.enum(
-    SummaryStatus,
-    name="SummaryStatus",
-    description="NONE: no summary yet; PENDING: one is being written; READY: written; FAILED: the last attempt "
-    "failed (the previous summary, if any, stays readable).",
-)
 
 #: What a caller without the `read` scope may select (docs/decisions.md, "Write-only keys").
 SUMMARY_RECEIPT = write_only.fields("status", "upToSeq", "updatedAt")
