@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     #: Fixed loopback ports for the embedded servers (unset: a free port at every start).
     embedded_postgres_port: int | None = Field(default=None, ge=1, le=65535)
     embedded_redis_port: int | None = Field(default=None, ge=1, le=65535)
+    # GraphQL execution engine (issue 11, item 1: app/api/engine/).
+    #: Operations planned once and run by their plans; false: every operation through graphql-core's executor.
+    graphql_engine: bool = True
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -26,11 +26,11 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import metrics
-from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistry
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
+from app.api.engine.operations import Engine, OperationPlan
 from app.api.errors import http_status, shape
 from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
 from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_headers, connection_headers
@@ -71,7 +71,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
         self.max_query_bytes = max_query_bytes
         self.operation_labels = operation_names(documents)
         cache = getattr(self.schema, "document_cache", None)
-        self.compiled = CompiledOperations(self.schema, cache) if cache is not None else None
+        self.engine = Engine(self.schema, cache) if cache is not None else None
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         """Authenticate in connection_init: its payload carries the HTTP header names and values
@@ -163,19 +163,16 @@ class GraphQLView(GraphQL[RequestContext, None]):
             return refusal(exc.reason, exc.code, exc.status_code)
         if not data.query:
             return refusal("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT, 400)
-        operations = self.compiled
-        compiled = operations.get(data.query, data.operation_name, data.variables) if operations else None
-        if operations is not None and compiled is not None:
+        engine = self.engine
+        plan = engine.get(data.query, data.operation_name, data.variables) if engine else None
+        if engine is not None and plan is not None:
             # The ordinary path checks the cost in PreparedDocuments; this one skips extensions.
             costly = self._costly(data)
             if costly is not None:
                 return self._refused_operation(context, costly)
-            answer = await compiled.run(operations.core_schema, context, data.variables)
+            answer = await plan.run(engine.core_schema, context, data.variables)
             if answer is not None:
-                context.operation_name = compiled.operation_name
-                context.operation_type = "mutation" if compiled.mutation else "query"
-                codes = [str(e["extensions"]["code"]) for e in answer.get("errors", ())]
-                self._record(context, codes)
+                self._record_planned(context, plan, answer)
                 return Response(encode(answer), status_code=http_status(answer), media_type="application/json")
         try:
             result = await self._execute(data, context)
@@ -211,6 +208,15 @@ class GraphQLView(GraphQL[RequestContext, None]):
             if max_cost is not None and total > max_cost:
                 responses.append(self._operation_error(context, cost_error(total, max_cost)))
                 continue
+            engine = self.engine
+            plan = engine.get(item.query, item.operation_name, item.variables) if engine else None
+            if engine is not None and plan is not None:
+                # Each item through the engine; the batch's cost was checked above.
+                answer = await plan.run(engine.core_schema, context, item.variables)
+                if answer is not None:
+                    self._record_planned(context, plan, answer)
+                    responses.append(answer)
+                    continue
             try:
                 result = await self._execute(item, context)
             except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
@@ -372,6 +378,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
             response["extensions"] = result.extensions
         self._record(context, codes)
         return response
+
+    def _record_planned(self, context: RequestContext, plan: OperationPlan, answer: dict[str, Any]) -> None:
+        context.operation_name = plan.operation_name
+        context.operation_type = "mutation" if plan.mutation else "query"
+        self._record(context, [str(e["extensions"]["code"]) for e in answer.get("errors", ())])
 
     def _record(self, context: RequestContext, codes: list[str]) -> None:
         elapsed = time.perf_counter() - context.started

@@ -12,7 +12,8 @@ from strawberry.schema.config import StrawberryConfig
 
 from app.api.documents_cache import DocumentCache, PreparedDocuments
 from app.api.errors import shape
-from app.api.fast_lists import FastListExecutionContext
+from app.api.engine import adapter
+from app.api.engine.plans import EngineExecutionContext
 from app.api.http import OperationRecorder
 from app.api.mutations import Mutation
 from app.api.queries import Query
@@ -52,7 +53,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        execution_context_class=FastListExecutionContext,
+        execution_context_class=EngineExecutionContext,
         config=StrawberryConfig(
             scalar_map=SCALARS,
             disable_field_suggestions=settings.is_production,
@@ -60,6 +61,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         ),
     )
     built.document_cache = cache
+    adapter.set_enabled(built, settings.graphql_engine)
     return built
 
 
