@@ -11,9 +11,9 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 
 from app.api.documents_cache import DocumentCache, PreparedDocuments
-from app.api.errors import shape
 from app.api.engine import adapter
 from app.api.engine.plans import EngineExecutionContext
+from app.api.errors import shape
 from app.api.http import OperationRecorder
 from app.api.mutations import Mutation
 from app.api.queries import Query

@@ -108,8 +108,8 @@ async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, ordinar
 
     plan = _leaf(GraphQLString, non_null=True)
     with pytest.raises(_Fallback):
-        plan(None)
-    assert plan("x") == "x"
+        plan(None, None)
+    assert plan("x", None) == "x"
 
 
 def test_the_encoder_writes_uuids_and_utc_datetimes_as_the_scalars_do() -> None:

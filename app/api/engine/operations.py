@@ -121,7 +121,7 @@ async def _complete_levels(
         level, pending = pending, []
         results: list[Any] = []
         waiting: list[tuple[int, Any]] = []
-        for out, key, parent, target in level:
+        for _, _, parent, target in level:
             ident = id(target)
             kwargs = kwargs_of.get(ident)
             if kwargs is None:

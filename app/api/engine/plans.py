@@ -223,7 +223,7 @@ class Compiler:
         return _generate(fields, self.compile)
 
 
-class EngineExecutionContext(adapter.ExecutionContextBase):  # type: ignore[misc]
+class EngineExecutionContext(adapter.ExecutionContextBase):
     """graphql-core's executor with plans for plain lists (subscriptions and unplanned requests)."""
 
     def complete_iterable_value(
