@@ -3,6 +3,7 @@ error codes, metrics and structured logs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -196,34 +197,51 @@ class GraphQLView(GraphQL[RequestContext, None]):
         total = sum(self._cost(item) for item in items if isinstance(item, GraphQLRequestData))
         cache = self.schema.document_cache  # type: ignore[attr-defined]
         max_cost = cache.max_cost if isinstance(cache, DocumentCache) else None
-        responses: list[Any] = []
-        for item in items:
-            context = await self.get_context(request, request)  # type: ignore[arg-type]
-            if isinstance(item, RequestRefused):
-                responses.append(_error_entry(item.reason, item.code))
-                continue
-            if not item.query:
-                responses.append(_error_entry("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT))
-                continue
-            if max_cost is not None and total > max_cost:
-                responses.append(self._operation_error(context, cost_error(total, max_cost)))
-                continue
-            engine = self.engine
-            plan = engine.get(item.query, item.operation_name, item.variables) if engine else None
-            if engine is not None and plan is not None:
-                # Each item through the engine; the batch's cost was checked above.
-                answer = await plan.run(engine.core_schema, context, item.variables)
-                if answer is not None:
-                    self._record_planned(context, plan, answer)
-                    responses.append(answer)
-                    continue
-            try:
-                result = await self._execute(item, context)
-            except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
-                responses.append(_error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT))
-                continue
-            responses.append(await self.process_result(request, result))
+        engine = self.engine
+        plans = [
+            engine.get(item.query, item.operation_name, item.variables)
+            if engine is not None and isinstance(item, GraphQLRequestData) and item.query
+            else None
+            for item in items
+        ]
+        over = max_cost is not None and total > max_cost
+        if not over and all(p is not None and not p.mutation for p in plans):
+            # Queries only, all planned: read-only and independent, so they run together (their
+            # order cannot matter); anything with a mutation keeps the items' order.
+            gathered = [self._batch_item(request, i, p, None) for i, p in zip(items, plans, strict=True)]
+            responses = list(await asyncio.gather(*gathered))
+        else:
+            refused = (total, max_cost) if over and max_cost is not None else None
+            responses = [await self._batch_item(request, i, p, refused) for i, p in zip(items, plans, strict=True)]
         return Response(encode(responses), media_type="application/json")
+
+    async def _batch_item(
+        self,
+        request: Request,
+        item: GraphQLRequestData | RequestRefused,
+        plan: OperationPlan | None,
+        over_cost: tuple[int, int] | None,
+    ) -> Any:
+        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        if isinstance(item, RequestRefused):
+            return _error_entry(item.reason, item.code)
+        if not item.query:
+            return _error_entry("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT)
+        if over_cost is not None:
+            return self._operation_error(context, cost_error(*over_cost))
+        engine = self.engine
+        if engine is not None and plan is not None:
+            # Each item through the engine; the batch's cost was checked as a whole.
+            answer = await plan.run(engine.core_schema, context, item.variables)
+            if answer is not None:
+                self._record_planned(context, plan, answer)
+                return answer
+        try:
+            result = await self._execute(item, context)
+        except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
+            return _error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT)
+        request.state.graphql_context = context  # batch items may run together: this item's
+        return await self.process_result(request, result)
 
     async def _execute(self, data: GraphQLRequestData, context: RequestContext) -> ExecutionResult:
         """The ordinary path: Strawberry's executor (queries and mutations only over HTTP)."""

@@ -67,3 +67,36 @@ async def test_unplanned_shapes_are_counted_and_still_answered(api: Caller, ordi
     body = await api.gql(bad)
     assert body == await ordinary.gql(bad) and body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert _unplanned("runtime") == before + 1
+
+
+async def test_a_batch_of_queries_runs_through_the_engine_and_answers_like_the_ordinary_path(
+    api: Caller, ordinary: Caller
+) -> None:
+    conv = (await api.data('mutation { createConversation(input: {sessionId: "b1", agentId: "a1"}) { id } }'))[
+        "createConversation"
+    ]["id"]
+    await api.data(
+        'mutation($id: ID!) { addMessage(input: {conversationId: $id, role: USER, content: "hi"}) { created } }',
+        {"id": conv},
+    )
+    batch = [
+        {
+            "query": 'query { conversations(filter: {agentId: "a1"}) { edges { node { id messages(last: 3) '
+            "{ edges { node { seq content sources { documentId } } } } } } } }"
+        },  # fmt: skip
+        {"query": "query($id: ID!) { conversation(id: $id) { lastSeq } }", "variables": {"id": conv}},
+        {
+            "query": "query($id: ID!) { history(conversationId: $id, last: 10) { edges { node { seq } } } }",
+            "variables": {"id": conv},
+        },  # fmt: skip
+        {"query": '{ conversation(id: "nope") { id } }'},  # fails at run time: the ordinary path reports it
+    ]
+    before = _unplanned("runtime")
+    planned = await api.http.post("/graphql", json=batch, headers=api.headers)
+    reference = await ordinary.http.post("/graphql", json=batch, headers=ordinary.headers)
+    assert planned.status_code == reference.status_code == 200
+    assert planned.json() == reference.json()
+    body = planned.json()
+    assert body[1]["data"]["conversation"]["lastSeq"] == 1
+    assert body[3]["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert _unplanned("runtime") == before + 1  # only the failing item left the engine
