@@ -28,6 +28,8 @@ from graphql.execution.collect_fields import FieldDetails, collect_fields
 from graphql.execution.values import get_argument_values, get_variable_values
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from app.api.batching import BATCH_ATTRIBUTE
+
 #: The versions this adapter was reviewed against (pyproject.toml pins the same).
 REVIEWED = {"strawberry-graphql": "0.341.2", "graphql-core": "3.3.2"}
 
@@ -77,6 +79,8 @@ class Resolver:
     root_name: str | None  # a `root` parameter takes it by name
     info_name: str | None
     arguments: dict[str, str]  # GraphQL argument name -> Python parameter name
+    #: The resolver's batch form (app/api/batching.py), called once per level with all parents.
+    batch: Any = None
 
     def call(self, parent: Any, info: Any, kwargs: dict[str, Any]) -> Any:
         if self.info_name is not None:
@@ -112,6 +116,7 @@ def resolver_of(schema: Any, field: GraphQLField) -> Resolver | None:
         root_name=root.name if root is not None else None,
         info_name=info.name if info is not None else None,
         arguments=arguments,
+        batch=getattr(base.wrapped_func, BATCH_ATTRIBUTE, None),
     )
 
 

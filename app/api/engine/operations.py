@@ -45,15 +45,21 @@ from app.api.errors import shape
 
 class _Info:
     """What our resolvers read from `info`: the request context, and the field's syntax tree
-    (app/api/write_only.py checks a write-only caller's mutation selection on it)."""
+    (app/api/write_only.py checks a write-only caller's mutation selection on it; a resolver
+    asking whether a subfield is selected reads `field_nodes` and `fragments`, which both paths
+    provide — Strawberry's `selected_fields` is not here, and using it sends the request to the
+    ordinary path)."""
 
     __slots__ = ("context", "field_nodes", "fragments")
 
     def __init__(
-        self, context: Any, node: FieldNode | None = None, fragments: dict[str, FragmentDefinitionNode] | None = None
+        self,
+        context: Any,
+        nodes: tuple[FieldNode, ...] = (),
+        fragments: dict[str, FragmentDefinitionNode] | None = None,
     ) -> None:
         self.context = context
-        self.field_nodes = (node,) if node is not None else ()
+        self.field_nodes = nodes
         self.fragments = fragments or {}
 
 
@@ -91,7 +97,7 @@ class OperationPlan:
         assert target is not None
         kwargs = target.kwargs(coerced)  # raises before anything ran: the ordinary path reports
         try:
-            result = target.resolver.call(None, _Info(context, target.node, self.fragments), kwargs)
+            result = target.resolver.call(None, _Info(context, target.nodes, self.fragments), kwargs)
             if inspect.isawaitable(result):
                 result = await result
         except Exception as exc:
@@ -104,7 +110,7 @@ class OperationPlan:
     def _failed(self, exc: Exception, context: Any) -> dict[str, Any]:
         target = self.mutation_field
         assert target is not None
-        error = located_error(exc, [target.node], [self.mutation_key])
+        error = located_error(exc, list(target.nodes), [self.mutation_key])
         shape(error, getattr(context, "request_id", "") or "")
         data = None if isinstance(target.field.type, GraphQLNonNull) else {self.mutation_key: None}
         return {"data": data, "errors": [error.formatted]}
@@ -114,33 +120,45 @@ async def _complete_levels(
     pending: list[Any], context: Any, coerced: Any, fragments: dict[str, FragmentDefinitionNode]
 ) -> None:
     """Runs the pending resolver fields level by level: every resolver of one level is started
-    before any is awaited, so the DataLoaders they call batch across all parents."""
+    before any is awaited, so the DataLoaders they call batch across all parents; a resolver
+    with a batch form (app/api/batching.py) is called once for all its parents of the level."""
     kwargs_of: dict[int, dict[str, Any]] = {}
     infos: dict[int, _Info] = {}
     while pending:
         level, pending = pending, []
-        results: list[Any] = []
-        waiting: list[tuple[int, Any]] = []
-        for _, _, parent, target in level:
-            ident = id(target)
+        groups: dict[int, list[Any]] = {}
+        for entry in level:
+            groups.setdefault(id(entry[3]), []).append(entry)
+        filled: list[tuple[list[Any], Any, bool]] = []  # (entries, value or awaitable, one per entry?)
+        for ident, entries in groups.items():
+            target = entries[0][3]
             kwargs = kwargs_of.get(ident)
             if kwargs is None:
                 kwargs = kwargs_of[ident] = target.kwargs(coerced)
-                infos[ident] = _Info(context, target.node, fragments)
-            value = target.resolver.call(parent, infos[ident], dict(kwargs))
-            if inspect.isawaitable(value):
-                waiting.append((len(results), value))
-            results.append(value)
-        if len(waiting) == 1:
-            results[waiting[0][0]] = await waiting[0][1]
+                infos[ident] = _Info(context, target.nodes, fragments)
+            info = infos[ident]
+            resolver = target.resolver
+            if resolver.batch is not None:
+                filled.append((entries, resolver.batch([e[2] for e in entries], info, **kwargs), True))
+                continue
+            for entry in entries:
+                filled.append(([entry], resolver.call(entry[2], info, dict(kwargs)), False))
+        waiting = [i for i, (_, value, _) in enumerate(filled) if inspect.isawaitable(value)]
+        if len(waiting) == 1:  # one root field, say: no task to create
+            first = filled[waiting[0]]
+            filled[waiting[0]] = (first[0], await first[1], first[2])
         elif waiting:
-            done = await asyncio.gather(*(w for _, w in waiting))
-            for (index, _), value in zip(waiting, done, strict=True):
-                results[index] = value
-        for (out, key, _, target), value in zip(level, results, strict=True):
-            if value is None and target.non_null:
+            done = await asyncio.gather(*(filled[i][1] for i in waiting))
+            for i, value in zip(waiting, done, strict=True):
+                filled[i] = (filled[i][0], value, filled[i][2])
+        for entries, value, many in filled:
+            values = value if many else [value]
+            if len(values) != len(entries):
                 raise _Fallback
-            out[key] = target.plan(value, pending)
+            for (out, key, _, target), one in zip(entries, values, strict=True):
+                if one is None and target.non_null:
+                    raise _Fallback
+                out[key] = target.plan(one, pending)
 
 
 class Engine:
@@ -230,7 +248,7 @@ class Engine:
             field_def = root_type.fields[node.name.value]
             # Nested resolvers could fail after the mutation ran, and it must not run twice.
             plan = Compiler(executor).compile(field_def.type, details)
-            target = ResolverField(self.schema, field_def, node, plan)
+            target = ResolverField(self.schema, field_def, adapter.nodes_of(details), plan)
         except _NoPlan as refused:
             return refused.reason
         return OperationPlan(

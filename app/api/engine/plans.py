@@ -149,15 +149,18 @@ def converter(schema: Any, type_: GraphQLInputType) -> Any:
 class ResolverField:
     """A field whose resolver the engine calls: for every parent of one level at once."""
 
-    __slots__ = ("converters", "field", "node", "non_null", "plan", "resolver")
+    __slots__ = ("converters", "field", "node", "nodes", "non_null", "plan", "resolver")
 
-    def __init__(self, schema: Any, field: GraphQLField, node: FieldNode, plan: Plan) -> None:
+    def __init__(self, schema: Any, field: GraphQLField, nodes: list[FieldNode], plan: Plan) -> None:
         resolver = adapter.resolver_of(schema, field)
         if resolver is None:
             raise _NoPlan("field_extension")
         self.resolver = resolver
         self.field = field
-        self.node = node
+        # Every node merged into this response key (resolvers may inspect the selection, e.g.
+        # whether totalCount is asked for); arguments are equal across them (validation).
+        self.nodes = tuple(nodes)
+        self.node = nodes[0]
         self.plan = plan
         self.non_null = isinstance(field.type, GraphQLNonNull)
         self.converters = {
@@ -219,7 +222,8 @@ class Compiler:
             if self.schema is None:
                 raise _NoPlan("resolver")
             plan = self.compile(field.type, field_details)
-            fields.append((response_key, ResolverField(self.schema, field, node, plan), None, None))
+            nodes = adapter.nodes_of(field_details)
+            fields.append((response_key, ResolverField(self.schema, field, nodes, plan), None, None))
         return _generate(fields, self.compile)
 
 
