@@ -7,8 +7,9 @@ orchestrator's context window. PostGraphile serves the shapes it can express (it
 full-text search, aggregates or token windows); the others are measured for us only. The
 subscription role is measured by bench/subscriptions_bench.py (WebSocket fan-out, no wrk).
 
-Rounds are interleaved (ours, PostGraphile, ours, …; each server alone on the machine), and
-the table reports the min–max of the rounds. Run:
+Rounds are interleaved: both servers stay up, and each shape is loaded on ours, then on
+PostGraphile, back to back (never both at once); the table reports the min–max of the rounds
+and of the per-round ratios. Run:
 `python -m bench.shapes_bench [--rounds 3] [--seconds 5] [--write]` (needs wrk and Node).
 """
 
@@ -186,29 +187,37 @@ def main() -> None:
                 scripts[(name, "PostGraphile")] = lua_script(
                     root / f"p{i}.lua", "/graphql", {}, [json.dumps(peer_body)]
                 )
-        port = free_port()
-        servers = {"ours": [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url]}
+        # Both servers stay up (an idle one costs nothing); each shape is measured ours, then
+        # PostGraphile, back to back, so a round's ratio sees the same machine load on both sides.
+        ports = {"ours": free_port(), "PostGraphile": free_port()}
+        servers = {"ours": [sys.executable, "-m", "bench.graphql_servers", "ours", str(ports["ours"]), pg.url, rd.url]}
         if postgraphile is not None:
             servers["PostGraphile"] = [
-                str(postgraphile), "-c", pg.url, "--host", "127.0.0.1", "--port", str(port), "--schema", "public",
-                "--disable-query-log", "--no-setof-functions-contain-nulls", "--enable-query-batching",
+                str(postgraphile), "-c", pg.url, "--host", "127.0.0.1", "--port", str(ports["PostGraphile"]),
+                "--schema", "public", "--disable-query-log", "--no-setof-functions-contain-nulls",
+                "--enable-query-batching",
             ]  # fmt: skip
-        for round_ in range(args.rounds):
-            for server, cmd in servers.items():
-                proc = start(cmd, port, "/graphql", {**os.environ, "NODE_ENV": "production"})
-                try:
-                    for (name, who), script in scripts.items():
-                        if who != server:
+        procs = [
+            start(cmd, ports[name], "/graphql", {**os.environ, "NODE_ENV": "production"})
+            for name, cmd in servers.items()
+        ]
+        try:
+            for round_ in range(args.rounds):
+                for name in table:
+                    for server in servers:
+                        script = scripts.get((name, server))
+                        if script is None:
                             continue
-                        run_wrk(script, port, 2, args.connections)  # warm-up: caches, plans, pools
-                        value, p50, _, errors = run_wrk(script, port, args.seconds, args.connections)
+                        run_wrk(script, ports[server], 2, args.connections)  # warm-up: caches, plans, pools
+                        value, p50, _, errors = run_wrk(script, ports[server], args.seconds, args.connections)
                         rps.setdefault((name, server), []).append(value)
                         print(
                             f"round {round_ + 1} {name:40} {server:13} {value:8.0f} req/s p50 {p50:.2f} ms errors {errors}",
                             flush=True,
                         )
-                finally:
-                    stop(proc)
+        finally:
+            for proc in procs:
+                stop(proc)
     finally:
         rd.stop()
         pg.stop()
@@ -221,9 +230,9 @@ def main() -> None:
             "## Query shapes of every client role vs PostGraphile (bench/shapes_bench.py)\n\n"
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu_model()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}; embedded Postgres (fsync on), one process per server, "
-            f"{args.rounds} interleaved rounds of wrk -t2 -c{args.connections} -d{args.seconds}s after a 2 s warm-up; "
-            "min–max over the rounds. Command: "
-            f"`python -m bench.shapes_bench --rounds {args.rounds} --seconds {args.seconds} --write`.\n\n"
+            f"{args.rounds} rounds of wrk -t2 -c{args.connections} -d{args.seconds}s after a 2 s warm-up, each shape "
+            "ours then PostGraphile back to back; min–max over the rounds, the ratio per round. Command: "
+            f"`python -m bench.shapes_bench --rounds {args.rounds} --seconds {args.seconds} --write{' --provisional' if args.provisional else ''}`.\n\n"
             + (PROVISIONAL if args.provisional else "")
             + f"{text}\n\n{NOTES}\n",
         )
@@ -231,7 +240,7 @@ def main() -> None:
 
 PROVISIONAL = (
     "**Provisional**: measured while colleagues' builds and tests loaded the 2-core machine (load "
-    "average ~8); rounds vary several-fold, so the min–max ranges overlap. To be re-measured on a quiet machine.\n\n"
+    "average ~8); rounds vary several-fold. To be re-measured on a quiet machine.\n\n"
 )
 NOTES = """Ours runs every shape through the engine (app/api/engine/): the CRM lists' `messages(last: 3)` of
 20 conversations are one range statement, `sources` one more per level, the batch's three queries run
@@ -248,7 +257,8 @@ def render(names: list[str], rps: dict[tuple[str, str], list[float]]) -> str:
         ours, peer = rps.get((name, "ours"), []), rps.get((name, "PostGraphile"), [])
         mine = f"{min(ours):.0f}–{max(ours):.0f}" if ours else "–"
         theirs = f"{min(peer):.0f}–{max(peer):.0f}" if peer else "not expressible"
-        ratio = f"{min(ours) / max(peer):.2f}–{max(ours) / min(peer):.2f}×" if ours and peer else ""
+        ratios = [o / p for o, p in zip(ours, peer, strict=False) if p]
+        ratio = f"{min(ratios):.2f}–{max(ratios):.2f}×" if ratios else ""
         lines.append(f"| {name} | {mine} | {theirs} | {ratio} |")
     return "\n".join(lines)
 
