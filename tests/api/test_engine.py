@@ -83,12 +83,12 @@ async def test_a_batch_of_queries_runs_through_the_engine_and_answers_like_the_o
         {
             "query": 'query { conversations(filter: {agentId: "a1"}) { edges { node { id messages(last: 3) '
             "{ edges { node { seq content sources { documentId } } } } } } } }"
-        },  # fmt: skip
+        },
         {"query": "query($id: ID!) { conversation(id: $id) { lastSeq } }", "variables": {"id": conv}},
         {
             "query": "query($id: ID!) { history(conversationId: $id, last: 10) { edges { node { seq } } } }",
             "variables": {"id": conv},
-        },  # fmt: skip
+        },
         {"query": '{ conversation(id: "nope") { id } }'},  # fails at run time: the ordinary path reports it
     ]
     before = _unplanned("runtime")
