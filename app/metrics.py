@@ -130,3 +130,9 @@ WS_OPERATIONS = Gauge(
 WS_CLOSED = Counter(
     "ws_closed_total", "WebSocket connections closed by the server, by reason.", ["reason"], registry=REGISTRY
 )
+ENGINE_UNPLANNED = Counter(
+    "graphql_engine_unplanned_total",
+    "Operations the GraphQL engine did not execute by plan (answered by the ordinary path), by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -203,6 +203,9 @@ class Settings(BaseSettings):
     #: beyond it totalCount is the cap and totalCountCapped is true.
     list_count_cap: int = Field(default=100_000, ge=1)
     search_count_cap: int = Field(default=100, ge=1)
+    # GraphQL execution engine (issue 11, item 1: app/api/engine/).
+    #: Operations planned once and run by their plans; false: every operation through graphql-core's executor.
+    graphql_engine: bool = True
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

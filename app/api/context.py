@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from app.api.ws_connections import LiveConnection
 
 
+#: Batches of more ranges than this skip the hot cache (see Loaders._load_ranges).
+_CACHED_RANGE_KEYS = 4
+
+
 class Loaders:
     """Batches the nested fields of one request into a few statements (no N+1)."""
 
@@ -47,8 +51,12 @@ class Loaders:
         return [found[k] for k in keys]
 
     async def _load_ranges(self, keys: list[tuple[uuid.UUID, int, int]]) -> list[list[models.Message]]:
+        # A level of many conversations (a CRM list's last messages) is one Postgres statement;
+        # the hot cache's per-conversation script calls cost more than they save there, and
+        # most listed conversations are cold. One conversation's page still reads the cache.
+        cache = self.resources.cache if len(keys) <= _CACHED_RANGE_KEYS else None
         async with self.resources.db.read() as conn:
-            found = await messages.ranges(conn, self.tenant_id, keys, cache=self.resources.cache)
+            found = await messages.ranges(conn, self.tenant_id, keys, cache=cache)
         return [found[k] for k in keys]
 
     async def history_page(

@@ -3,6 +3,7 @@ error codes, metrics and structured logs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,11 +27,11 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from app import metrics, tracing
-from app.api.compiled import CompiledOperations
 from app.api.context import RequestContext
 from app.api.documents import UNKNOWN_DOCUMENT, DocumentRefused, DocumentRegistry
 from app.api.documents_cache import SEVERAL_OPERATIONS, DocumentCache, cost_error
 from app.api.encoding import encode
+from app.api.engine.operations import Engine, OperationPlan
 from app.api.errors import http_status, shape
 from app.api.graphiql import page as graphiql_page
 from app.api.websocket import KeepaliveTransportWSHandler, LegacyWSHandler
@@ -72,7 +73,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
         self.max_query_bytes = max_query_bytes
         self.operation_labels = operation_names(documents)
         cache = getattr(self.schema, "document_cache", None)
-        self.compiled = CompiledOperations(self.schema, cache) if cache is not None else None
+        self.engine = Engine(self.schema, cache) if cache is not None else None
 
     async def on_ws_connect(self, context: RequestContext) -> dict[str, object] | None:
         """Authenticate in connection_init: its payload carries the HTTP header names and values
@@ -164,19 +165,16 @@ class GraphQLView(GraphQL[RequestContext, None]):
             return refusal(exc.reason, exc.code, exc.status_code)
         if not data.query:
             return refusal("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT, 400)
-        operations = self.compiled
-        compiled = operations.get(data.query, data.operation_name, data.variables) if operations else None
-        if operations is not None and compiled is not None:
+        engine = self.engine
+        plan = engine.get(data.query, data.operation_name, data.variables) if engine else None
+        if engine is not None and plan is not None:
             # The ordinary path checks the cost in PreparedDocuments; this one skips extensions.
             costly = self._costly(data)
             if costly is not None:
                 return self._refused_operation(context, costly)
-            answer = await compiled.run(operations.core_schema, context, data.variables)
+            answer = await plan.run(engine.core_schema, context, data.variables)
             if answer is not None:
-                context.operation_name = compiled.operation_name
-                context.operation_type = "mutation" if compiled.mutation else "query"
-                codes = [str(e["extensions"]["code"]) for e in answer.get("errors", ())]
-                self._record(context, codes)
+                self._record_planned(context, plan, answer)
                 return Response(encode(answer), status_code=http_status(answer), media_type="application/json")
         try:
             result = await self._execute(data, context)
@@ -200,25 +198,51 @@ class GraphQLView(GraphQL[RequestContext, None]):
         total = sum(self._cost(item) for item in items if isinstance(item, GraphQLRequestData))
         cache = self.schema.document_cache  # type: ignore[attr-defined]
         max_cost = cache.max_cost if isinstance(cache, DocumentCache) else None
-        responses: list[Any] = []
-        for item in items:
-            context = await self.get_context(request, request)  # type: ignore[arg-type]
-            if isinstance(item, RequestRefused):
-                responses.append(_error_entry(item.reason, item.code))
-                continue
-            if not item.query:
-                responses.append(_error_entry("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT))
-                continue
-            if max_cost is not None and total > max_cost:
-                responses.append(self._operation_error(context, cost_error(total, max_cost)))
-                continue
-            try:
-                result = await self._execute(item, context)
-            except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
-                responses.append(_error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT))
-                continue
-            responses.append(await self.process_result(request, result))
+        engine = self.engine
+        plans = [
+            engine.get(item.query, item.operation_name, item.variables)
+            if engine is not None and isinstance(item, GraphQLRequestData) and item.query
+            else None
+            for item in items
+        ]
+        over = max_cost is not None and total > max_cost
+        if not over and all(p is not None and not p.mutation for p in plans):
+            # Queries only, all planned: read-only and independent, so they run together (their
+            # order cannot matter); anything with a mutation keeps the items' order.
+            gathered = [self._batch_item(request, i, p, None) for i, p in zip(items, plans, strict=True)]
+            responses = list(await asyncio.gather(*gathered))
+        else:
+            refused = (total, max_cost) if over and max_cost is not None else None
+            responses = [await self._batch_item(request, i, p, refused) for i, p in zip(items, plans, strict=True)]
         return Response(encode(responses), media_type="application/json")
+
+    async def _batch_item(
+        self,
+        request: Request,
+        item: GraphQLRequestData | RequestRefused,
+        plan: OperationPlan | None,
+        over_cost: tuple[int, int] | None,
+    ) -> Any:
+        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        if isinstance(item, RequestRefused):
+            return _error_entry(item.reason, item.code)
+        if not item.query:
+            return _error_entry("No GraphQL query found in the request", ErrorCode.BAD_USER_INPUT)
+        if over_cost is not None:
+            return self._operation_error(context, cost_error(*over_cost))
+        engine = self.engine
+        if engine is not None and plan is not None:
+            # Each item through the engine; the batch's cost was checked as a whole.
+            answer = await plan.run(engine.core_schema, context, item.variables)
+            if answer is not None:
+                self._record_planned(context, plan, answer)
+                return answer
+        try:
+            result = await self._execute(item, context)
+        except (InvalidOperationTypeError, CannotGetOperationTypeError) as exc:
+            return _error_entry(_operation_refusal(exc), ErrorCode.BAD_USER_INPUT)
+        request.state.graphql_context = context  # batch items may run together: this item's
+        return await self.process_result(request, result)
 
     async def _execute(self, data: GraphQLRequestData, context: RequestContext) -> ExecutionResult:
         """The ordinary path: Strawberry's executor (queries and mutations only over HTTP)."""
@@ -377,6 +401,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
             response["extensions"] = result.extensions
         self._record(context, codes)
         return response
+
+    def _record_planned(self, context: RequestContext, plan: OperationPlan, answer: dict[str, Any]) -> None:
+        context.operation_name = plan.operation_name
+        context.operation_type = "mutation" if plan.mutation else "query"
+        self._record(context, [str(e["extensions"]["code"]) for e in answer.get("errors", ())])
 
     def _record(self, context: RequestContext, codes: list[str]) -> None:
         elapsed = time.perf_counter() - context.started

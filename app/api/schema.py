@@ -20,8 +20,9 @@ from app.api.domains.memory import MemoryMutation
 from app.api.domains.messages import MessagesMutation, MessagesQuery
 from app.api.domains.state import StateMutation
 from app.api.domains.stats_search import StatsSearchQuery
+from app.api.engine import adapter
+from app.api.engine.plans import EngineExecutionContext
 from app.api.errors import shape
-from app.api.fast_lists import FastListExecutionContext
 from app.api.http import OperationRecorder
 from app.api.scalars import SCALARS
 from app.api.subscriptions import Subscription
@@ -80,7 +81,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         mutation=Mutation,
         subscription=Subscription,
         extensions=extensions,
-        execution_context_class=FastListExecutionContext,
+        execution_context_class=EngineExecutionContext,
         config=StrawberryConfig(
             scalar_map=SCALARS,
             disable_field_suggestions=settings.is_production,
@@ -88,6 +89,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         ),
     )
     built.document_cache = cache
+    adapter.set_enabled(built, settings.graphql_engine)
     return built
 
 

@@ -10,7 +10,7 @@ nothing. A replayed addMessage may return the whole message: a replay is only ac
 very payload that was stored (app/services/idempotency), which the caller therefore sent.
 
 Checked on the syntax tree (fragments expanded; @skip/@include are not evaluated, so a field
-behind them counts as selected), which both the executor and app/api/compiled.py provide.
+behind them counts as selected), which both the executor and app/api/engine/operations.py provide.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def selected(info: Any) -> set[str]:
 
 def _tree(info: Any) -> tuple[Sequence[FieldNode], Mapping[str, FragmentDefinitionNode]]:
     raw = getattr(info, "_raw_info", None)  # Strawberry's Info wraps graphql-core's
-    source = raw if raw is not None else info  # app/api/compiled.py's own info
+    source = raw if raw is not None else info  # the engine's own info (app/api/engine/operations.py)
     return source.field_nodes, source.fragments
 
 

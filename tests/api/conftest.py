@@ -85,3 +85,25 @@ async def other_api(db: Database, http: httpx.AsyncClient, other_tenant: str) ->
 @pytest.fixture
 async def reader(db: Database, http: httpx.AsyncClient, tenant: str) -> Caller:
     return await make_caller(db, http, tenant, "read")
+
+
+@pytest.fixture(scope="session")
+async def ordinary_app(servers: Servers) -> AsyncIterator[Starlette]:
+    """The same service with GRAPHQL_ENGINE=false: every operation through graphql-core's executor
+    (the reference the engine's answers are compared with)."""
+    settings = Settings(_env_file=None, graphql_engine=False)
+    application = create_app(settings, database_url=servers.database_url, redis_url=servers.redis_url)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def ordinary_http(ordinary_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ordinary_app), base_url="http://test") as client:
+        yield client
+
+
+@pytest.fixture
+async def ordinary(api: Caller, ordinary_http: httpx.AsyncClient) -> Caller:
+    """`api`'s tenant and key, answered by the ordinary path."""
+    return Caller(http=ordinary_http, tenant=api.tenant, key=api.key)

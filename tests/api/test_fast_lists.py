@@ -1,18 +1,16 @@
-"""The compiled list path is an optimisation only: every query answers exactly as graphql-core
-answers with it switched off (documents in graphql/, plus aliases, fragments, directives,
+"""The engine (app/api/engine/) is an optimisation only: every query answers exactly as graphql-core
+answers with GRAPHQL_ENGINE=false (documents in graphql/, plus aliases, fragments, directives,
 __typename and nulls)."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from app.api.documents import DocumentRegistry
-from app.api.fast_lists import FastListExecutionContext
 from tests.api.conftest import Caller
 
 TOOL_CALLS = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
@@ -26,12 +24,6 @@ EXTRA = [
     """query { conversations(first: 50) { edges { cursor node { __typename id tags closedAt closeReason lastMessageAt
          title states { key value version } } } } }""",
 ]
-
-
-@pytest.fixture
-def fast_path() -> Iterator[None]:
-    yield
-    FastListExecutionContext.ENABLED = True
 
 
 async def _seed(api: Caller) -> str:
@@ -80,16 +72,11 @@ async def _seed(api: Caller) -> str:
     return str(conv)
 
 
-async def _both(api: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
-    FastListExecutionContext.ENABLED = True
-    fast = await api.gql(query, variables)
-    FastListExecutionContext.ENABLED = False
-    slow = await api.gql(query, variables)
-    FastListExecutionContext.ENABLED = True
-    return fast, slow
+async def _both(api: Caller, ordinary: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
+    return await api.gql(query, variables), await ordinary.gql(query, variables)
 
 
-async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path: None) -> None:
+async def test_every_document_answers_the_same_both_ways(api: Caller, ordinary: Caller) -> None:
     conv = await _seed(api)
     variables = {
         "id": conv,
@@ -106,23 +93,23 @@ async def test_every_document_answers_the_same_both_ways(api: Caller, fast_path:
     queries = [d.text for d in DocumentRegistry.load().documents if d.text.lstrip("# ").find("mutation") < 0]
     queries = [q for q in queries if q.split("\n", 1)[1].lstrip().startswith("query")] + EXTRA
     for query in queries:
-        fast, slow = await _both(api, query, variables)
+        fast, slow = await _both(api, ordinary, query, variables)
         assert fast == slow, query
     for flags in ({"withContent": False, "skipSeq": True}, {"withContent": True, "skipSeq": True}):
-        fast, slow = await _both(api, EXTRA[0], {**variables, **flags})
+        fast, slow = await _both(api, ordinary, EXTRA[0], {**variables, **flags})
         assert fast == slow and "errors" not in fast
 
 
-async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, fast_path: None) -> None:
+async def test_a_null_in_a_non_null_field_is_still_an_error(api: Caller, ordinary: Caller) -> None:
     """Shape errors fall back to graphql-core, which reports them as usual."""
     from graphql import GraphQLString
 
-    from app.api.fast_lists import _Fallback, _leaf
+    from app.api.engine.plans import _Fallback, _leaf
 
     plan = _leaf(GraphQLString, non_null=True)
     with pytest.raises(_Fallback):
-        plan(None)
-    assert plan("x") == "x"
+        plan(None, None)
+    assert plan("x", None) == "x"
 
 
 def test_the_encoder_writes_uuids_and_utc_datetimes_as_the_scalars_do() -> None:
@@ -144,7 +131,7 @@ def test_the_encoder_writes_uuids_and_utc_datetimes_as_the_scalars_do() -> None:
     assert orjson.loads(encode(None, moments)) == [_serialize_datetime(m) for m in moments]  # type: ignore[arg-type]
 
 
-async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path(api: Caller, fast_path: None) -> None:
+async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path(api: Caller, ordinary: Caller) -> None:
     """Enum arguments reach resolvers as Python enum members on both paths (the cursor column
     depends on it), so pages and cursors are identical."""
     for i in range(5):
@@ -161,7 +148,7 @@ async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path
     for order in (None, "LAST_ACTIVITY_DESC", "CREATED_AT_DESC", "CREATED_AT_ASC"):
         after = None
         for _ in range(3):
-            fast, slow = await _both(api, q, {"after": after, "order": order})
+            fast, slow = await _both(api, ordinary, q, {"after": after, "order": order})
             assert fast == slow and "errors" not in fast, (order, fast, slow)
             after = fast["data"]["conversations"]["pageInfo"]["endCursor"]
 
@@ -169,30 +156,23 @@ async def test_compiled_queries_get_python_enums_and_page_like_the_ordinary_path
 def test_enum_arguments_convert_to_python_members() -> None:
     from graphql import GraphQLList, GraphQLNonNull
 
-    from app.api.compiled import _converter
     from app.api.domains.enums import ConversationOrder
+    from app.api.engine.adapter import core_schema
+    from app.api.engine.plans import converter
     from app.api.schema import schema
 
     # Members of the GraphQL enum's own class (declared in the API layer), as Strawberry gives them.
-    order = schema._schema.get_type("ConversationOrder")
-    convert = _converter(GraphQLNonNull(order))  # type: ignore[arg-type]
+    order = core_schema(schema).get_type("ConversationOrder")
+    convert = converter(schema, GraphQLNonNull(order))  # type: ignore[arg-type]
     assert convert("last_activity_desc") is ConversationOrder.LAST_ACTIVITY_DESC
-    many = _converter(GraphQLList(order))
+    many = converter(schema, GraphQLList(order))
     assert many(["created_at_asc"]) == [ConversationOrder.CREATED_AT_ASC]
-    assert _converter(schema._schema.get_type("Int")) is None  # type: ignore[arg-type]
+    assert converter(schema, core_schema(schema).get_type("Int")) is None  # type: ignore[arg-type]
 
 
-async def _twice(api: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
-    """The same request compiled, then through Strawberry and graphql-core."""
-    from app.api.compiled import CompiledOperations
-
-    compiled = await api.gql(query, variables)
-    CompiledOperations.ENABLED = False
-    try:
-        ordinary = await api.gql(query, variables)
-    finally:
-        CompiledOperations.ENABLED = True
-    return compiled, ordinary
+async def _twice(api: Caller, ordinary: Caller, query: str, variables: dict[str, Any]) -> tuple[Any, Any]:
+    """The same request through the engine, then through Strawberry and graphql-core."""
+    return await api.gql(query, variables), await ordinary.gql(query, variables)
 
 
 MUTATION_FAILURES = [
@@ -242,14 +222,14 @@ MUTATION_FAILURES = [
 
 @pytest.mark.parametrize(("query", "variables"), MUTATION_FAILURES)
 async def test_failed_mutations_answer_the_same_compiled_or_not(
-    api: Caller, query: str, variables: dict[str, Any]
+    api: Caller, ordinary: Caller, query: str, variables: dict[str, Any]
 ) -> None:
     await api.data('mutation { createConversation(input: {sessionId: "taken"}) { id } }')
-    compiled, ordinary = await _twice(api, query, variables)
-    assert compiled == ordinary and compiled.get("errors"), (compiled, ordinary)
+    planned, reference = await _twice(api, ordinary, query, variables)
+    assert planned == reference and planned.get("errors"), (planned, reference)
 
 
-async def test_mutations_answer_the_same_compiled_or_not(api: Caller) -> None:
+async def test_mutations_answer_the_same_compiled_or_not(api: Caller, ordinary: Caller) -> None:
     from app.api.documents import DocumentRegistry
 
     docs = DocumentRegistry.load()
@@ -262,8 +242,6 @@ async def test_mutations_answer_the_same_compiled_or_not(api: Caller) -> None:
         text = json.dumps(body, sort_keys=True)
         fields = r"id|createdAt|updatedAt|closedAt|conversationId|sessionId"
         return json.loads(re.sub(rf'"({fields})": "[^"]*"', r'"\1": "x"', text))
-
-    from app.api.compiled import CompiledOperations
 
     def message(session: str) -> dict[str, Any]:
         return {
@@ -278,15 +256,11 @@ async def test_mutations_answer_the_same_compiled_or_not(api: Caller) -> None:
         }
 
     first = await api.gql(add.text, {"input": message("d1")})  # compiled
-    CompiledOperations.ENABLED = False
-    try:
-        second = await api.gql(add.text, {"input": message("d2")})  # through graphql-core
-    finally:
-        CompiledOperations.ENABLED = True
+    second = await ordinary.gql(add.text, {"input": message("d2")})  # through graphql-core
     assert "errors" not in first and plain(first) == plain(second)
     # A retry carries the same payload (another one would be IDEMPOTENCY_KEY_REUSED).
-    again, ordinary_again = await _twice(api, add.text, {"input": message("d1")})
+    again, ordinary_again = await _twice(api, ordinary, add.text, {"input": message("d1")})
     assert again == ordinary_again and again["data"]["addMessage"]["created"] is False
     conv = first["data"]["addMessage"]["conversation"]["id"]
-    upd, upd2 = await _twice(api, update.text, {"input": {"id": conv, "title": None, "tags": ["t"]}})
+    upd, upd2 = await _twice(api, ordinary, update.text, {"input": {"id": conv, "title": None, "tags": ["t"]}})
     assert plain(upd) == plain(upd2) and upd["data"]["updateConversation"]["title"] is None

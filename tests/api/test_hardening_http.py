@@ -37,7 +37,7 @@ _ALIAS = (
 #: The issue's query: 30 aliases (the alias limit) of 100 conversations × 100 messages.
 ATTACK = "query { " + " ".join(_ALIAS.format(i=i) for i in range(30)) + " }"
 COUNT = "{ conversations { totalCount } }"
-#: One root field, scalars for arguments: the compiled path (app/api/compiled.py) serves it.
+#: One root field, scalars for arguments: the engine (app/api/engine/) serves it.
 NESTED = "query { conversations(first: 100) { edges { node { messages(first: 100) { edges { node { id } } } } } } }"
 
 
@@ -178,13 +178,13 @@ async def test_the_30_alias_query_is_refused_by_cost_quickly_and_others_are_not_
 
 
 async def test_cost_on_the_compiled_path_and_in_batches(tight_app: Starlette, tight: Caller) -> None:
-    compiled = view_of(tight_app).compiled
-    assert compiled is not None
+    engine = view_of(tight_app).engine
+    assert engine is not None
     await tight.data('mutation { createConversation(input: {sessionId: "c"}) { id } }')
     page = 'query { history(sessionId: "c", last: 100) { edges { cursor node { id } } } }'  # 1 + 100 × 2
     body = await tight.gql(page)
     assert error(body)["extensions"] == {"code": "BAD_USER_INPUT", "cost": 201, "maxCost": 100}
-    assert compiled.get(page, None, {}) is not None  # the request met a compiled plan
+    assert engine.get(page, None, {}) is not None  # the request met a plan
     assert "errors" not in await tight.gql(page.replace("100", "40"))  # 81
     # Batch items add up: each costs 1 + 10 × 2 = 21; four of them 84, five 105.
     item = {"query": "query { conversations(first: 10) { edges { node { id } } } }"}

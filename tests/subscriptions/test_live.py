@@ -271,7 +271,7 @@ async def test_long_lived_subscriptions_keep_nothing_per_event(server: Server, w
     import gc
 
     from app.api import shared_events
-    from app.api.fast_lists import FastListExecutionContext
+    from app.api.engine.plans import EngineExecutionContext
 
     await writer.data(ADD, {"s": "released", "c": "first"})
     sockets = [await subscriber(server, writer.key, {"s": "released"}) for _ in range(3)]
@@ -287,7 +287,7 @@ async def test_long_lived_subscriptions_keep_nothing_per_event(server: Server, w
         # Only the last event may remain: the hub's reader and each subscription hold the one
         # they handled last until the next one comes.
         assert len(set(shared_events._RESULTS) - before) <= 1
-        memos = [len(o._relevant_sub_fields) for o in gc.get_objects() if isinstance(o, FastListExecutionContext)]
+        memos = [len(o._relevant_sub_fields) for o in gc.get_objects() if isinstance(o, EngineExecutionContext)]
         assert memos and max(memos) < 5, memos
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets))

@@ -10,6 +10,7 @@ from typing import Any, cast
 import strawberry
 
 from app import models
+from app.api.batching import batched
 from app.api.domains.common import Ctx, PageInfo, page_info
 from app.api.domains.enums import MessageRole
 from app.api.scalars import JSON
@@ -39,6 +40,14 @@ class Execution:
 _EXECUTION_KEYS = ("run_id", "model", "latency_ms", "prompt_tokens", "completion_tokens", "status", "error")
 
 
+async def _sources_of(messages: list[Any], info: Ctx) -> list[list[Source]]:
+    """Message.sources for a whole level: one DataLoader load_many for those not carried."""
+    records = cast(list[models.Message], messages)
+    keys = [(r.conversation_id, r.seq) for r in records if r.sources is None]
+    loaded = iter(await info.context.loaders.sources.load_many(keys) if keys else [])
+    return [cast(list[Source], r.sources if r.sources is not None else next(loaded)) for r in records]
+
+
 @strawberry.type(description="One message of a conversation.")
 class Message:
     id: strawberry.ID = strawberry.field(description="Unique message id.")
@@ -60,6 +69,7 @@ class Message:
     created_at: datetime = strawberry.field(description="When it was stored; never earlier than the previous seq.")
 
     @strawberry.field(description="RAG sources cited by this message.")
+    @batched(_sources_of)
     async def sources(self, info: Ctx) -> list[Source]:
         record = cast(models.Message, self)
         if record.sources is not None:
