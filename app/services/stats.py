@@ -133,10 +133,9 @@ async def tenant_stats(
         d[0] += conversations
         d[1] += messages
         d[2] += tokens
-    for status in Status:
-        result.conversations_by_status.setdefault(status, 0)
-    for role in Role:
-        result.messages_by_role.setdefault(role, 0)
+    # In the enums' order, whatever order the rows came in: the same data always reads the same.
+    result.conversations_by_status = {status: result.conversations_by_status.get(status, 0) for status in Status}
+    result.messages_by_role = {role: result.messages_by_role.get(role, 0) for role in Role}
     result.active_conversations = result.conversations_by_status[Status.ACTIVE]
     if result.conversations:
         result.avg_messages_per_conversation = total_messages_of_conversations / result.conversations
