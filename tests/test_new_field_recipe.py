@@ -25,12 +25,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests import citus_cluster
 from tests.conftest import Servers
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The files the recipe edits by hand (schema.graphql is regenerated; the wire-format pin in
 #: tests/test_codec.py and docs/jobs.md are the documented contract, updated with a real field).
 RECIPE_FILES = ("db/tables.py", "app/models.py", "app/api/domains/message_types.py")
+CONTRACT_FILES = ("docs/contract.graphql", "docs/jobs.md")
 REVISION = "9c0ffee0d00d"
 
 
@@ -104,6 +106,20 @@ def downgrade() -> None:
     return [*RECIPE_FILES, str(migration.relative_to(root))]
 
 
+def document_field(root: Path) -> list[str]:
+    """The public contracts a new field changes, on purpose by hand: the GraphQL contract (an added
+    optional input field is a "dangerous" change the contract test refuses until it is agreed) and
+    docs/jobs.md's message object (the wire format of results, export lines and webhooks)."""
+    contract = root / "docs/contract.graphql"
+    _insert_after(contract, "type Message {", "  mood: String\n")
+    for input_type in ("input AddMessageInput {", "input MessageInput {"):
+        _insert_after(contract, input_type, "  mood: String\n")
+    jobs = root / "docs/jobs.md"
+    source = jobs.read_text()
+    jobs.write_text(source.replace("execution, sources, created_at}", "execution, sources, created_at, mood}", 1))
+    return [*CONTRACT_FILES]
+
+
 def _copy_tree(dest: Path) -> None:
     """The tracked files of the tree (what a colleague would edit), without caches or venvs."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=False)
@@ -138,13 +154,13 @@ async def fresh_database(servers: Servers) -> AsyncIterator[str]:
 
 
 async def test_a_new_message_field_end_to_end_takes_only_the_recipes_files(
-    tmp_path: Path, servers: Servers, fresh_database: str
+    request: pytest.FixtureRequest, tmp_path: Path, servers: Servers, fresh_database: str
 ) -> None:
-    if "?" in servers.database_url or os.environ.get("TEST_CITUS"):
-        pytest.skip("needs a plain Postgres where a database can be created")
+    if citus_cluster.cluster_requested(request.config):
+        pytest.skip("a fresh database per test is made on plain Postgres; the field's SQL is the same on Citus")
     tree = tmp_path / "tree"
     _copy_tree(tree)
-    written = apply_recipe(tree)
+    written = apply_recipe(tree) + document_field(tree)
     assert len(written) <= 6
     changed = sorted(
         str(p.relative_to(tree))
@@ -165,6 +181,20 @@ async def test_a_new_message_field_end_to_end_takes_only_the_recipes_files(
         check=False,
     )
     assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-8000:]
+
+    # The generated schema, then the checks that guard the contracts pass on the copy as they are.
+    exported = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "app.api.export"], cwd=tree, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+    )  # fmt: skip
+    (tree / "schema.graphql").write_text(exported.stdout)
+    checks = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_codec.py::test_wire_formats_are_the_documented_ones", "tests/api/test_schema_contract.py"],
+        cwd=tree, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(tree), "TEST_DATABASE_URL": servers.database_url, "TEST_REDIS_URL": servers.redis_url},
+    )  # fmt: skip
+    assert checks.returncode == 0, checks.stdout[-6000:]
     seen = json.loads(child.stdout.strip().splitlines()[-1])
     expected = {"1": None, "2": "curious", "3": "calm", "4": None}
     assert seen["addMessage"] == {"seq": 2, "mood": "curious"} and seen["event"] == "curious"
