@@ -24,7 +24,7 @@ import types
 import typing
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -92,6 +92,16 @@ def _fields(cls: type) -> list[_Field]:
         default = f.default if f.default is not dataclasses.MISSING else None
         out.append(_Field(f.name, kind, extra, _optional(hint), has_default, default))
     return out
+
+
+def extra_fields(record: type, known: Collection[str]) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
+    """The fields of `record` a piece of code does not handle by name: name → (type hint, field).
+
+    Code that copies a record's fields one by one (an input model, a validator, a SQL statement)
+    names the fields it treats specially and passes the rest through generically, so a new
+    optional field of the record reaches it without an edit."""
+    hints = typing.get_type_hints(record, vars(models))
+    return {f.name: (hints[f.name], f) for f in dataclasses.fields(record) if f.name not in known}
 
 
 def _compile(name: str, source: str, env: dict[str, Any]) -> Callable[..., Any]:

@@ -99,6 +99,7 @@ async def save_message(
         execution=d.execution,
         client_message_id=env.action_id,
         limits=st.limits,
+        **messages.extra_of(d),
     )
     defaults = ConversationDefaults(user_id=d.user_id, agent_id=d.agent_id, channel=d.channel)
 

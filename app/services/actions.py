@@ -6,20 +6,21 @@ The arq adapter (jobs/actions.py) calls these; nothing here knows about arq.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
 
 from app import codec
 from app.errors import BadUserInput, DomainError, IdempotencyKeyReused, NotFound, RetryTransaction
-from app.models import Conversation, ConversationRef, Message, Source, StateEntry
+from app.models import Conversation, ConversationRef, Message, NewMessage, Source, StateEntry
 from app.services import limits as check
 from app.services import tenants
 from app.services.crm import CrmSyncRecord
@@ -175,6 +176,28 @@ class CreateData(ActionData):
     metadata: dict[str, Any] | None = None
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def with_new_message_fields(base: type[_Model], *, exclude: Collection[str] = ()) -> type[_Model]:
+    """`base` plus every NewMessage field it neither declares nor excludes, typed and defaulted as
+    on the record: an input model (an action's data, an import line) built from the record's fields,
+    so a new optional Message field is accepted without an edit. `base` itself when there is none."""
+    extra = codec.extra_fields(NewMessage, {*base.model_fields, *exclude})
+    if not extra:
+        return base
+    definitions: dict[str, Any] = {}
+    for name, (hint, f) in extra.items():
+        if f.default is not dataclasses.MISSING:
+            definitions[name] = (hint, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            definitions[name] = (hint, Field(default_factory=f.default_factory))
+        else:
+            definitions[name] = (hint, ...)
+    model: type[_Model] = create_model(base.__name__, __base__=base, __module__=base.__module__, **definitions)
+    return model
+
+
 class SourceData(ActionData):
     document_id: str
     chunk_id: str | None = None
@@ -199,6 +222,11 @@ class SaveMessageData(ActionData):
     agent_id: str | None = None
     user_id: str | None = None
     channel: str | None = None
+
+
+if not TYPE_CHECKING:  # the type checker sees the declared fields; a new record field is accessed by name
+    # The clientMessageId is the action_id and the token count is computed: not part of the data.
+    SaveMessageData = with_new_message_fields(SaveMessageData, exclude=("client_message_id", "token_count"))
 
 
 class GetContextData(ActionData):

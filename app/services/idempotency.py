@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app import codec
 from app.errors import IdempotencyKeyReused
 from app.models import Message, NewMessage, Source
 
@@ -39,6 +40,22 @@ def same_json(a: Any, b: Any) -> bool:
     return type(a) is type(b) and bool(a == b)
 
 
+#: NewMessage fields compared by name below or not part of the payload; any other field of the record
+#: (a new optional one) is compared as it is, and reported under its camelCase name.
+_EXTRA = tuple(
+    codec.extra_fields(
+        NewMessage,
+        ("role", "content", "name", "tool_call_id", "tool_calls", "metadata", "sources", "execution",
+         "client_message_id", "token_count"),
+    )
+)  # fmt: skip
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
 def _source(s: Source) -> list[Any]:
     return [s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet]
 
@@ -56,7 +73,8 @@ def differences(sent: NewMessage, stored: Message) -> list[str]:
         ("sources", [_source(s) for s in sent.sources], [_source(s) for s in stored.sources or []]),
         ("execution", sent.execution or None, stored.execution or None),
     )
-    return [name for name, a, b in pairs if not same_json(a, b)]
+    extra = tuple((_camel(n), getattr(sent, n), getattr(stored, n, None)) for n in _EXTRA)
+    return [name for name, a, b in pairs + extra if not same_json(a, b)]
 
 
 def check_replay(sent: NewMessage, stored: Message) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from app import tokens
+from app import codec, tokens
 from app.errors import BadUserInput, Conflict, ConversationClosed, NotFound, RetryTransaction
 from app.models import (
     AppendResult,
@@ -53,6 +53,22 @@ _EXECUTION_FIELDS: dict[str, type[str] | type[int]] = {
 }
 
 
+#: The NewMessage fields new_message takes by name and checks. Any other field of the record (a new
+#: optional one, docs/architecture.md "Recipe: a new Message field") is an *extra* field: edges copy
+#: it from their input by name (`extra_of`) and new_message passes it through.
+_CHECKED = (
+    "role", "content", "name", "tool_call_id", "tool_calls", "metadata", "sources", "execution",
+    "client_message_id", "token_count",
+)  # fmt: skip
+EXTRA_FIELDS: tuple[str, ...] = tuple(codec.extra_fields(NewMessage, _CHECKED))
+
+
+def extra_of(source: object) -> dict[str, Any]:
+    """The extra fields (EXTRA_FIELDS) an input object carries (a GraphQL input, an action's data,
+    an import line), by name; those it lacks are left to the record's default."""
+    return {name: getattr(source, name) for name in EXTRA_FIELDS if hasattr(source, name)}
+
+
 def new_message(
     *,
     role: Role,
@@ -65,8 +81,17 @@ def new_message(
     execution: dict[str, Any] | None = None,
     client_message_id: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    **extra: Any,
 ) -> NewMessage:
-    """Validate one message and count its tokens (once, at write time, with the default encoding)."""
+    """Validate one message and count its tokens (once, at write time, with the default encoding).
+    `extra`: the record's EXTRA_FIELDS; their types were checked by the edge's input model, and a
+    text value is bounded like other short texts."""
+    unknown = extra.keys() - set(EXTRA_FIELDS)
+    if unknown:
+        raise TypeError(f"NewMessage has no field {', '.join(sorted(unknown))}")
+    for key, value in extra.items():
+        if isinstance(value, str):
+            check.text(value, _camel(key), limits.max_title_length * 4)
     if not isinstance(role, Role):
         raise BadUserInput("role must be one of system, user, assistant, tool", field="role")
     check.content(content, limits)
@@ -106,7 +131,13 @@ def new_message(
         execution=execution,
         client_message_id=client_message_id,
         token_count=tokens.count_message(content, name=name, tool_calls=tool_calls),
+        **extra,
     )
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 def _check_tool_calls(tool_calls: Any, limits: Limits) -> None:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -41,7 +41,7 @@ from app.models import (
 )
 from app.services import idempotency, messages
 from app.services import limits as check
-from app.services.actions import conversation_json, message_json, state_json
+from app.services.actions import conversation_json, message_json, state_json, with_new_message_fields
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
@@ -171,6 +171,10 @@ class MessageRecord(_Record):
         return value.lower() if isinstance(value, str) else value
 
 
+if not TYPE_CHECKING:  # a NewMessage field not declared above (a new optional one) is read by name
+    MessageRecord = with_new_message_fields(MessageRecord)
+
+
 class StateRecord(_Record):
     key: str
     value: Any
@@ -284,6 +288,7 @@ async def _check_reused_keys(
                 sources=[Source(s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet) for s in m.sources],
                 execution=m.execution,
                 client_message_id=m.client_message_id,
+                **messages.extra_of(m),
             ),
             original,
         )
@@ -369,6 +374,7 @@ async def import_conversation(
                 execution=m.execution,
                 created_at=at,
                 sources=[Source(s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet) for s in m.sources],
+                extra=messages.extra_of(m),
             )
         )
     for i in range(0, len(new), MESSAGE_CHUNK):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,26 @@ from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefi
 from db.session import Connection
 
 _SOURCE_FIELDS = "document_id text, chunk_id text, title text, uri text, score float8, snippet text"
+
+# A NewMessage field beyond the columns bound by hand (records.MESSAGE_BOUND_COLUMNS) is written by
+# fragments generated here, once, at import: its column and `$15`, `$16`, … appended to the append
+# statement (after $14, the sources), and an unnest array in insert_many. With no such field the
+# statements are exactly the hand-written ones.
+_NEW_EXTRA = records.extra_columns(NewMessage)
+_APPEND_EXTRA_COLUMNS, _APPEND_EXTRA_PARAMS = records.extra_sql(NewMessage, first_param=15)
+
+
+def _extra_values_reader() -> Callable[[NewMessage], tuple[Any, ...]]:
+    """message → the values of its extra columns, in order (plain Python, made once)."""
+    values = "".join(f"m.{c.field}, " for c in _NEW_EXTRA)
+    namespace: dict[str, Any] = {}
+    exec(compile(f"def f(m):\n    return ({values})\n", "<db.repositories.messages extras>", "exec"), namespace)
+    reader: Callable[[NewMessage], tuple[Any, ...]] = namespace["f"]
+    return reader
+
+
+_extra_values = _extra_values_reader()
+_MANY = records.UnnestExtras(_NEW_EXTRA, first_param=15)
 
 _APPEND_TEMPLATE = f"""
 WITH target AS ({{target}}),
@@ -49,9 +70,9 @@ bump AS (
 ),
 ins AS (
     INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                          tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+                          tool_call_id, tool_calls, token_count, metadata, execution, created_at{_APPEND_EXTRA_COLUMNS})
     SELECT $1, b.id, b.last_seq, COALESCE($4::uuid, gen_random_uuid()), $3, $5, $6, $7, $9, $10, $8, $11, $12,
-           b.last_message_at
+           b.last_message_at{_APPEND_EXTRA_PARAMS}
     FROM bump b
     RETURNING {MESSAGE_COLUMNS}
 ),
@@ -136,6 +157,7 @@ async def append(
         message.execution,
         expected_seq,
         _sources_json(message.sources),
+        *_extra_values(message),
     )
 
 
@@ -216,13 +238,13 @@ async def insert_many(
     rows = await conn.fetch(
         f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at{_MANY.columns})
         SELECT $1, $2, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14
+               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14{_MANY.values}
         FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                    $11::int[], $12::text[], $13::text[])
+                    $11::int[], $12::text[], $13::text[]{_MANY.arrays})
              WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
-                                  token_count, metadata, execution, ord)
+                                  token_count, metadata, execution{_MANY.aliases}, ord)
         ORDER BY t.ord
         RETURNING {MESSAGE_COLUMNS}
         """,
@@ -241,6 +263,7 @@ async def insert_many(
         [_json_or_none(m.metadata) for m in messages],
         [_json_or_none(m.execution) for m in messages],
         created_at,
+        *_MANY.columns_of(messages),
     )
     inserted = sorted((records.message(r) for r in rows), key=lambda m: m.seq)
     sources: list[dict[str, Any]] = []

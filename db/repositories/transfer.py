@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.models import Conversation, Source
+from app.models import Conversation, NewMessage, Source
 from db.repositories import records
 from db.repositories.records import CONVERSATION_COLUMNS
 from db.session import Connection
@@ -30,6 +30,12 @@ class ImportedMessage:
     execution: dict[str, Any] | None
     created_at: datetime
     sources: list[Source]
+    #: The NewMessage fields beyond the hand-bound columns (records.extra_columns), by field name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Extra columns (a new NewMessage field) go as generated unnest arrays after $14: no edit here.
+_EXTRA = records.UnnestExtras(records.extra_columns(NewMessage), first_param=15)
 
 
 async def insert_conversation(
@@ -102,15 +108,15 @@ async def insert_messages(
     if not messages:
         return
     await conn.execute(
-        """
+        f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at{_EXTRA.columns})
         SELECT $1, $2, t.seq, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at
+               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at{_EXTRA.values}
         FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                    $10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[])
+                    $10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[]{_EXTRA.arrays})
              AS t(seq, id, client_message_id, role, content, name, tool_call_id, tool_calls, token_count,
-                  metadata, execution, created_at)
+                  metadata, execution, created_at{_EXTRA.aliases})
         """,
         tenant_id,
         conversation_id,
@@ -127,6 +133,7 @@ async def insert_messages(
         [_json(m.metadata) for m in messages],
         [_json(m.execution) for m in messages],
         [m.created_at for m in messages],
+        *_EXTRA.columns_of(messages, lambda m, name: m.extra.get(name)),
     )
     sources = [
         {

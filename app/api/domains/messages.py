@@ -12,14 +12,12 @@ from app import models
 from app.api import write_only
 from app.api.domains.common import Ctx
 from app.api.domains.conversations import Conversation
-from app.api.domains.enums import MessageRole
 from app.api.domains.message_types import (
     AddMessageInput,
     AddMessagesInput,
-    ExecutionInput,
     Message,
     MessageConnection,
-    SourceInput,
+    MessageInput,
 )
 from app.services import conversations, messages
 from app.services.limits import Limits
@@ -40,30 +38,21 @@ class AddMessagesPayload:
     created_count: int = strawberry.field(description="How many were new.")
 
 
-def _new_message(
-    limits: Limits,
-    *,
-    role: MessageRole,
-    content: str,
-    name: str | None,
-    tool_call_id: str | None,
-    tool_calls: Any,
-    metadata: Any,
-    sources: list[SourceInput] | None,
-    execution: ExecutionInput | None,
-    client_message_id: str | None,
-) -> models.NewMessage:
+def _new_message(limits: Limits, m: AddMessageInput | MessageInput) -> models.NewMessage:
+    """The input → the service's NewMessage. Fields beyond those converted here (a new optional
+    Message field declared on the inputs in message_types.py) are copied by name."""
     return messages.new_message(
-        role=models.Role(role),
-        content=content,
-        name=name,
-        tool_call_id=tool_call_id,
-        tool_calls=tool_calls,
-        metadata=metadata,
-        sources=[s.to_model() for s in sources] if sources else None,
-        execution=execution.to_dict() if execution is not None else None,
-        client_message_id=client_message_id,
+        role=models.Role(m.role),
+        content=m.content,
+        name=m.name,
+        tool_call_id=m.tool_call_id,
+        tool_calls=m.tool_calls,
+        metadata=cast(Any, m.metadata),  # checked to be an object by the service
+        sources=[s.to_model() for s in m.sources] if m.sources else None,
+        execution=m.execution.to_dict() if m.execution is not None else None,
+        client_message_id=m.client_message_id,
         limits=limits,
+        **messages.extra_of(m),
     )
 
 
@@ -110,18 +99,7 @@ class MessagesMutation:
         write_only.require_selection(info, write_only.ADD_MESSAGE)
         limits = info.context.resources.limits
         target = conversations.ref(input.conversation_id, input.session_id, limits)
-        msg = _new_message(
-            limits,
-            role=input.role,
-            content=input.content,
-            name=input.name,
-            tool_call_id=input.tool_call_id,
-            tool_calls=input.tool_calls,
-            metadata=input.metadata,
-            sources=input.sources,
-            execution=input.execution,
-            client_message_id=input.client_message_id,
-        )
+        msg = _new_message(limits, input)
         defaults = models.ConversationDefaults(user_id=input.user_id, agent_id=input.agent_id, channel=input.channel)
         result = await info.context.resources.db.run(
             lambda uow: messages.append(
@@ -140,21 +118,7 @@ class MessagesMutation:
         write_only.require_selection(info, write_only.ADD_MESSAGES)
         limits = info.context.resources.limits
         target = conversations.ref(input.conversation_id, input.session_id, limits)
-        batch = [
-            _new_message(
-                limits,
-                role=m.role,
-                content=m.content,
-                name=m.name,
-                tool_call_id=m.tool_call_id,
-                tool_calls=m.tool_calls,
-                metadata=m.metadata,
-                sources=m.sources,
-                execution=m.execution,
-                client_message_id=m.client_message_id,
-            )
-            for m in input.messages
-        ]
+        batch = [_new_message(limits, m) for m in input.messages]
         defaults = models.ConversationDefaults(user_id=input.user_id, agent_id=input.agent_id, channel=input.channel)
         result = await info.context.resources.db.run(
             lambda uow: messages.append_batch(uow, tenant, target, batch, defaults=defaults, limits=limits)
