@@ -6,17 +6,44 @@ from __future__ import annotations
 
 #: (answer message, question asking for it in other words)
 PAIRS: list[tuple[str, str]] = [
-    ("Your parcel left our warehouse on Monday and should arrive within three business days.", "when will my package be delivered"),
-    ("To change your password open Settings, then Security, and choose a new passphrase.", "how can I reset my login credentials"),
-    ("We refunded the full amount to your credit card; banks usually take five days to show it.", "where is my money back for the order"),
-    ("The subscription renews automatically every month unless you cancel before the billing date.", "does my plan charge me again each period"),
+    (
+        "Your parcel left our warehouse on Monday and should arrive within three business days.",
+        "when will my package be delivered",
+    ),
+    (
+        "To change your password open Settings, then Security, and choose a new passphrase.",
+        "how can I reset my login credentials",
+    ),
+    (
+        "We refunded the full amount to your credit card; banks usually take five days to show it.",
+        "where is my money back for the order",
+    ),
+    (
+        "The subscription renews automatically every month unless you cancel before the billing date.",
+        "does my plan charge me again each period",
+    ),
     ("Our support team is available from 9am to 6pm, Monday through Friday.", "what are your opening hours for help"),
-    ("You can return unworn shoes within thirty days for an exchange or store credit.", "can I send back sneakers that do not fit"),
-    ("The invoice PDF is attached to the confirmation email we sent after checkout.", "where do I find the bill for my purchase"),
-    ("Two-factor authentication adds a code from your phone to every sign in.", "how do I make my account more secure with a mobile app"),
+    (
+        "You can return unworn shoes within thirty days for an exchange or store credit.",
+        "can I send back sneakers that do not fit",
+    ),
+    (
+        "The invoice PDF is attached to the confirmation email we sent after checkout.",
+        "where do I find the bill for my purchase",
+    ),
+    (
+        "Two-factor authentication adds a code from your phone to every sign in.",
+        "how do I make my account more secure with a mobile app",
+    ),
     ("Shipping to Canada and Mexico costs a flat twelve dollars.", "what is the delivery fee for international orders"),
-    ("The premium tier includes unlimited storage and priority support.", "what extra features come with the expensive plan"),
-    ("Your account was locked after five failed sign-in attempts; it unlocks in one hour.", "why can't I log in anymore"),
+    (
+        "The premium tier includes unlimited storage and priority support.",
+        "what extra features come with the expensive plan",
+    ),
+    (
+        "Your account was locked after five failed sign-in attempts; it unlocks in one hour.",
+        "why can't I log in anymore",
+    ),
     ("Coupons cannot be combined with other discounts or applied to gift cards.", "can I use two promo codes together"),
     ("The laptop battery lasts about ten hours of video playback.", "how long does the notebook run without charging"),
     ("We deleted your personal data as requested under the privacy regulation.", "did you erase my information"),
