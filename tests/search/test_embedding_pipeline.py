@@ -53,8 +53,8 @@ async def _wait(db: Database, tenant: str, n: int) -> bool:
     return await _count(db, tenant) == n
 
 
-def _cli(servers: Servers, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url}
+def _cli(servers: Servers, *args: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": servers.database_url, "REDIS_URL": servers.redis_url, **more_env}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -73,12 +73,5 @@ async def test_embed_backfill_command_reports_progress_and_is_idempotent(
     assert await _count(db, tenant) == 7
     again = _cli(servers, "embed-backfill", "--tenant", tenant)
     assert again.returncode == 0 and "stored 0 vectors" in again.stdout
-    off = subprocess.run(
-        [sys.executable, "-m", "app.cli", "embed-backfill"],
-        env={**os.environ, "DATABASE_URL": servers.database_url, "EMBEDDER": "none"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    off = _cli(servers, "embed-backfill", EMBEDDER="none")
     assert off.returncode == 1 and "no embedder is configured" in off.stderr
