@@ -1,14 +1,18 @@
 """Embedding jobs (app/services/embeddings.py has the pipeline).
 
-`embeddings.embed` embeds one conversation's messages that have no vector yet. Its job id
-`embed:<tenant>:<conversation>:<seq>` (no kept result) makes repeated triggers for the same newest
-message one job, while a newer message gets its own even when a job for the conversation is running.
-The cron `embeddings.sweep` embeds what a lost trigger missed in recently active conversations.
+After commit, a process's trigger adds the conversations that got messages to the Redis set
+`<queue>:embed-pending` and queues `embeddings.drain` under the job id `embed-drain:<unix second>`:
+one SADD and one enqueue per flush however many appends it covers, and at most one drain job a
+second. A drain pops conversations from the set and embeds their messages that have no vector yet,
+until the set is empty. A conversation whose embedding fails goes back into the set and the job
+retries with backoff. The cron `embeddings.sweep` embeds what a lost hand-over missed in recently
+active conversations.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,57 +26,79 @@ from app.settings import Settings
 from db.session import Database
 from jobs.context import is_transient, retry_later, state
 
-EMBED = "embeddings.embed"
+DRAIN = "embeddings.drain"
 #: The sweep looks at conversations active this recently (it runs every minute).
 SWEEP_WINDOW_S = 600.0
+#: Conversations a drain pops at a time.
+POP = 50
 
 log = logging.getLogger("conversation_service.jobs.embeddings")
 
 
-def job_id(tenant_id: str, conversation_id: uuid.UUID, seq: int) -> str:
-    return f"embed:{tenant_id}:{conversation_id}:{seq}"
+def pending_key(queue_name: str) -> str:
+    return f"{queue_name}:embed-pending"
+
+
+def _member(tenant_id: str, conversation_id: uuid.UUID) -> str:
+    return f"{tenant_id}:{conversation_id}"
+
+
+def _parse(member: bytes | str) -> tuple[str, uuid.UUID]:
+    text = member.decode() if isinstance(member, bytes) else member
+    tenant_id, cid = text.rsplit(":", 1)
+    return tenant_id, uuid.UUID(cid)
 
 
 def install(db: Database, redis: ArqRedis, settings: Settings, queue_name: str) -> embeddings.Trigger | None:
-    """In a process holding an arq pool (the API, the worker): queue embeddings after commit.
-    Nothing when no embedder is configured."""
+    """In a process holding an arq pool (the API, the worker): hand appends to the drain after
+    commit. Nothing when no embedder is configured."""
     embedders.configure(embedders.from_settings(settings))
     if embedders.configured() is None:
         return None
+    key = pending_key(queue_name)
 
-    async def enqueue(tenant_id: str, conversation_id: uuid.UUID, seq: int) -> None:
-        await redis.enqueue_job(
-            EMBED,
-            {"tenant_id": tenant_id, "conversation_id": str(conversation_id)},
-            _job_id=job_id(tenant_id, conversation_id, seq),
-            _queue_name=queue_name,
-        )
+    async def enqueue(conversations: list[tuple[str, uuid.UUID]]) -> None:
+        await redis.sadd(key, *(_member(t, c) for t, c in conversations))
+        await redis.enqueue_job(DRAIN, _job_id=f"embed-drain:{int(time.time())}", _queue_name=queue_name)
 
     trigger = embeddings.Trigger(enqueue)
     db.listen(trigger)
     return trigger
 
 
-async def embed_job(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+async def drain_job(ctx: dict[str, Any]) -> dict[str, Any]:
     st = state(ctx)
     embedder = embedders.configured()
     if embedder is None:
         return {"stored": 0, "embedder": None}
-    try:
-        stored = await embeddings.embed_conversation(
-            st.db,
-            embedder,
-            str(payload["tenant_id"]),
-            uuid.UUID(str(payload["conversation_id"])),
-            st.settings.embeddings_batch,
-        )
-    except Exception as exc:
-        # Endpoint or database trouble: try again later (the messages stay without vectors meanwhile;
-        # keyword search still finds them, and the sweep or backfill catches up after the last try).
-        if (is_transient(exc) or isinstance(exc, embedders.EmbeddingError)) and (retry := retry_later(ctx)) is not None:
-            raise retry from exc
-        raise
-    return {"stored": stored, "embedder": embedder.model}
+    key = pending_key(st.queue_name)
+    stored = conversations = 0
+    deadline = time.monotonic() + st.settings.arq_job_timeout_s / 2
+    while True:
+        if time.monotonic() > deadline:
+            # A long backlog: hand the rest to a fresh job rather than be cut off by the timeout.
+            await st.redis.enqueue_job(DRAIN, _job_id=f"embed-drain:{uuid.uuid4()}", _queue_name=st.queue_name)
+            return {"stored": stored, "conversations": conversations, "more": True}
+        popped = await st.redis.spop(key, POP)
+        if not popped:
+            return {"stored": stored, "conversations": conversations, "embedder": embedder.model}
+        todo = [_parse(m) for m in popped]
+        for i, (tenant_id, cid) in enumerate(todo):
+            try:
+                stored += await embeddings.embed_conversation(
+                    st.db, embedder, tenant_id, cid, st.settings.embeddings_batch
+                )
+                conversations += 1
+            except Exception as exc:
+                # Endpoint or database trouble: the rest go back into the set and the job comes back
+                # later (keyword search finds those messages meanwhile; the sweep catches up after
+                # the last try).
+                await st.redis.sadd(key, *(_member(t, c) for t, c in todo[i:]))
+                if (is_transient(exc) or isinstance(exc, embedders.EmbeddingError)) and (
+                    retry := retry_later(ctx)
+                ) is not None:
+                    raise retry from exc
+                raise
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +116,7 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def functions(settings: Settings) -> list[Function]:
     return [
-        func(embed_job, name=EMBED, keep_result=0, max_tries=settings.arq_max_tries, timeout=settings.arq_job_timeout_s)
+        func(drain_job, name=DRAIN, keep_result=0, max_tries=settings.arq_max_tries, timeout=settings.arq_job_timeout_s)
     ]
 
 

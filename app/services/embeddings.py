@@ -1,9 +1,10 @@
 """The embedding pipeline (issue 14.2): messages get vectors after commit, off the request path.
 
 - `Trigger` (a `Database` listener in the API and the worker) notes which conversations got
-  messages (a set insert per committed append: the append path's whole cost) and, a moment later,
-  queues one job per conversation through an enqueuer the jobs layer installs.
-- The job (`embed_conversation`) embeds the conversation's messages that have no vector of the
+  messages (a set insert per committed append: the append path's whole cost) and, every
+  FLUSH_DELAY_S at most, hands them over in one call through an enqueuer the jobs layer installs
+  (a Redis set of pending conversations and one drain job).
+- The drain job calls `embed_conversation` for each, which embeds the conversation's messages that have no vector of the
   current model, in batches, in a thread (the local model is CPU work), and stores them.
 - Anything a lost enqueue missed (process killed, Redis down) is found by the sweep cron (recently
   active conversations) and by `embed-backfill` (everything; idempotent, with progress).
@@ -25,26 +26,25 @@ from db.session import Database, UnitOfWork
 
 log = logging.getLogger("conversation_service.embeddings")
 
-#: Queue the embedding of a conversation up to message `seq` (the job id includes it: a job already
-#: running for the conversation does not swallow the request for newer messages).
-Enqueue = Callable[[str, uuid.UUID, int], Awaitable[None]]
+#: Hand the conversations that got messages to the worker (one call per flush, whatever their number).
+Enqueue = Callable[[list[tuple[str, uuid.UUID]]], Awaitable[None]]
 
-#: How long the trigger gathers appends before queueing (one job per conversation per burst).
-FLUSH_DELAY_S = 0.05
+#: How long the trigger gathers appends before handing them over: at most 1/FLUSH_DELAY_S calls a
+#: second per process, however fast messages arrive.
+FLUSH_DELAY_S = 0.2
 
 
 class Trigger:
     def __init__(self, enqueue: Enqueue, delay_s: float = FLUSH_DELAY_S) -> None:
         self.enqueue = enqueue
         self.delay_s = delay_s
-        self.pending: dict[tuple[str, uuid.UUID], int] = {}
+        self.pending: set[tuple[str, uuid.UUID]] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def __call__(self, events: list[DomainEvent]) -> None:
         for event in events:
-            if event.type is EventType.MESSAGE_ADDED and event.message is not None:
-                key = (event.tenant_id, event.conversation_id)
-                self.pending[key] = max(self.pending.get(key, 0), event.message.seq)
+            if event.type is EventType.MESSAGE_ADDED:
+                self.pending.add((event.tenant_id, event.conversation_id))
         if self.pending and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._flush_soon())
 
@@ -53,12 +53,13 @@ class Trigger:
         await self.flush()
 
     async def flush(self) -> None:
-        pending, self.pending = self.pending, {}
-        for (tenant_id, conversation_id), seq in pending.items():
-            try:
-                await self.enqueue(tenant_id, conversation_id, seq)
-            except Exception as exc:  # never fails the write it follows; the sweep finds it later
-                log.warning("could not queue the embedding of %s: %s", conversation_id, exc)
+        pending, self.pending = self.pending, set()
+        if not pending:
+            return
+        try:
+            await self.enqueue(sorted(pending))
+        except Exception as exc:  # never fails the write it follows; the sweep finds them later
+            log.warning("could not queue the embedding of %d conversations: %s", len(pending), exc)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

@@ -127,11 +127,5 @@ async def cached_keys(redis: Redis, conversation_ids: list[str]) -> dict[str, An
 
 def holds_content(cached: dict[str, Any]) -> dict[str, Any]:
     """Keys that are more than a tombstone (a header holding only its version `v` and boot id
-    `b`, kept a minute to fence fills that started before the deletion). A queued embedding job
-    (issue 14.2; no worker consumes the test API's queue) names the conversation by id only and,
-    when it runs, writes nothing for a deleted conversation (tests/search/test_hybrid_search.py)."""
-    return {
-        k: v
-        for k, v in cached.items()
-        if not (isinstance(v, dict) and set(v) <= {"v", "b"}) and not k.startswith("arq:job:embed:")
-    }
+    `b`, kept a minute to fence fills that started before the deletion)."""
+    return {k: v for k, v in cached.items() if not (isinstance(v, dict) and set(v) <= {"v", "b"})}

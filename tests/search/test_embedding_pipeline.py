@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -75,3 +76,28 @@ async def test_embed_backfill_command_reports_progress_and_is_idempotent(
     assert again.returncode == 0 and "stored 0 vectors" in again.stdout
     off = _cli(servers, "embed-backfill", EMBEDDER="none")
     assert off.returncode == 1 and "no embedder is configured" in off.stderr
+
+
+async def test_the_trigger_hands_over_a_burst_in_one_call(db: Database, tenant: str) -> None:
+    from app.services import embeddings
+
+    calls: list[list[tuple[str, object]]] = []
+
+    async def record(conversations: list[tuple[str, Any]]) -> None:
+        calls.append(list(conversations))
+
+    trigger = embeddings.Trigger(record, delay_s=1.0)
+    db.listen(trigger)
+    try:
+        convs = [await create_conversation(db, tenant) for _ in range(3)]
+        for i in range(15):
+            await add_message(db, tenant, convs[i % 3], content=f"burst {i}")
+        await eventually(lambda: _called(calls), within_s=5)
+    finally:
+        db.listeners.remove(trigger)
+        await trigger.close()
+    assert len(calls) == 1 and sorted(calls[0]) == sorted((tenant, c.id) for c in convs)
+
+
+async def _called(calls: list[Any]) -> bool:
+    return bool(calls)
