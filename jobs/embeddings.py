@@ -58,7 +58,7 @@ def install(db: Database, redis: ArqRedis, settings: Settings, queue_name: str) 
     key = pending_key(queue_name)
 
     async def enqueue(conversations: list[tuple[str, uuid.UUID]]) -> None:
-        await redis.sadd(key, *(_member(t, c) for t, c in conversations))
+        await redis.sadd(key, *(_member(t, c) for t, c in conversations))  # type: ignore[misc]
         await redis.enqueue_job(DRAIN, _job_id=f"embed-drain:{int(time.time())}", _queue_name=queue_name)
 
     trigger = embeddings.Trigger(enqueue)
@@ -79,7 +79,7 @@ async def drain_job(ctx: dict[str, Any]) -> dict[str, Any]:
             # A long backlog: hand the rest to a fresh job rather than be cut off by the timeout.
             await st.redis.enqueue_job(DRAIN, _job_id=f"embed-drain:{uuid.uuid4()}", _queue_name=st.queue_name)
             return {"stored": stored, "conversations": conversations, "more": True}
-        popped = await st.redis.spop(key, POP)
+        popped: list[bytes] | None = await st.redis.spop(key, POP)  # type: ignore[misc]
         if not popped:
             return {"stored": stored, "conversations": conversations, "embedder": embedder.model}
         todo = [_parse(m) for m in popped]
@@ -93,7 +93,7 @@ async def drain_job(ctx: dict[str, Any]) -> dict[str, Any]:
                 # Endpoint or database trouble: the rest go back into the set and the job comes back
                 # later (keyword search finds those messages meanwhile; the sweep catches up after
                 # the last try).
-                await st.redis.sadd(key, *(_member(t, c) for t, c in todo[i:]))
+                await st.redis.sadd(key, *(_member(t, c) for t, c in todo[i:]))  # type: ignore[misc]
                 if (is_transient(exc) or isinstance(exc, embedders.EmbeddingError)) and (
                     retry := retry_later(ctx)
                 ) is not None:
