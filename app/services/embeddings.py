@@ -114,7 +114,8 @@ async def backfill(
     by conversation; `active_since_s` limits it to recently active conversations (the sweep).
     Idempotent: a second run stores nothing. Returns how many vectors were stored."""
     async with db.read() as conn:
-        await repo.ensure_index(conn, embedder.dimensions)
+        if active_since_s is None:  # the backfill, not the minutely sweep: DDL once per run
+            await repo.ensure_index(conn, embedder.dimensions)
         tenants = [tenant_id] if tenant_id is not None else await repo.tenant_ids(conn)
     stored = 0
     for tenant in tenants:
