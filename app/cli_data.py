@@ -297,3 +297,42 @@ def add_data_commands(sub: Any) -> None:
     dead.add_argument("--limit", type=int, default=20)
     dead.add_argument("--tenant", help="that tenant's dead letters with their ids (for dead-letter-replay)")
     dead.set_defaults(func=cmd_dead_letters)
+
+    emb = sub.add_parser(
+        "embed-backfill", help="embed the messages that have no vector of the current embedder (idempotent)"
+    )
+    emb.add_argument("--tenant", help="only this tenant (default: all)")
+    emb.set_defaults(func=cmd_embed_backfill)
+
+
+def cmd_embed_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    """Vectors for existing messages (issue 14.2), conversation by conversation, printing each
+    tenant's progress; a re-run stores nothing new. Runs here, not in the worker."""
+    from app.services import embedder as embedders
+    from app.services import embeddings
+    from db.session import Database, create_pool
+
+    embedder = embedders.from_settings(settings)
+    if embedder is None:
+        print("error: no embedder is configured (EMBEDDER=none)", file=sys.stderr)
+        return 1
+    endpoints = _database(settings)
+
+    def report(p: embeddings.Progress) -> None:
+        print(f"{p.tenant_id}: {p.embedded}/{p.total} messages embedded ({p.stored_now} now)", file=sys.stderr)
+
+    async def go() -> int:
+        db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=2))
+        try:
+            stored = await embeddings.backfill(
+                db, embedder, tenant_id=args.tenant, batch=settings.embeddings_batch, on_progress=report
+            )
+        finally:
+            await db.close()
+        print(f"stored {stored} vectors ({embedder.model})")
+        return 0
+
+    try:
+        return asyncio.run(go())
+    finally:
+        endpoints.stop()

@@ -137,10 +137,14 @@ def create_app(
         await resources.hub.listen(KEY_REVOKED_CHANNEL, connections.on_key_revoked, connections.recheck_now)
         connections.start()
         arq = await _crm_dispatch(settings, cache_url)
+        embedding_trigger = None
         if arq is not None:
             from jobs import summaries as summary_jobs
 
             summary_jobs.install(resources.db, arq, settings, settings.arq_queue)
+            from jobs import embeddings as embedding_jobs
+
+            embedding_trigger = embedding_jobs.install(resources.db, arq, settings, settings.arq_queue)
         try:
             yield
         finally:
@@ -150,6 +154,8 @@ def create_app(
             if arq is not None:
                 crm.set_dispatcher(None)
                 summaries.set_enqueuer(None)
+                if embedding_trigger is not None:
+                    await embedding_trigger.close()
                 await arq.aclose()
             await resources.close()
 

@@ -207,6 +207,23 @@ class Settings(BaseSettings):
     #: Operations planned once and run by their plans; false: every operation through graphql-core's executor.
     graphql_engine: bool = True
 
+    # Embeddings for SEMANTIC and HYBRID search (issue 14.2). With EMBEDDINGS_URL set, vectors come
+    # from that OpenAI-compatible endpoint; otherwise from the model shipped inside the wordllama wheel
+    # (offline, no download); EMBEDDER=none turns both off (SEMANTIC/HYBRID are then BAD_USER_INPUT).
+    embedder: Literal["local", "none"] = "local"
+    #: Base URL (`https://host/v1`; `/embeddings` is appended) or the full embeddings URL.
+    embeddings_url: str | None = None
+    #: The `model` sent to the endpoint (required with EMBEDDINGS_URL); it is stored with every vector.
+    embeddings_model: str | None = None
+    embeddings_api_key: str | None = None
+    #: The endpoint's vector length (required with EMBEDDINGS_URL; at most 2000, pgvector's HNSW limit).
+    embeddings_dimensions: int | None = Field(default=None, ge=1, le=2000)
+    embeddings_timeout_s: float = Field(default=10.0, gt=0)
+    #: Messages embedded per call (worker and backfill).
+    embeddings_batch: int = Field(default=64, ge=1, le=2048)
+    #: How long a query's vector is reused by the same process (repeated and paged searches).
+    embeddings_query_cache_s: float = Field(default=300.0, ge=0)
+
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:
         if self.environment is Environment.PRODUCTION:
@@ -234,6 +251,16 @@ class Settings(BaseSettings):
         enabled = bool(self.summarizer_url and self.summarizer_model)
         if enabled and self.summarizer_timeout_s >= self.arq_job_timeout_s:
             raise ValueError("SUMMARIZER_TIMEOUT_S must be shorter than ARQ_JOB_TIMEOUT_S (the call runs inside a job)")
+        return self
+
+    @model_validator(mode="after")
+    def _embeddings_endpoint_is_complete(self) -> Settings:
+        if (
+            self.embeddings_url
+            and self.embedder != "none"
+            and not (self.embeddings_model and self.embeddings_dimensions)
+        ):
+            raise ValueError("EMBEDDINGS_URL needs EMBEDDINGS_MODEL and EMBEDDINGS_DIMENSIONS too")
         return self
 
     @property

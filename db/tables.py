@@ -380,3 +380,45 @@ class StatsDaily(SQLModel, table=True):
     duration_seconds: float = Field(sa_column=sa.Column(sa.Float(), nullable=False))
     messages: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
     tokens: int = Field(sa_column=sa.Column(sa.BigInteger(), nullable=False))
+
+
+class VectorType(sa.types.UserDefinedType[Any]):
+    """pgvector's `vector` (any length: the length is the embedder's, see message_embeddings)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "vector"
+
+
+class MessageEmbedding(SQLModel, table=True):
+    """A message's vector for SEMANTIC/HYBRID search (issue 14.2), written by the worker after commit.
+    `model` names the embedder that made it (a new model re-embeds; search reads its own model's only).
+    The column holds any length; the HNSW index (cosine) is a partial expression index per length,
+    made by migration 9e4b1c7a2f60 for 256 and by `embed-backfill` for other lengths. No foreign key: the deletion path deletes
+    these rows explicitly, and Citus refuses a new table's inline key to a distributed one."""
+
+    __tablename__ = "message_embeddings"
+    __table_args__ = (
+        # The one index not led by tenant_id: a graph index cannot be; the tenant filter is applied
+        # during the scan (pgvector's iterative scans, see db/repositories/embeddings.py).
+        sa.Index(
+            "ix_message_embeddings_hnsw_256",
+            sa.literal_column("((embedding)::vector(256))").label("embedding_256"),
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding_256": "vector_cosine_ops"},
+            postgresql_where=sa.text("dims = 256"),
+        ),
+    )
+
+    tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))
+    conversation_id: uuid.UUID = Field(sa_column=sa.Column(pg.UUID(as_uuid=True), primary_key=True))
+    seq: int = Field(sa_column=sa.Column(sa.Integer(), primary_key=True))
+    model: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    dims: int = Field(sa_column=sa.Column(sa.SmallInteger(), nullable=False))
+    embedding: Any = Field(sa_column=sa.Column(VectorType(), nullable=False))
+    embedded_at: datetime = _ts(default_now=True)
+
+
+# Reflection (the drift test, autogenerate) then knows the column's type.
+pg.base.ischema_names["vector"] = VectorType

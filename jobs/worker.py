@@ -31,6 +31,7 @@ from app.services.maintenance import MaintenanceOptions
 from app.settings import Settings, get_settings
 from jobs import actions, metrics, signing, undecodable
 from jobs import crm as crm_jobs
+from jobs import embeddings as embedding_jobs
 from jobs import maintenance as maintenance_jobs
 from jobs import summaries as summary_jobs
 from jobs.context import WorkerState, is_transient, state
@@ -78,6 +79,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["state"] = st
     crm.set_dispatcher(crm_jobs.dispatcher(st.redis, st.queue_name))
     summary_jobs.install(st.db, st.redis, settings, st.queue_name)
+    ctx["embedding_trigger"] = embedding_jobs.install(st.db, st.redis, settings, st.queue_name)
     if settings.worker_metrics_port is not None:
         ctx["metrics"] = metrics.start(
             settings.host,
@@ -97,6 +99,9 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     st = state(ctx)
     crm.set_dispatcher(None)
     summaries.set_enqueuer(None)
+    trigger = ctx.pop("embedding_trigger", None)
+    if trigger is not None:
+        await trigger.close()
     served = ctx.pop("metrics", None)
     if isinstance(served, metrics.WorkerMetrics):
         await served.stop()
@@ -117,8 +122,10 @@ def worker_settings(
         *actions.functions(settings.arq_keep_result_s),
         *crm_jobs.functions(),
         *summary_jobs.functions(settings),
+        *embedding_jobs.functions(settings),
     ]
     cron_jobs = maintenance_jobs.cron_jobs(settings.arq_job_timeout_s) if settings.cron_enabled else []
+    cron_jobs += embedding_jobs.cron_jobs(settings) if settings.cron_enabled else []
     return {
         "functions": functions,
         "cron_jobs": cron_jobs,

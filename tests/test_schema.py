@@ -36,6 +36,8 @@ async def test_every_primary_key_and_index_leads_with_tenant_id() -> None:
     for table in metadata.sorted_tables:
         assert table.primary_key.columns.values()[0].name == "tenant_id", table.name
         for index in table.indexes:
+            if index.dialect_options["postgresql"]["using"] == "hnsw":
+                continue  # a vector graph index cannot lead with a column (db/tables.py MessageEmbedding)
             first = next(iter(index.expressions))
             assert getattr(first, "name", None) == "tenant_id", (table.name, index.name)
         for constraint in table.constraints:

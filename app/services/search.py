@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 from app.errors import BadUserInput
 from app.models import ConversationFilter, Message, Page
-from app.services import cursors
+from app.services import cursors, semantic
+from app.services import embedder as embedders
 from app.services import limits as check
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
@@ -80,9 +83,9 @@ async def search(
 ) -> Page[SearchHit]:
     """Best matches first. KEYWORD ranks full-text matches with ts_rank (ties: newest first); when a
     word matches more than limits.search_count_cap messages, the newest cap of them are ranked.
-    SEMANTIC and HYBRID need an embedder, which this service does not have yet: BAD_USER_INPUT."""
-    if mode is not SearchMode.KEYWORD:
-        raise BadUserInput(f"search mode {mode.value} needs an embedder, and none is configured", field="mode")
+    SEMANTIC (k-NN by cosine) and HYBRID (reciprocal-rank fusion of both lists) need an embedder
+    (app/services/semantic.py); without one they are BAD_USER_INPUT."""
+    embedder = semantic.require(embedders.configured(), mode.value) if mode is not SearchMode.KEYWORD else None
     query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
     if not query:
         raise BadUserInput("query must not be blank", field="query")
@@ -90,6 +93,8 @@ async def search(
     size = check.page_size(first if first is not None else 20, limits, "first")
     assert size is not None
     key = cursors.parse_hit_cursor(after) if after else None
+    if embedder is not None:
+        return await _by_meaning(conn, tenant_id, query, mode, f, embedder, size, key, limits, snippets)
     rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets)
     hits = [SearchHit(records.message(r), float(r["score"]), r["snippet"]) for r in rows]
     items = hits[:size]
@@ -99,4 +104,34 @@ async def search(
         has_next_page=len(hits) > size,
         has_previous_page=key is not None,
         total_count=0,  # a SearchHitConnection has no totalCount (searchMessages has one)
+    )
+
+
+async def _by_meaning(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    mode: SearchMode,
+    f: ConversationFilter,
+    embedder: embedders.Embedder,
+    size: int,
+    key: tuple[float, datetime, uuid.UUID, int] | None,
+    limits: Limits,
+    snippets: bool,
+) -> Page[SearchHit]:
+    ttl = embedders.query_cache_s()
+    if mode is SearchMode.SEMANTIC:
+        ranked = await semantic.semantic(conn, tenant_id, query, f, embedder, limits, ttl)
+    else:
+        ranked = await semantic.hybrid(conn, tenant_id, query, f, embedder, limits, ttl)
+    window = semantic.page_after(ranked, key, size)
+    items = window[:size]
+    marks = await semantic.snippets(conn, tenant_id, query, items) if snippets else {}
+    hits = [SearchHit(r.message, r.score, marks.get((r.message.conversation_id, r.message.seq))) for r in items]
+    return Page(
+        items=hits,
+        cursor_of=lambda h: cursors.hit_cursor(h.score, h.message.created_at, h.message.conversation_id, h.message.seq),
+        has_next_page=len(window) > size,
+        has_previous_page=key is not None,
+        total_count=0,
     )

@@ -95,6 +95,9 @@ async def delete(conn: Connection, tenant_id: str, ids: list[uuid.UUID]) -> Remo
             "DELETE FROM message_sources WHERE tenant_id = $1 AND conversation_id = ANY($2::uuid[])", tenant_id, ids
         )
     )
+    await conn.execute(
+        "DELETE FROM message_embeddings WHERE tenant_id = $1 AND conversation_id = ANY($2::uuid[])", tenant_id, ids
+    )
     messages = _count(
         await conn.execute(
             "DELETE FROM messages WHERE tenant_id = $1 AND conversation_id = ANY($2::uuid[])", tenant_id, ids

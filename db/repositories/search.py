@@ -100,3 +100,23 @@ async def _page(
             *where.args,
         )
     )
+
+
+async def headlines(
+    conn: Connection, tenant_id: str, query: str, keys: list[tuple[uuid.UUID, int]]
+) -> dict[tuple[uuid.UUID, int], str]:
+    """ts_headline snippets of the given messages (HYBRID's keyword matches on one page)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT m.conversation_id, m.seq,
+               ts_headline('simple'::regconfig, m.content, websearch_to_tsquery('simple'::regconfig, $2),
+                           '{_HEADLINE}') AS snippet
+        FROM unnest($3::uuid[], $4::int[]) AS k(conversation_id, seq)
+        JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = k.conversation_id AND m.seq = k.seq
+        """,
+        tenant_id,
+        query,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["conversation_id"], r["seq"]): r["snippet"] for r in rows}

@@ -47,8 +47,6 @@ async def test_keyword_search_ranks_pages_and_marks_snippets(api: Caller, other_
 
 
 async def test_search_errors_say_what_is_wrong(api: Caller) -> None:
-    assert await api.error_code(SEARCH, {"q": "refund"}) == "BAD_USER_INPUT"  # HYBRID needs an embedder
-    assert await api.error_code(SEARCH, {"q": "refund", "mode": "SEMANTIC"}) == "BAD_USER_INPUT"
     assert await api.error_code(SEARCH, {"q": "  ", "mode": "KEYWORD"}) == "BAD_USER_INPUT"
     assert await api.error_code(SEARCH, {"q": "x", "mode": "KEYWORD", "after": "bm90LWEtY3Vyc29y"}) == "BAD_USER_INPUT"
     body = await api.gql(SEARCH, {"q": "x", "mode": "FUZZY"})

@@ -95,6 +95,10 @@ async def test_erasure_leaves_nothing_of_the_user_anywhere(
         )
     )["history"]["edges"][0]["node"]["clientMessageId"]
     envelopes = await _log_actions(db, tenant, mine[0], f"s0-{marker}", cmid)
+    # Message vectors (issue 14.2) exist for every conversation before the erasure.
+    from app.services import embedder, embeddings
+
+    assert await embeddings.backfill(db, embedder.LocalEmbedder(), tenant_id=tenant) > 0
     # A failed action about the conversation, kept for the admin API: its envelope holds content.
     async with db.read() as conn:
         await admin_repo.insert_dead_letter(
