@@ -221,6 +221,11 @@ def _canonical(body: dict[str, Any]) -> dict[str, Any]:
     errors = body.get("errors")
     if not errors:
         return body
+    if body.get("data") is None:
+        # The whole answer nulled: root fields run concurrently, and the first non-null root to
+        # fail cancels the others, so which of the failing roots gets reported depends on timing
+        # (in the ordinary path too). What must agree: nothing answered, and an error said so.
+        return {"data": None, "errors": "nulled"}
     blurred = {
         json.dumps({**e, "path": [p if isinstance(p, str) else "*" for p in e.get("path", ())]}, sort_keys=True)
         for e in errors
