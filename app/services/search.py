@@ -12,7 +12,7 @@ from app.services import limits as check
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import messages as repo
-from db.repositories import records
+from db.repositories import records, text_search
 from db.repositories import search as search_repo
 from db.session import Connection
 
@@ -30,7 +30,8 @@ async def search_messages(
     limits: Limits = DEFAULT_LIMITS,
     with_count: bool = True,
 ) -> Page[Message]:
-    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first.
+    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first, parsed
+    with the tenant's text-search configuration (its `search_language`).
     totalCount is exact up to limits.search_count_cap (the probe that finds the page counts it too,
     so it costs nothing extra) and the cap beyond, with total_count_capped set."""
     query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
@@ -41,7 +42,8 @@ async def search_messages(
     assert size is not None
     key = cursors.parse_search_cursor(after) if after else None
     cap = limits.search_count_cap
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count)
+    config = await text_search.tenant_config(conn, tenant_id)
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count, config)
     items = rows[:size]
     return Page(
         items=items,
@@ -90,7 +92,8 @@ async def search(
     size = check.page_size(first if first is not None else 20, limits, "first")
     assert size is not None
     key = cursors.parse_hit_cursor(after) if after else None
-    rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets)
+    config = await text_search.tenant_config(conn, tenant_id)
+    rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets, config)
     hits = [SearchHit(records.message(r), float(r["score"]), r["snippet"]) for r in rows]
     items = hits[:size]
     return Page(

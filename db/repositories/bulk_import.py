@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from app.models import Conversation
-from db.repositories import records
+from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS
 from db.repositories.transfer import ImportedMessage
 from db.session import Connection
@@ -156,11 +156,12 @@ async def insert_messages(
         ],
     )
     status = await conn.execute(
-        """
+        f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at)
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config)
         SELECT $1, s.conversation_id, s.seq, s.id, s.client_message_id, s.role, s.content, s.name, s.tool_call_id,
-               s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at
+               s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at,
+               {text_search.TENANT_CONFIG}
         FROM import_messages_stage s
         ORDER BY s.conversation_id, s.seq
         ON CONFLICT DO NOTHING
