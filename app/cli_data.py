@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -353,3 +354,52 @@ def add_data_commands(sub: Any) -> None:
     dead.add_argument("--limit", type=int, default=20)
     dead.add_argument("--tenant", help="that tenant's dead letters with their ids (for dead-letter-replay)")
     dead.set_defaults(func=cmd_dead_letters)
+
+
+def cmd_reindex_search(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import search_language
+    from db.session import Database, create_pool
+
+    endpoints = _database(settings)
+
+    async def work() -> int:
+        db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=1))
+        try:
+            config, messages = await search_language.total(db, args.tenant)
+            progress = Progress(messages, "messages", enabled=args.progress)
+            after = None
+            changed = 0
+            while True:
+                step = await db.run(
+                    functools.partial(
+                        search_language.reindex_step, tenant_id=args.tenant, after=after, limit=max(1, args.batch)
+                    )
+                )
+                changed += step.changed
+                progress.advance(step.passed)
+                if step.after is None:
+                    break
+                after = step.after
+            progress.close(
+                f"re-indexed tenant {args.tenant} with {config!r}: {progress.done} messages passed, {changed} changed"
+            )
+            return 0
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(work())
+    finally:
+        endpoints.stop()
+
+
+def add_tenant_data_commands(tenant: Any) -> None:
+    """`tenant reindex-search` (under the `tenant` command of app/cli.py)."""
+    reindex = tenant.add_parser(
+        "reindex-search",
+        help="index a tenant's stored messages with its searchLanguage (resumable: a re-run finishes it)",
+    )
+    reindex.add_argument("tenant")
+    reindex.add_argument("--batch", type=int, default=5000, help="messages per transaction (default 5000)")
+    reindex.add_argument("--progress", action="store_true", default=None, help="draw the progress bar")
+    reindex.set_defaults(func=cmd_reindex_search)

@@ -12,7 +12,9 @@ from app.services import bulk_import, transfer
 from db.repositories import text_search
 from db.session import Database
 from tests.api.conftest import Caller, make_caller
+from tests.conftest import Servers
 from tests.factories import add_message, create_conversation
+from tests.services.test_transfer import _cli
 
 UPDATE = """mutation($input: UpdateTenantSettingsInput!) { updateTenantSettings(input: $input) { searchLanguage } }"""
 SETTINGS = "{ tenantSettings { searchLanguage } }"
@@ -113,3 +115,34 @@ async def test_keyword_search_with_a_tenant_language_still_probes_the_gin_index(
     text = json.dumps(plan)
     assert "ix_messages_search" in text and "Bitmap Index Scan" in text, text
     assert found == 1
+
+
+async def test_a_language_change_applies_to_stored_messages_after_reindex_search(
+    servers: Servers, db: Database, http: httpx.AsyncClient, tenant: str, other_tenant: str
+) -> None:
+    admin = await make_caller(db, http, tenant, "read,write,admin")
+    other = await make_caller(db, http, other_tenant, "read,write,admin")
+    for t in (tenant, other_tenant):
+        conv = await create_conversation(db, t)
+        for content in ("they kept running", "jumps and walks", "plain words", "he runs"):
+            await add_message(db, t, conv, content=content)
+    await admin.data(UPDATE, {"input": {"searchLanguage": "english"}})
+    # Stored messages keep 'simple' until re-indexed: only the query is stemmed ('run').
+    assert await _found(admin, "running") == ([], [])
+
+    first = _cli(servers, "tenant", "reindex-search", tenant, "--batch", "3", "--progress")
+    assert first.returncode == 0, first.stderr
+    assert f"re-indexed tenant {tenant} with 'english': 4 messages passed, 4 changed" in first.stderr
+    ranked, listed = await _found(admin, "running")
+    assert sorted(ranked) == sorted(listed) == ["he runs", "they kept running"]
+    again = _cli(servers, "tenant", "reindex-search", tenant)
+    assert again.returncode == 0 and "4 messages passed, 0 changed" in again.stderr
+    # The other tenant was not touched.
+    assert await _found(other, "running") == (["they kept running"], ["they kept running"])
+    async with db.read() as conn:
+        configs = await conn.fetch(
+            "SELECT tenant_id, array_agg(DISTINCT search_config::text) AS c FROM messages"
+            " WHERE tenant_id = ANY($1::text[]) GROUP BY 1",
+            [tenant, other_tenant],
+        )
+    assert {r["tenant_id"]: r["c"] for r in configs} == {tenant: ["english"], other_tenant: ["simple"]}
