@@ -30,7 +30,7 @@ def test_settings_secret_keys_and_audit_from_the_cli(servers: Servers) -> None:
     assert klingon.returncode == 1 and "searchLanguage must be one of" in klingon.stderr
     spanish = cli(servers, "tenant", "settings", "set", tenant, "--search-language", "spanish")
     assert spanish.returncode == 0 and any(
-        l.split() == ["search_language", "spanish"] for l in spanish.stdout.splitlines()
+        x.split() == ["search_language", "spanish"] for x in spanish.stdout.splitlines()
     )
 
     rotated = cli(servers, "tenant", "rotate-secret", tenant, "--overlap-seconds", "60")
