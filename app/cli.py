@@ -388,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     from app.cli_admin import add_admin_commands
 
     add_admin_commands(sub, tenant)
+    from app.cli_data import add_tenant_data_commands
+
+    add_tenant_data_commands(tenant)
     from app.cli_deletion import add_deletion_commands
 
     add_deletion_commands(sub)

@@ -51,6 +51,7 @@ def _print_settings(s: Any) -> None:
         "idle_timeout_seconds",
         "cors_origins",
         "updated_at",
+        "search_language",
     ):
         value = getattr(s, name)
         print(f"{name:22} {','.join(value) if isinstance(value, list) else _show(value)}")
@@ -86,6 +87,8 @@ def cmd_settings_set(settings: Settings, args: argparse.Namespace) -> int:
             changes[field] = getattr(args, option)
     if args.cors_origins is not None:
         changes["corsOrigins"] = [o.strip() for o in args.cors_origins.split(",") if o.strip()]
+    if args.search_language is not None:
+        changes["searchLanguage"] = args.search_language
     defaults = tenant_settings.Defaults.from_settings(settings)
 
     async def work(db: Any) -> Any:
@@ -218,6 +221,10 @@ def add_admin_commands(sub: Any, tenant: Any) -> None:
     set_.add_argument("--retention-days", type=int)
     set_.add_argument("--idle-timeout-seconds", type=int)
     set_.add_argument("--cors-origins", help="comma-separated origins (empty: none)")
+    set_.add_argument(
+        "--search-language",
+        help="simple, english, spanish, german, french, portuguese or italian (then reindex-search)",
+    )
     set_.set_defaults(func=cmd_settings_set)
     rotate = tenant.add_parser("rotate-secret", help="a new CRM webhook secret (printed once)")
     rotate.add_argument("tenant")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -23,8 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 
 from app import runtime
-from app.errors import BadUserInput
+from app.errors import BadUserInput, DomainError, ServiceUnavailable
 from app.settings import Settings
+
+# A batch also ends at this many messages: one transaction's COPY stays a few MB.
+BATCH_MESSAGES = 10_000
 
 
 class Progress:
@@ -160,32 +164,64 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     size = None if args.file == "-" else os.fstat(source.fileno()).st_size
 
     async def work() -> int:
-        # Several conversations at once, one transaction each: the server's cores and commits overlap
-        # instead of waiting on one another (issue 11). Lines of one sessionId stay correct: the
-        # conversation row is locked per import, and a create race retries.
+        # Batches of conversations of one tenant, each one transaction of set-based statements with
+        # the messages COPY'd (app/services/bulk_import), several batches at once over the pool: the
+        # server's cores and commits overlap (issue 11). A batch holds each sessionId once; two
+        # batches sharing one lock its row in turn, and a create race retries.
         jobs = max(1, args.jobs)
+        per_batch = max(1, args.batch)
         db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=jobs))
         evictor = await _cache_evictor(settings)
         if evictor is not None:
             db.listen(evictor.on_events)
         report = transfer.ImportReport()
         progress = Progress(size, "bytes", enabled=args.progress)
+        started = time.monotonic()
         done = 0
         failures: list[tuple[int, str]] = []
         running: set[asyncio.Task[None]] = set()
 
-        async def one(number: int, nbytes: int, line: Any, tenant_id: str) -> None:
+        async def one(tenant_id: str, batch: list[tuple[int, int, Any]]) -> None:
             nonlocal done
-            try:
-                result = await _import_line(db, tenant_id, line, limits)
-            except BadUserInput as exc:
-                failures.append((number, exc.message))
+            if len(batch) > 1:
+                try:
+                    results = await _import_batch(db, tenant_id, [line for _, _, line in batch], limits)
+                except DomainError as exc:
+                    if isinstance(exc, ServiceUnavailable):
+                        raise
+                    # One line is refused: import them one by one to say which, keeping those before it.
+                else:
+                    for result in results:
+                        report.add(result)
+                    done += sum(nbytes for _, nbytes, _ in batch)
+                    progress.advance(done=done)
+                    return
+            for number, nbytes, line in batch:
+                try:
+                    report.add(await _import_line(db, tenant_id, line, limits))
+                except DomainError as exc:  # bad input, a reused clientMessageId: the line is named
+                    if isinstance(exc, ServiceUnavailable):
+                        raise
+                    failures.append((number, exc.message))
+                    return
+                done += nbytes
+                progress.advance(done=done)
+
+        async def submit(tenant_id: str | None, batch: list[tuple[int, int, Any]]) -> None:
+            nonlocal running
+            if tenant_id is None or not batch:
                 return
-            report.add(result)
-            done += nbytes
-            progress.advance(done=done)
+            running.add(asyncio.create_task(one(tenant_id, list(batch))))
+            if len(running) >= jobs:
+                finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()  # anything but bad input stops the import as it always did
 
         try:
+            batch: list[tuple[int, int, Any]] = []
+            batch_tenant: str | None = None
+            batch_sessions: set[str] = set()
+            batch_messages = 0
             for number, text in enumerate(source, start=1):
                 nbytes = len(text.encode())
                 if not text.strip():
@@ -196,28 +232,37 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
                     tenant_id = args.tenant or line.tenant_id
                     if tenant_id is None:
                         raise BadUserInput("the line has no tenant_id: give --tenant", field="tenant_id")
+                    # Checked with the line (app/services/bulk_import): a refused line is then found alone.
+                    session_id = line.conversation.session_id or str(line.conversation.id)
                 except (ValueError, BadUserInput) as exc:
                     failures.append((number, exc.message if isinstance(exc, BadUserInput) else str(exc)))
                     break
-                running.add(asyncio.create_task(one(number, nbytes, line, tenant_id)))
-                if len(running) >= jobs:
-                    finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    for task in finished:
-                        task.result()  # anything but bad input stops the import as it always did
+                if tenant_id != batch_tenant or session_id in batch_sessions:
+                    await submit(batch_tenant, batch)
+                    batch, batch_tenant, batch_sessions, batch_messages = [], tenant_id, set(), 0
+                batch.append((number, nbytes, line))
+                batch_sessions.add(session_id)
+                batch_messages += len(line.messages)
+                if len(batch) >= per_batch or batch_messages >= BATCH_MESSAGES:
+                    await submit(batch_tenant, batch)
+                    batch, batch_sessions, batch_messages = [], set(), 0
                 if failures:
                     break
+            if not failures or min(failures)[0] > max((n for n, _, _ in batch), default=0):
+                await submit(batch_tenant, batch)  # the lines before a bad one are imported
             if running:
                 await asyncio.gather(*running)
+            elapsed = time.monotonic() - started
             if failures:
                 number, message = min(failures)
-                progress.close(_import_summary(report))
+                progress.close(_import_summary(report, elapsed))
                 print(
                     f"error on line {number}: {message} (lines before it were imported; lines after it that "
                     "were under way may be too: a re-run skips what is there)",
                     file=sys.stderr,
                 )
                 return 1
-            progress.close(_import_summary(report))
+            progress.close(_import_summary(report, elapsed))
             return 0
         finally:
             for task in running:
@@ -240,11 +285,19 @@ async def _import_line(db: Any, tenant_id: str, line: Any, limits: Any) -> Any:
     return await db.run(lambda uow: transfer.import_conversation(uow, tenant_id, line, limits))
 
 
-def _import_summary(report: Any) -> str:
+async def _import_batch(db: Any, tenant_id: str, lines: list[Any], limits: Any) -> list[Any]:
+    from app.services import bulk_import
+
+    return await db.run(lambda uow: bulk_import.import_batch(uow, tenant_id, lines, limits))  # type: ignore[no-any-return]
+
+
+def _import_summary(report: Any, elapsed: float) -> str:
+    rate = report.messages_added / elapsed if elapsed > 0 else 0.0
     return (
         f"imported {report.lines} conversations ({report.conversations_created} new) into "
         f"{len(report.tenants)} tenants: {report.messages_added} messages added, "
-        f"{report.messages_skipped} already there, {report.state_added} state keys added"
+        f"{report.messages_skipped} already there, {report.state_added} state keys added "
+        f"in {elapsed:.2f} s ({rate:,.0f} messages/s)"
     )
 
 
@@ -288,8 +341,12 @@ def add_data_commands(sub: Any) -> None:
     imp.add_argument("file", help="a file written by export, or - for stdin")
     imp.add_argument("--tenant", help="import into this tenant (default: each line's tenant_id)")
     imp.add_argument("--progress", action="store_true", default=None, help="draw the progress bar")
+    imp.add_argument("--jobs", type=int, default=4, help="batches imported at once, one transaction each (default 4)")
     imp.add_argument(
-        "--jobs", type=int, default=8, help="conversations imported at once, one transaction each (default 8)"
+        "--batch",
+        type=int,
+        default=100,
+        help="conversations per transaction (default 100, and at most 10,000 messages; 1: one line at a time)",
     )
     imp.set_defaults(func=cmd_import)
 
@@ -336,3 +393,52 @@ def cmd_embed_backfill(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(go())
     finally:
         endpoints.stop()
+
+
+def cmd_reindex_search(settings: Settings, args: argparse.Namespace) -> int:
+    from app.services import search_language
+    from db.session import Database, create_pool
+
+    endpoints = _database(settings)
+
+    async def work() -> int:
+        db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=1))
+        try:
+            config, messages = await search_language.total(db, args.tenant)
+            progress = Progress(messages, "messages", enabled=args.progress)
+            after = None
+            changed = 0
+            while True:
+                step = await db.run(
+                    functools.partial(
+                        search_language.reindex_step, tenant_id=args.tenant, after=after, limit=max(1, args.batch)
+                    )
+                )
+                changed += step.changed
+                progress.advance(step.passed)
+                if step.after is None:
+                    break
+                after = step.after
+            progress.close(
+                f"re-indexed tenant {args.tenant} with {config!r}: {progress.done} messages passed, {changed} changed"
+            )
+            return 0
+        finally:
+            await db.close()
+
+    try:
+        return asyncio.run(work())
+    finally:
+        endpoints.stop()
+
+
+def add_tenant_data_commands(tenant: Any) -> None:
+    """`tenant reindex-search` (under the `tenant` command of app/cli.py)."""
+    reindex = tenant.add_parser(
+        "reindex-search",
+        help="index a tenant's stored messages with its searchLanguage (resumable: a re-run finishes it)",
+    )
+    reindex.add_argument("tenant")
+    reindex.add_argument("--batch", type=int, default=5000, help="messages per transaction (default 5000)")
+    reindex.add_argument("--progress", action="store_true", default=None, help="draw the progress bar")
+    reindex.set_defaults(func=cmd_reindex_search)

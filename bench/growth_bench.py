@@ -1,14 +1,17 @@
-"""Growth table (issue 11): every read's sequential p50 over GraphQL as one tenant grows from ~10k to
-~100k to ~1M messages (100 messages per conversation), plus EXPLAIN (ANALYZE, BUFFERS) of search and
-stats at the largest size.
+"""Growth table (issue 11): every read's sequential p50 over GraphQL for tenants of ~10k, ~100k and ~1M
+messages (100 messages per conversation), plus EXPLAIN (ANALYZE, BUFFERS) of search and stats on the
+largest.
 
     .venv/bin/python -m bench.growth_bench                    # 10k, 100k, 1M (the 1M load takes minutes)
-    .venv/bin/python -m bench.growth_bench --sizes 10000,100000 --write
+    .venv/bin/python -m bench.growth_bench --sizes 10000,100000 --rounds 5 --write
 
-Starts its own embedded Postgres (fsync on) and Redis; data is generated with set-based SQL (the rollup
+Starts its own embedded Postgres (fsync on) and Redis; one tenant per size, all in the same database
+(so every size reads the same table, indexes and caches), loaded with set-based SQL (the rollup
 triggers run as for any write). Requests go through the real ASGI app (auth, GraphQL, services,
-Postgres, Redis) in-process, one at a time; each read is timed over --requests requests after warm-up.
-The rare word occurs in 15 messages whatever the size; the common word in half of all messages.
+Postgres, Redis) in-process, one at a time. Measurement is in --rounds rounds; each round times every
+read on every tenant (--requests / --rounds requests each, after warm-ups), the tenants' order rotating
+from round to round, so a busy minute of the shared machine lands on all sizes alike; a read's p50 is
+over all its samples. The rare word occurs in 15 messages of every tenant; the common word in half.
 """
 
 from __future__ import annotations
@@ -30,9 +33,16 @@ from app.services import stats
 from app.services.limits import Limits
 from bench.run import ROOT, log
 from db.migrate import upgrade
+from db.repositories import text_search
 from db.session import Database, UnitOfWork, asyncpg_dsn, create_pool
 
-TENANT = "growth"
+TENANT = "growth"  # one tenant per size: growth-10000, growth-100000, …
+
+
+def tenant_of(size: int) -> str:
+    return f"{TENANT}-{size}"
+
+
 PER_CONVERSATION = 100
 RARE = "zyxquux"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -41,8 +51,8 @@ END = "<!-- growth-bench:end -->"
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-async def load(url: str, first: int, count: int) -> None:
-    """Conversations first..first+count-1, 100 messages each, spread over the last 60 days."""
+async def load(url: str, tenant: str, first: int, count: int) -> None:
+    """Conversations first..first+count-1 of `tenant`, 100 messages each, spread over the last 60 days."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         async with conn.transaction():
@@ -59,22 +69,24 @@ async def load(url: str, first: int, count: int) -> None:
                        0, 0, 0
                 FROM generate_series($2::int, $2::int + $3::int - 1) i
                 """,
-                TENANT,
+                tenant,
                 first,
                 count,
                 NOW,
             )
             await conn.execute(
                 f"""
-                INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+                INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at,
+                                      search_config)
                 SELECT c.tenant_id, c.id, g, gen_random_uuid(), CASE WHEN g % 2 = 0 THEN 'assistant' ELSE 'user' END,
                        'message ' || g || CASE WHEN g % 2 = 0 THEN ' the answer is here' ELSE ' a question about it' END
                        || CASE WHEN substr(c.session_id, 3)::int < 15 AND g = 7 THEN ' {RARE}' ELSE '' END
-                       || ' lorem ipsum dolor sit amet', 20, c.created_at + g * interval '1 minute'
+                       || ' lorem ipsum dolor sit amet', 20, c.created_at + g * interval '1 minute',
+                       'simple'::regconfig
                 FROM conversations c, generate_series(1, $2::int) g
                 WHERE c.tenant_id = $1 AND substr(c.session_id, 3)::int >= $3::int
                 """,
-                TENANT,
+                tenant,
                 PER_CONVERSATION,
                 first,
             )
@@ -83,7 +95,7 @@ async def load(url: str, first: int, count: int) -> None:
                 UPDATE conversations SET last_seq = $2, message_count = $2, token_count = $2 * 20
                 WHERE tenant_id = $1 AND substr(session_id, 3)::int >= $3::int
                 """,
-                TENANT,
+                tenant,
                 PER_CONVERSATION,
                 first,
             )
@@ -142,30 +154,28 @@ def reads(conversation_id: str) -> dict[str, tuple[str, dict[str, Any]]]:
     }
 
 
-async def time_reads(client: httpx.AsyncClient, key: str, conversation_id: str, n: int) -> dict[str, float]:
-    out: dict[str, float] = {}
+async def time_reads(
+    client: httpx.AsyncClient, key: str, conversation_id: str, n: int, out: dict[str, list[float]]
+) -> None:
+    """Append n timed samples (after 2 warm-ups) of every read to out[read]."""
     headers = {"Authorization": f"Bearer {key}"}
     for name, (query, variables) in reads(conversation_id).items():
-        samples = []
-        for i in range(n + 3):
+        samples = out.setdefault(name, [])
+        for i in range(n + 2):
             t0 = time.perf_counter()
             r = await client.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
             dt = time.perf_counter() - t0
             body = r.json()
             if "errors" in body:
                 raise RuntimeError(f"{name}: {body['errors']}")
-            if i >= 3:
-                samples.append(dt)
-        out[name] = statistics.median(samples) * 1000
-        log(f"  {name:<34} p50 {out[name]:8.2f} ms")
-    return out
+            if i >= 2:
+                samples.append(dt * 1000)
 
 
 EXPLAINED = {
     "search, rare word (the probe that finds and counts the matches)": (
         "WITH hits AS MATERIALIZED (SELECT m.conversation_id, m.seq, m.created_at FROM messages m "
-        "WHERE m.tenant_id = $1 AND to_tsvector('simple'::regconfig, m.content) @@ "
-        "websearch_to_tsquery('simple'::regconfig, $2) LIMIT "
+        f"WHERE m.tenant_id = $1 AND {text_search.match('simple', '$2')} LIMIT "
         + str(Limits().search_count_cap + 1)
         + "), page AS (SELECT * FROM hits h "
         "ORDER BY h.created_at DESC, h.conversation_id DESC, h.seq DESC LIMIT 21) "
@@ -175,7 +185,7 @@ EXPLAINED = {
     ),
     "search, common word (expected in >= 5 % of messages: no probe, the newest-first walk)": (
         "SELECT m.seq FROM conversations c JOIN messages m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id "
-        "AND to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, $2) "
+        f"AND {text_search.match('simple', '$2')} "
         "WHERE c.tenant_id = $1 AND m.tenant_id = $1 ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC "
         "LIMIT 21",
         "answer",
@@ -183,12 +193,12 @@ EXPLAINED = {
 }
 
 
-async def explain(url: str) -> str:
+async def explain(url: str, tenant: str) -> str:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     parts = []
     try:
         for label, (sql, word) in EXPLAINED.items():
-            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", TENANT, word)
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", tenant, word)
             parts.append(f"**{label}**\n\n```\n" + "\n".join(r[0] for r in rows) + "\n```\n")
         start = (NOW - timedelta(days=30)).date()
         rows = await conn.fetch(
@@ -197,7 +207,7 @@ async def explain(url: str) -> str:
             "sum(messages)::bigint, sum(tokens)::bigint FROM stats_daily WHERE tenant_id = $1 AND day >= $2 "
             "AND day < $3 GROUP BY GROUPING SETS ((day, role, status), (agent_id, role, status)) "
             "HAVING sum(conversations) <> 0 OR sum(messages) <> 0",
-            TENANT,
+            tenant,
             start,
             NOW.date() + timedelta(days=1),
         )
@@ -207,44 +217,57 @@ async def explain(url: str) -> str:
     return "\n".join(parts)
 
 
-async def run(pg_url: str, redis_url: str, sizes: list[int], n: int) -> tuple[dict[int, dict[str, float]], str]:
+async def run(
+    pg_url: str, redis_url: str, sizes: list[int], n: int, rounds: int
+) -> tuple[dict[int, dict[str, float]], str]:
     from app.main import create_app
     from app.services import tenants
     from app.settings import Settings
 
     db = Database(await create_pool(pg_url))
+    keys: dict[int, str] = {}
+    for size in sizes:
 
-    async def setup(uow: UnitOfWork) -> str:
-        await tenants.ensure_tenant(uow, TENANT)
-        _, key = await tenants.create_api_key(uow, TENANT, list(tenants.Scope))
-        return key
+        async def setup(uow: UnitOfWork, tenant: str = tenant_of(size)) -> str:
+            await tenants.ensure_tenant(uow, tenant)
+            _, key = await tenants.create_api_key(uow, tenant, list(tenants.Scope))
+            return key
 
-    key = await db.run(setup)
+        keys[size] = await db.run(setup)
     await db.close()
+    conversation_ids: dict[int, str] = {}
+    for size in sizes:
+        t0 = time.perf_counter()
+        await load(pg_url, tenant_of(size), 0, size // PER_CONVERSATION)
+        log(f"loaded {tenant_of(size)}: {size:,} messages in {time.perf_counter() - t0:.0f} s")
+        conn = await asyncpg.connect(asyncpg_dsn(pg_url))
+        conversation_ids[size] = str(
+            await conn.fetchval(
+                "SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = 's-3'", tenant_of(size)
+            )
+        )
+        await conn.close()
     app = create_app(Settings(_env_file=None), database_url=pg_url, redis_url=redis_url)
-    results: dict[int, dict[str, float]] = {}
-    loaded = 0
+    samples: dict[int, dict[str, list[float]]] = {size: {} for size in sizes}
+    per_round = max(1, n // rounds)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client,
     ):
-        for size in sizes:
-            conversations = size // PER_CONVERSATION
-            t0 = time.perf_counter()
-            await load(pg_url, loaded, conversations - loaded)
-            log(f"loaded {size:,} messages ({conversations:,} conversations) in {time.perf_counter() - t0:.0f} s")
-            loaded = conversations
-            conn = await asyncpg.connect(asyncpg_dsn(pg_url))
-            cid = str(
-                await conn.fetchval("SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = 's-3'", TENANT)
-            )
-            await conn.close()
-            results[size] = await time_reads(client, key, cid, n)
-        plans = await explain(pg_url)
+        for r in range(rounds):
+            order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
+            for size in order:
+                await time_reads(client, keys[size], conversation_ids[size], per_round, samples[size])
+            log(f"round {r + 1}/{rounds} done")
+        plans = await explain(pg_url, tenant_of(sizes[-1]))
+    results = {size: {name: statistics.median(v) for name, v in reads_.items()} for size, reads_ in samples.items()}
+    for size in sizes:
+        for name, p50 in results[size].items():
+            log(f"  {size:>9,} {name:<34} p50 {p50:8.2f} ms")
     return results, plans
 
 
-def render(results: dict[int, dict[str, float]], plans: str, n: int) -> str:
+def render(results: dict[int, dict[str, float]], plans: str, n: int, rounds: int) -> str:
     sizes = sorted(results)
     names = list(results[sizes[0]])
     head = "| read | " + " | ".join(f"{s:,} msgs p50 ms" for s in sizes) + " | largest ÷ smallest |"
@@ -254,12 +277,14 @@ def render(results: dict[int, dict[str, float]], plans: str, n: int) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {values[-1] / values[0]:.2f}× |")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (
-        f"{BEGIN}\n## Growth: one tenant from {sizes[0]:,} to {sizes[-1]:,} messages (bench/growth_bench.py)\n\n"
-        f"Measured {stamp}; sequential requests through the real ASGI app in-process (auth, GraphQL, services, "
-        f"Postgres with fsync on, Redis), p50 of {n} requests after 3 warm-ups; 100 messages per conversation, "
-        "10 agents, 60 days of history; the rare word is in 15 messages at every size, the common word in half "
-        "of all messages. The machine is 2 cores shared with other work: absolute numbers are noisy, the ratio "
-        "is the point. Regenerate with `.venv/bin/python -m bench.growth_bench --write`.\n\n"
+        f"{BEGIN}\n## Growth: tenants of {sizes[0]:,} to {sizes[-1]:,} messages in one database (bench/growth_bench.py)\n\n"
+        f"Measured {stamp}; one tenant per size in the same database, sequential requests through the real ASGI "
+        "app in-process (auth, GraphQL, services, Postgres with fsync on, Redis); "
+        f"{rounds} interleaved rounds (the tenants' order rotating), p50 of {n} requests per read and size; "
+        "100 messages per conversation, 10 agents, 60 days of history; the rare word is in 15 messages of every "
+        "tenant, the common word in half of all messages. The machine is 2 cores shared with other work: "
+        "absolute numbers are noisy, the ratio is the point. Regenerate with "
+        "`.venv/bin/python -m bench.growth_bench --write`.\n\n"
         + "\n".join(lines)
         + f"\n\n### EXPLAIN (ANALYZE, BUFFERS) at {sizes[-1]:,} messages\n\n"
         + plans
@@ -279,7 +304,8 @@ def write_doc(section: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--sizes", default="10000,100000,1000000", help="message counts, ascending")
-    p.add_argument("--requests", type=int, default=30, help="timed requests per read and size")
+    p.add_argument("--requests", type=int, default=30, help="timed requests per read and size (over all rounds)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the sizes")
     p.add_argument("--write", action="store_true", help=f"write the section into {DOC.relative_to(ROOT)}")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -291,8 +317,9 @@ def main() -> None:
     rd = start_redis(workdir / "redis", persist=False)
     try:
         upgrade(pg.url)
-        results, plans = asyncio.run(run(pg.url, rd.url, sizes, args.requests))
-        section = render(results, plans, args.requests)
+        results, plans = asyncio.run(run(pg.url, rd.url, sizes, args.requests, args.rounds))
+        n = max(1, args.requests // args.rounds) * args.rounds
+        section = render(results, plans, n, args.rounds)
         print(section)
         if args.write:
             write_doc(section)

@@ -1,11 +1,14 @@
 """`conversation-service import` throughput on conversations of ~100 messages, durable Postgres.
 
-    .venv/bin/python -m bench.import_bench                       # 300 conversations x 100 messages, --jobs 1 and 8
-    .venv/bin/python -m bench.import_bench --conversations 100 --jobs 1,4,8,16
+    .venv/bin/python -m bench.import_bench             # 500 conversations x 100 messages: one line per transaction
+                                                       # (--batch 1 --jobs 8, the path before) and batches (100, --jobs 4)
+    .venv/bin/python -m bench.import_bench --conversations 1000 --runs 1:8,50:2,100:4 --rounds 3
 
 Starts its own embedded Postgres with fsync on (the tests' servers run fsync off), writes a JSONL file
 in the export format (token counts included, as an export has them), runs the real CLI command as a
 subprocess into a fresh tenant per run, then once more into the same tenant (idempotent: nothing added).
+Rounds alternate the configurations. "msg/s" is the CLI's own count (from its first line read to its
+last commit); "wall" includes the process start (~1 s of imports).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,11 +63,44 @@ def write_file(path: Path, conversations: int, per: int) -> int:
     return n
 
 
-def run_import(url: str, path: Path, tenant: str, jobs: int) -> tuple[float, str]:
+def _server_cpu(pgdata: Path) -> float:
+    """CPU seconds of the postmaster and all its processes: exited backends are in its children's times."""
+    pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def times(p: int, children: bool) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0  # exited meanwhile: counted in the postmaster's children's times
+        return sum(int(f) for f in fields[11 : 15 if children else 13]) / tick
+
+    kids = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return times(pid, True) + sum(times(k, False) for k in kids)
+
+
+def _client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_import(url: str, path: Path, tenant: str, batch: int, jobs: int) -> tuple[float, str]:
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": ""}
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "import", str(path), "--tenant", tenant, "--jobs", str(jobs)],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "import",
+            str(path),
+            "--tenant",
+            tenant,
+            "--jobs",
+            str(jobs),
+            "--batch",
+            str(batch),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -77,9 +114,10 @@ def run_import(url: str, path: Path, tenant: str, jobs: int) -> tuple[float, str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--conversations", type=int, default=300)
+    p.add_argument("--conversations", type=int, default=500)
     p.add_argument("--messages", type=int, default=100)
-    p.add_argument("--jobs", default="1,8")
+    p.add_argument("--runs", default="1:8,100:4", help="batch:jobs pairs (batch 1 = one line per transaction)")
+    p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="import-bench-"))
     from app.embedded.postgres import start_postgres
@@ -90,14 +128,26 @@ def main() -> None:
         path = workdir / "lines.jsonl"
         total = write_file(path, args.conversations, args.messages)
         log(f"{total} messages in {args.conversations} conversations, {path.stat().st_size / 1e6:.1f} MB")
-        print("| --jobs | messages | wall s (whole CLI run) | msg/s | re-run (idempotent) s | re-run summary |")
-        print("|--:|--:|--:|--:|--:|---|")
-        for jobs in [int(j) for j in args.jobs.split(",")]:
-            tenant = f"imp-{jobs}-{uuid.uuid4().hex[:6]}"
-            wall, summary = run_import(server.url, path, tenant, jobs)
-            again, again_summary = run_import(server.url, path, tenant, jobs)
-            log(f"jobs {jobs}: {summary}")
-            print(f"| {jobs} | {total:,} | {wall:.2f} | {total / wall:,.0f} | {again:.2f} | {again_summary} |")
+        print(
+            "| --batch | --jobs | messages | wall s (whole CLI run) | msg/s (CLI's count) "
+            "| server CPU µs/msg | importer CPU µs/msg | re-run (idempotent) s |"
+        )
+        print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for _ in range(args.rounds):
+            for run in args.runs.split(","):
+                batch, jobs = (int(x) for x in run.split(":"))
+                tenant = f"imp-{batch}-{jobs}-{uuid.uuid4().hex[:6]}"
+                server0, client0 = _server_cpu(server.data_dir), _client_cpu()
+                wall, summary = run_import(server.url, path, tenant, batch, jobs)
+                server_us = (_server_cpu(server.data_dir) - server0) * 1e6 / total
+                client_us = (_client_cpu() - client0) * 1e6 / total
+                again, again_summary = run_import(server.url, path, tenant, batch, jobs)
+                log(f"batch {batch} jobs {jobs}: {summary} / re-run: {again_summary}")
+                rate = summary.rsplit("(", 1)[-1].split(" ")[0]
+                print(
+                    f"| {batch} | {jobs} | {total:,} | {wall:.2f} | {rate} | {server_us:.0f} | {client_us:.0f} "
+                    f"| {again:.2f} |"
+                )
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

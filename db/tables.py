@@ -27,8 +27,9 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 metadata = SQLModel.metadata
 
-#: Postgres text-search configuration for message search. 'simple' does no
-#: stemming: conversations here are multilingual and a wrong stemmer is worse than none.
+#: The default text-search configuration of message search. 'simple' does no stemming:
+#: conversations here are multilingual and a wrong stemmer is worse than none. A tenant may choose
+#: another (tenant setting `search_language`, db/repositories/text_search.py).
 SEARCH_CONFIG = "simple"
 
 
@@ -150,7 +151,7 @@ class Message(SQLModel, table=True):
         sa.Index(
             "ix_messages_search",
             "tenant_id",
-            sa.text(f"to_tsvector('{SEARCH_CONFIG}'::regconfig, content)"),
+            sa.text("to_tsvector(search_config, content)"),
             postgresql_using="gin",
         ),
     )
@@ -171,6 +172,9 @@ class Message(SQLModel, table=True):
     )
     execution: Any = _jsonb(nullable=True, default=None)
     created_at: datetime = _ts(default_now=True)
+    #: The text-search configuration the message is indexed with: its tenant's `search_language` when
+    #: it was written (an INSERT that leaves it out gets it from a trigger; migration afe98dca5168).
+    search_config: str = Field(sa_column=sa.Column(pg.REGCONFIG(), nullable=False))
 
 
 class MessageSource(SQLModel, table=True):

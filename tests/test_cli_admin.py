@@ -25,6 +25,13 @@ def test_settings_secret_keys_and_audit_from_the_cli(servers: Servers) -> None:
     bad = cli(servers, "tenant", "settings", "set", tenant, "--retention-days", "-3", "--name", "changed?")
     assert bad.returncode == 1 and "BAD_USER_INPUT" in bad.stderr
     assert cli(servers, "tenant", "settings", "show", tenant).stdout == shown  # nothing changed
+    assert any(line.split() == ["search_language", "simple"] for line in shown.splitlines())
+    klingon = cli(servers, "tenant", "settings", "set", tenant, "--search-language", "klingon")
+    assert klingon.returncode == 1 and "searchLanguage must be one of" in klingon.stderr
+    spanish = cli(servers, "tenant", "settings", "set", tenant, "--search-language", "spanish")
+    assert spanish.returncode == 0 and any(
+        x.split() == ["search_language", "spanish"] for x in spanish.stdout.splitlines()
+    )
 
     rotated = cli(servers, "tenant", "rotate-secret", tenant, "--overlap-seconds", "60")
     assert rotated.returncode == 0 and rotated.stdout.strip().splitlines()[-1].startswith("whsec_")
@@ -52,6 +59,7 @@ def test_settings_secret_keys_and_audit_from_the_cli(servers: Servers) -> None:
         ("cli", "revokeApiKey"),
         ("cli", "createApiKey"),
         ("cli", "rotateCrmSecret"),
+        ("cli", "updateTenantSettings"),  # --search-language spanish
         ("cli", "updateTenantSettings"),
         ("cli", "createTenant"),
     ]

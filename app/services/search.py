@@ -15,7 +15,7 @@ from app.services import limits as check
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import messages as repo
-from db.repositories import records
+from db.repositories import records, text_search
 from db.repositories import search as search_repo
 from db.session import Connection
 
@@ -33,7 +33,8 @@ async def search_messages(
     limits: Limits = DEFAULT_LIMITS,
     with_count: bool = True,
 ) -> Page[Message]:
-    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first.
+    """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first, parsed
+    with the tenant's text-search configuration (its `search_language`).
     totalCount is exact up to limits.search_count_cap (the probe that finds the page counts it too,
     so it costs nothing extra) and the cap beyond, with total_count_capped set."""
     query = (check.text(query, "query", MAX_QUERY_LENGTH, required=True) or "").strip()
@@ -44,7 +45,8 @@ async def search_messages(
     assert size is not None
     key = cursors.parse_search_cursor(after) if after else None
     cap = limits.search_count_cap
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count)
+    config = await text_search.tenant_config(conn, tenant_id)
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count, config)
     items = rows[:size]
     return Page(
         items=items,
@@ -93,9 +95,10 @@ async def search(
     size = check.page_size(first if first is not None else 20, limits, "first")
     assert size is not None
     key = cursors.parse_hit_cursor(after) if after else None
+    config = await text_search.tenant_config(conn, tenant_id)
     if embedder is not None:
-        return await _by_meaning(conn, tenant_id, query, mode, f, embedder, size, key, limits, snippets)
-    rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets)
+        return await _by_meaning(conn, tenant_id, query, mode, f, embedder, size, key, limits, snippets, config)
+    rows = await search_repo.ranked(conn, tenant_id, query, f, size + 1, key, limits.search_count_cap, snippets, config)
     hits = [SearchHit(records.message(r), float(r["score"]), r["snippet"]) for r in rows]
     items = hits[:size]
     return Page(
@@ -118,15 +121,16 @@ async def _by_meaning(
     key: tuple[float, datetime, uuid.UUID, int] | None,
     limits: Limits,
     snippets: bool,
+    config: str,
 ) -> Page[SearchHit]:
     ttl = embedders.query_cache_s()
     if mode is SearchMode.SEMANTIC:
         ranked = await semantic.semantic(conn, tenant_id, query, f, embedder, limits, ttl)
     else:
-        ranked = await semantic.hybrid(conn, tenant_id, query, f, embedder, limits, ttl)
+        ranked = await semantic.hybrid(conn, tenant_id, query, f, embedder, limits, ttl, config)
     window = semantic.page_after(ranked, key, size)
     items = window[:size]
-    marks = await semantic.snippets(conn, tenant_id, query, items) if snippets else {}
+    marks = await semantic.snippets(conn, tenant_id, query, items, config) if snippets else {}
     hits = [SearchHit(r.message, r.score, marks.get((r.message.conversation_id, r.message.seq))) for r in items]
     return Page(
         items=hits,

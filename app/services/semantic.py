@@ -21,6 +21,7 @@ from app.services.limits import Limits
 from db.repositories import embeddings as repo
 from db.repositories import records
 from db.repositories import search as search_repo
+from db.repositories.text_search import SEARCH_CONFIG
 from db.session import Connection
 
 RRF_K = 60
@@ -72,10 +73,11 @@ async def hybrid(
     embedder: Embedder,
     limits: Limits,
     ttl_s: float,
+    config: str = SEARCH_CONFIG,
 ) -> list[Ranked]:
     cap = limits.search_count_cap
     near = await semantic(conn, tenant_id, query, f, embedder, limits, ttl_s)
-    words = await search_repo.ranked(conn, tenant_id, query, f, cap, None, cap, False)
+    words = await search_repo.ranked(conn, tenant_id, query, f, cap, None, cap, False, config)
     fused: dict[tuple[uuid.UUID, int], Ranked] = {}
     for rank, row in enumerate(words, start=1):
         m = records.message(row)
@@ -88,11 +90,11 @@ async def hybrid(
 
 
 async def snippets(
-    conn: Connection, tenant_id: str, query: str, hits: list[Ranked]
+    conn: Connection, tenant_id: str, query: str, hits: list[Ranked], config: str = SEARCH_CONFIG
 ) -> dict[tuple[uuid.UUID, int], str]:
     """Snippets of the keyword matches among `hits` (one statement for the page)."""
     wanted = [(h.message.conversation_id, h.message.seq) for h in hits if h.keyword]
-    return await search_repo.headlines(conn, tenant_id, query, wanted) if wanted else {}
+    return await search_repo.headlines(conn, tenant_id, query, wanted, config) if wanted else {}
 
 
 def page_after(hits: list[Ranked], after: Key | None, size: int) -> list[Ranked]:

@@ -2,8 +2,10 @@
 
 Keys: `crm_webhook_url`, `crm_webhook_secret` (+ `crm_webhook_secret_previous` and
 `crm_webhook_secret_previous_until` during a rotation's overlap), `crm_max_attempts`,
-`retention_days`, `idle_timeout_seconds`, `cors_origins`. A key that is absent means the
-server-wide default (app/services/crm.py and maintenance.py read them the same way).
+`retention_days`, `idle_timeout_seconds`, `cors_origins`, `search_language` (the text-search
+configuration new messages are indexed with and queries are parsed with; db/repositories/text_search).
+A key that is absent means the server-wide default (app/services/crm.py and maintenance.py read them
+the same way).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from app.services import audit
 from app.services import limits as check
 from app.settings import Settings
 from db.repositories import admin as repo
+from db.repositories import text_search
 from db.session import Connection, UnitOfWork
 
 #: Upper bounds: beyond them a value is a typo, not a policy.
@@ -40,6 +43,7 @@ FIELDS: dict[str, str | None] = {
     "retentionDays": "retention_days",
     "idleTimeoutSeconds": "idle_timeout_seconds",
     "corsOrigins": "cors_origins",
+    "searchLanguage": "search_language",
 }
 
 
@@ -67,6 +71,7 @@ class TenantSettings:
     idle_timeout_seconds: int
     cors_origins: list[str]
     updated_at: datetime
+    search_language: str = text_search.SEARCH_CONFIG
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,9 @@ def _of(row: asyncpg.Record, defaults: Defaults) -> TenantSettings:
         idle_timeout_seconds=number("idle_timeout_seconds", defaults.idle_timeout_seconds),
         cors_origins=[o for o in origins if isinstance(o, str)] if isinstance(origins, list) else [],
         updated_at=row["updated_at"],
+        search_language=s["search_language"]
+        if s.get("search_language") in text_search.SUPPORTED
+        else text_search.SEARCH_CONFIG,
     )
 
 
@@ -169,6 +177,12 @@ def _validate(changes: dict[str, Any]) -> tuple[bool, str | None, dict[str, Any]
             if not isinstance(value, list) or len(value) > MAX_CORS_ORIGINS:
                 raise BadUserInput(f"corsOrigins: at most {MAX_CORS_ORIGINS} origins", field="corsOrigins")
             patch[key] = sorted({origin(o) for o in value})
+        elif key == "search_language":
+            if value not in text_search.SUPPORTED:
+                raise BadUserInput(
+                    f"searchLanguage must be one of {', '.join(text_search.SUPPORTED)}", field="searchLanguage"
+                )
+            patch[key] = value
     name = changes.get("name")
     if name is not None:
         check.text(name, "name", 200)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app import tokens
 from app.errors import BadUserInput, NotFound, RetryTransaction
@@ -135,7 +135,7 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)  # legacy data without an offset is UTC
     return value
@@ -160,10 +160,10 @@ class MessageRecord(_Record):
     tool_call_id: str | None = None
     tool_calls: Any = None
     token_count: int | None = None
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = Field(default_factory=dict)
     execution: dict[str, Any] | None = None
     created_at: datetime | None = None
-    sources: list[SourceRecord] = []
+    sources: list[SourceRecord] = Field(default_factory=list)
 
     @field_validator("role", mode="before")
     @classmethod
@@ -190,8 +190,8 @@ class ConversationRecord(_Record):
     channel: str | None = None
     title: str | None = None
     status: Status = Status.ACTIVE
-    tags: list[str] = []
-    metadata: dict[str, Any] = {}
+    tags: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
     closed_at: datetime | None = None
@@ -207,8 +207,8 @@ class ConversationLine(_Record):
     format: str | None = None
     tenant_id: str | None = None
     conversation: ConversationRecord
-    messages: list[MessageRecord] = []
-    state: list[StateRecord] = []
+    messages: list[MessageRecord] = Field(default_factory=list)
+    state: list[StateRecord] = Field(default_factory=list)
 
 
 def parse_line(value: Any) -> ConversationLine:
@@ -233,6 +233,14 @@ def _check_json_depths(line: ConversationLine, max_depth: int) -> None:
         check.json_depth(m.tool_calls, f"messages.{i}.tool_calls", max_depth)
     for i, s in enumerate(line.state):
         check.json_depth(s.value, f"state.{i}.value", max_depth)
+
+
+def checked_session_id(line: ConversationLine, limits: Limits) -> str:
+    """The line's sessionId, after the checks every import of it makes before touching the database."""
+    session_id = line.conversation.session_id or str(line.conversation.id)
+    check.text(session_id, "conversation.session_id", limits.max_id_length, required=True)
+    _check_json_depths(line, limits.max_json_depth)
+    return session_id
 
 
 @dataclass(slots=True)
@@ -262,7 +270,7 @@ class ImportReport:
         self.tenants.add(result.conversation.tenant_id)
 
 
-async def _check_reused_keys(
+async def check_reused_keys(
     conn: Connection, tenant_id: str, conversation_id: uuid.UUID, lines: list[MessageRecord]
 ) -> None:
     """A line whose clientMessageId is already there is skipped only when it is that message:
@@ -301,9 +309,7 @@ async def import_conversation(
     check.tenant_id(tenant_id)
     conn = await uow.begin()
     c = line.conversation
-    session_id = c.session_id or str(c.id)
-    check.text(session_id, "conversation.session_id", limits.max_id_length, required=True)
-    _check_json_depths(line, limits.max_json_depth)
+    session_id = checked_session_id(line, limits)
     now = datetime.now(UTC)
     conversation = await conversation_repo.get(conn, tenant_id, session_id=session_id, for_update=True)
     created = conversation is None
@@ -311,7 +317,7 @@ async def import_conversation(
         wanted = c.id or uuid.uuid4()
         if await repo.id_taken(conn, tenant_id, wanted):
             wanted = uuid.uuid4()
-        created_at = _utc(c.created_at) or now
+        created_at = as_utc(c.created_at) or now
         conversation = await repo.insert_conversation(
             conn,
             tenant_id,
@@ -325,23 +331,62 @@ async def import_conversation(
             tags=list(c.tags),
             metadata=dict(c.metadata),
             created_at=created_at,
-            updated_at=_utc(c.updated_at) or created_at,
-            closed_at=_utc(c.closed_at) if c.status is not Status.ACTIVE else None,
+            updated_at=as_utc(c.updated_at) or created_at,
+            closed_at=as_utc(c.closed_at) if c.status is not Status.ACTIVE else None,
             close_reason=c.close_reason if c.status is not Status.ACTIVE else None,
         )
         if conversation is None:  # another import created this sessionId a moment ago
             raise RetryTransaction
     client_ids, ids = await repo.message_keys(conn, tenant_id, conversation.id)
-    ordered = line.messages
-    if all(m.seq is not None for m in ordered):
-        ordered = sorted(ordered, key=lambda m: m.seq or 0)
+    ordered = ordered_messages(line)
+    await check_reused_keys(conn, tenant_id, conversation.id, [m for m in ordered if m.client_message_id in client_ids])
+    new, skipped, previous_at = plan_messages(conversation, ordered, client_ids, ids, now)
+    for i in range(0, len(new), MESSAGE_CHUNK):
+        await repo.insert_messages(conn, tenant_id, conversation.id, new[i : i + MESSAGE_CHUNK])
+    if new:
+        assert previous_at is not None
+        conversation = await repo.advance(
+            conn, tenant_id, conversation.id, len(new), sum(m.token_count for m in new), previous_at
+        )
+    state_added = await repo.insert_state(
+        conn,
+        tenant_id,
+        conversation.id,
+        [(s.key, s.value, s.version, as_utc(s.updated_at) or now) for s in line.state],
+    )
+    if created or new or state_added:
+        # Caches drop their copy (an import can insert below a cached tail); subscribers ignore UPDATED.
+        uow.emit(DomainEvent(EventType.UPDATED, tenant_id, conversation.id, now, conversation=conversation))
+    return ImportResult(
+        conversation=conversation,
+        created=created,
+        messages_added=len(new),
+        messages_skipped=skipped,
+        state_added=state_added,
+    )
+
+
+def ordered_messages(line: ConversationLine) -> list[MessageRecord]:
+    """The file's order, or seq order when every message has one."""
+    if all(m.seq is not None for m in line.messages):
+        return sorted(line.messages, key=lambda m: m.seq or 0)
+    return list(line.messages)
+
+
+def plan_messages(
+    conversation: Conversation,
+    ordered: list[MessageRecord],
+    client_ids: set[str],
+    ids: set[uuid.UUID],
+    now: datetime,
+) -> tuple[list[ImportedMessage], int, datetime | None]:
+    """The messages to add after the conversation's last seq (the rules in the module docstring),
+    how many are already there, and the last new message's time. Shared by the per-line and the
+    batched import so that both write exactly the same rows."""
     new: list[ImportedMessage] = []
     skipped = 0
     seq = conversation.last_seq
     previous_at = conversation.last_message_at
-    await _check_reused_keys(
-        conn, tenant_id, conversation.id, [m for m in ordered if m.client_message_id in client_ids]
-    )
     for m in ordered:
         if (m.client_message_id is not None and m.client_message_id in client_ids) or (
             m.id is not None and m.id in ids
@@ -352,7 +397,7 @@ async def import_conversation(
         ids.add(message_id)
         if m.client_message_id is not None:
             client_ids.add(m.client_message_id)
-        at = _utc(m.created_at) or now
+        at = as_utc(m.created_at) or now
         if previous_at is not None and at < previous_at:
             at = previous_at
         previous_at = at
@@ -377,26 +422,4 @@ async def import_conversation(
                 extra=messages.extra_of(m),
             )
         )
-    for i in range(0, len(new), MESSAGE_CHUNK):
-        await repo.insert_messages(conn, tenant_id, conversation.id, new[i : i + MESSAGE_CHUNK])
-    if new:
-        assert previous_at is not None
-        conversation = await repo.advance(
-            conn, tenant_id, conversation.id, len(new), sum(m.token_count for m in new), previous_at
-        )
-    state_added = await repo.insert_state(
-        conn,
-        tenant_id,
-        conversation.id,
-        [(s.key, s.value, s.version, _utc(s.updated_at) or now) for s in line.state],
-    )
-    if created or new or state_added:
-        # Caches drop their copy (an import can insert below a cached tail); subscribers ignore UPDATED.
-        uow.emit(DomainEvent(EventType.UPDATED, tenant_id, conversation.id, now, conversation=conversation))
-    return ImportResult(
-        conversation=conversation,
-        created=created,
-        messages_added=len(new),
-        messages_skipped=skipped,
-        state_added=state_added,
-    )
+    return new, skipped, previous_at

@@ -17,9 +17,10 @@ from typing import Any
 import asyncpg
 
 from app.models import ConversationFilter, Message, NewMessage, Source
-from db.repositories import records
+from db.repositories import records, text_search
 from db.repositories.conversations import filtered
 from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefixed
+from db.repositories.text_search import SEARCH_CONFIG
 from db.session import Connection
 
 _SOURCE_FIELDS = "document_id text, chunk_id text, title text, uri text, score float8, snippet text"
@@ -70,9 +71,9 @@ bump AS (
 ),
 ins AS (
     INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                          tool_call_id, tool_calls, token_count, metadata, execution, created_at{_APPEND_EXTRA_COLUMNS})
+                          tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_APPEND_EXTRA_COLUMNS})
     SELECT $1, b.id, b.last_seq, COALESCE($4::uuid, gen_random_uuid()), $3, $5, $6, $7, $9, $10, $8, $11, $12,
-           b.last_message_at{_APPEND_EXTRA_PARAMS}
+           b.last_message_at, {text_search.TENANT_CONFIG}{_APPEND_EXTRA_PARAMS}
     FROM bump b
     RETURNING {MESSAGE_COLUMNS}
 ),
@@ -238,9 +239,10 @@ async def insert_many(
     rows = await conn.fetch(
         f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at{_MANY.columns})
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_MANY.columns})
         SELECT $1, $2, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14{_MANY.values}
+               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14,
+               {text_search.TENANT_CONFIG}{_MANY.values}
         FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                     $11::int[], $12::text[], $13::text[]{_MANY.arrays})
              WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
@@ -412,15 +414,14 @@ async def _plan_rows(conn: Connection, sql: str, *args: object) -> int:
     return int(parsed[0]["Plan"]["Plan Rows"])
 
 
-async def is_common(conn: Connection, tenant_id: str, query: str, cap: int) -> bool:
+async def is_common(conn: Connection, tenant_id: str, query: str, cap: int, config: str = SEARCH_CONFIG) -> bool:
     """Whether the planner expects `query` to match a large share of the tenant's messages (two
     EXPLAINs, nothing executed). Words among the index statistics' most common elements are estimated
     closely; any other word gets a small default share (a 15-match word at 1M messages: ~0.15 %), so
     a share threshold keeps rare words off the walk at any tenant size."""
     matches = await _plan_rows(
         conn,
-        "SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND "
-        "to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, $2)",
+        f"SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND {text_search.match(config, '$2')}",
         tenant_id,
         query,
     )
@@ -430,7 +431,9 @@ async def is_common(conn: Connection, tenant_id: str, query: str, cap: int) -> b
     return matches >= COMMON_SHARE * rows
 
 
-async def dense_in_recent(conn: Connection, tenant_id: str, query: str, f: ConversationFilter, cap: int) -> bool:
+async def dense_in_recent(
+    conn: Connection, tenant_id: str, query: str, f: ConversationFilter, cap: int, config: str = SEARCH_CONFIG
+) -> bool:
     """Whether the tenant's newest messages really hold cap + 1 matches within cap / COMMON_SHARE x 2
     of them. The statistics are table-wide: a word common in other tenants' messages may be rare in
     this one's, and an unbounded walk would then test every message of the tenant. This check tests
@@ -443,12 +446,12 @@ async def dense_in_recent(conn: Connection, tenant_id: str, query: str, f: Conve
         f"""
         SELECT count(*) FROM (
             SELECT 1 FROM (
-                SELECT m.content FROM messages m
+                SELECT m.search_config, m.content FROM messages m
                 JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id
                 WHERE {where.sql} AND m.tenant_id = $1
                 ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC LIMIT {window}
             ) recent
-            WHERE to_tsvector('simple'::regconfig, recent.content) @@ websearch_to_tsquery('simple'::regconfig, {q})
+            WHERE {text_search.match(config, q, alias="recent")}
             LIMIT {need}
         ) AS hits
         """,
@@ -474,6 +477,7 @@ async def search(
     after: tuple[datetime, uuid.UUID, int] | None,
     cap: int,
     with_count: bool = True,
+    config: str = SEARCH_CONFIG,
 ) -> tuple[list[Message], int]:
     """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1
     (0 when not with_count and the word is common).
@@ -483,13 +487,15 @@ async def search(
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
     walking newest first, which then meets a match within a few rows."""
-    if await is_common(conn, tenant_id, query, cap) and await dense_in_recent(conn, tenant_id, query, f, cap):
+    if await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
+        conn, tenant_id, query, f, cap, config
+    ):
         # The check found more than cap matches: the count is "more than cap" without counting again.
-        return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count=False, known_total=cap + 1)
+        return await _walk(conn, tenant_id, query, f, limit, after, cap, False, cap + 1, config)
     where = filtered(tenant_id, f, alias="c")
     filtered_by_conversation = len(where.args) > 1  # more than the tenant
     tsq = where.param(query)
-    matches = f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq})"
+    matches = text_search.match(config, tsq)
     if filtered_by_conversation:
         probe_from = (
             "FROM messages m JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id "
@@ -523,7 +529,7 @@ async def search(
     if total <= cap:
         return [records.message(r) for r in rows if r["id"] is not None], total
     # A common word: the newest-first walk meets matches quickly.
-    return await _walk(conn, tenant_id, query, f, limit, after, cap, with_count=False, known_total=total)
+    return await _walk(conn, tenant_id, query, f, limit, after, cap, False, total, config)
 
 
 async def _walk(
@@ -536,6 +542,7 @@ async def _walk(
     cap: int,
     with_count: bool,
     known_total: int = 0,
+    config: str = SEARCH_CONFIG,
 ) -> tuple[list[Message], int]:
     """Newest first by the created_at index, testing each message: for common words only. The count,
     when asked, walks the same way and stops after cap + 1 matches (exact below the cap)."""
@@ -543,7 +550,7 @@ async def _walk(
     tsq = walk.param(query)
     source = (
         "FROM conversations c JOIN messages m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND "
-        f"to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {tsq}) "
+        f"{text_search.match(config, tsq)} "
     )
     order = "ORDER BY m.created_at DESC, m.conversation_id DESC, m.seq DESC"
     total = known_total

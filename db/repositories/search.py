@@ -8,12 +8,13 @@ from datetime import datetime
 import asyncpg
 
 from app.models import ConversationFilter
+from db.repositories import text_search
 from db.repositories.conversations import filtered
 from db.repositories.messages import dense_in_recent, is_common
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
+from db.repositories.text_search import SEARCH_CONFIG
 from db.session import Connection
 
-_MATCH = "to_tsvector('simple'::regconfig, m.content) @@ websearch_to_tsquery('simple'::regconfig, {q})"
 #: Markdown-style marks: safe to show as text, and no HTML reaches a browser from message content.
 _HEADLINE = 'StartSel=**, StopSel=**, MaxWords=30, MinWords=10, MaxFragments=2, FragmentDelimiter=" … "'
 
@@ -27,15 +28,18 @@ async def ranked(
     after: tuple[float, datetime, uuid.UUID, int] | None,
     cap: int,
     snippets: bool,
+    config: str = SEARCH_CONFIG,
 ) -> list[asyncpg.Record]:
     """Best matches first (ts_rank, then newest). Candidates are the matches found through the GIN
     index (no ORDER BY, stopped after cap + 1: the plan cannot become an index walk); when there are
     more than cap (a common word), the newest cap matches are ranked instead. Rows carry `score`
     and, when asked, `snippet`."""
-    common = await is_common(conn, tenant_id, query, cap) and await dense_in_recent(conn, tenant_id, query, f, cap)
-    rows = [] if common else await _page(conn, tenant_id, query, f, limit, after, cap, snippets, walk=False)
+    common = await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
+        conn, tenant_id, query, f, cap, config
+    )
+    rows = [] if common else await _page(conn, tenant_id, query, f, limit, after, cap, snippets, config, walk=False)
     if common or (rows and rows[0]["total"] > cap):
-        rows = await _page(conn, tenant_id, query, f, limit, after, cap, snippets, walk=True)
+        rows = await _page(conn, tenant_id, query, f, limit, after, cap, snippets, config, walk=True)
     return [r for r in rows if r["id"] is not None]
 
 
@@ -48,13 +52,14 @@ async def _page(
     after: tuple[float, datetime, uuid.UUID, int] | None,
     cap: int,
     snippets: bool,
+    config: str,
     *,
     walk: bool,
 ) -> list[asyncpg.Record]:
     where = filtered(tenant_id, f, alias="c")
     has_filter = len(where.args) > 1
     q = where.param(query)
-    match = _MATCH.format(q=q)
+    match = text_search.match(config, q)
     join = "JOIN conversations c ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id"
     if walk:
         candidates = (
@@ -73,7 +78,7 @@ async def _page(
         score, at, cid, seq = (where.param(v) for v in after)
         keyset = f"WHERE (r.score, r.created_at, r.conversation_id, r.seq) < ({score}::float8, {at}, {cid}, {seq})"
     snippet = (
-        f"ts_headline('simple'::regconfig, m.content, websearch_to_tsquery('simple'::regconfig, {q}), '{_HEADLINE}')"
+        f"ts_headline({text_search.literal(config)}, m.content, {text_search.tsquery(config, q)}, '{_HEADLINE}')"
         if snippets
         else "NULL::text"
     )
@@ -83,8 +88,8 @@ async def _page(
             WITH cand AS MATERIALIZED ({candidates} LIMIT {cap_param}),
             ranked AS (
                 SELECT k.conversation_id, k.seq, k.created_at,
-                       ts_rank(to_tsvector('simple'::regconfig, m.content),
-                               websearch_to_tsquery('simple'::regconfig, {q}))::float8 AS score
+                       ts_rank(to_tsvector(m.search_config, m.content), {text_search.tsquery(config, q)})::float8
+                           AS score
                 FROM cand k JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = k.conversation_id
                                             AND m.seq = k.seq
             ), page AS (
@@ -103,13 +108,13 @@ async def _page(
 
 
 async def headlines(
-    conn: Connection, tenant_id: str, query: str, keys: list[tuple[uuid.UUID, int]]
+    conn: Connection, tenant_id: str, query: str, keys: list[tuple[uuid.UUID, int]], config: str = SEARCH_CONFIG
 ) -> dict[tuple[uuid.UUID, int], str]:
     """ts_headline snippets of the given messages (HYBRID's keyword matches on one page)."""
     rows = await conn.fetch(
         f"""
         SELECT m.conversation_id, m.seq,
-               ts_headline('simple'::regconfig, m.content, websearch_to_tsquery('simple'::regconfig, $2),
+               ts_headline($5::regconfig, m.content, websearch_to_tsquery($5::regconfig, $2),
                            '{_HEADLINE}') AS snippet
         FROM unnest($3::uuid[], $4::int[]) AS k(conversation_id, seq)
         JOIN messages m ON m.tenant_id = $1 AND m.conversation_id = k.conversation_id AND m.seq = k.seq
@@ -118,5 +123,6 @@ async def headlines(
         query,
         [k[0] for k in keys],
         [k[1] for k in keys],
+        config,
     )
     return {(r["conversation_id"], r["seq"]): r["snippet"] for r in rows}

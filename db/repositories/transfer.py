@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from app.models import Conversation, NewMessage, Source
-from db.repositories import records
+from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS
 from db.session import Connection
 
@@ -110,9 +110,10 @@ async def insert_messages(
     await conn.execute(
         f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at{_EXTRA.columns})
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_EXTRA.columns})
         SELECT $1, $2, t.seq, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at{_EXTRA.values}
+               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at,
+               {text_search.TENANT_CONFIG}{_EXTRA.values}
         FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
                     $10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[]{_EXTRA.arrays})
              AS t(seq, id, client_message_id, role, content, name, tool_call_id, tool_calls, token_count,

@@ -42,6 +42,14 @@ ADMIN_CONTRACT = (
 )
 
 
+#: Additive changes proposed to the shared contract (an optional input field is "dangerous" to
+#: graphql-core only because a client could start sending it): listed one by one, each also in
+#: docs/contract-admin.graphql, until the shared contract has them.
+PROPOSED_ADDITIONS: frozenset[str] = frozenset(
+    {"An optional field UpdateTenantSettingsInput.searchLanguage was added."}  # issue 11: per-tenant language
+)
+
+
 def _contract_sdl() -> str:
     return Path(CONTRACT).read_text() + "\n" + Path(ADMIN_CONTRACT).read_text()
 
@@ -55,7 +63,8 @@ def test_schema_keeps_the_contract() -> None:
     ours = build_schema(sdl())
     contract = build_schema(_contract_sdl())
     assert [c.description for c in find_breaking_changes(contract, ours)] == []
-    assert [c.description for c in find_dangerous_changes(contract, ours)] == []
+    dangerous = [c.description for c in find_dangerous_changes(contract, ours)]
+    assert [d for d in dangerous if d not in PROPOSED_ADDITIONS] == []
 
 
 def _memory_contract_without_later_parts() -> str:

@@ -31,6 +31,11 @@ class TenantSettings:
         description="Browser origins allowed by CORS for this tenant's keys (besides the server-wide setting)."
     )
     updated_at: datetime = strawberry.field(description="Last change of the name or settings.")
+    search_language: str = strawberry.field(
+        description="Text-search configuration of this tenant's messages and search queries: one of simple "
+        "(no stemming, the default), english, spanish, german, french, portuguese, italian. Stemming makes "
+        "'canciones' find 'canción' (spanish) and 'run' find 'running' (english)."
+    )
 
     @classmethod
     def of(cls, s: tenant_settings.TenantSettings) -> TenantSettings:
@@ -44,6 +49,7 @@ class TenantSettings:
             idle_timeout_seconds=s.idle_timeout_seconds,
             cors_origins=s.cors_origins,
             updated_at=s.updated_at,
+            search_language=s.search_language,
         )
 
 
@@ -66,6 +72,14 @@ class UpdateTenantSettingsInput:
         default=strawberry.UNSET, description="scheme://host[:port] origins, at most 50; null or []: none."
     )
 
+    search_language: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="simple, english, spanish, german, french, portuguese or italian; null: simple; other "
+        "values are BAD_USER_INPUT. Applies to messages written from then on and to every query; messages "
+        "already stored keep the configuration they were indexed with until an operator runs "
+        "`conversation-service tenant reindex-search`.",
+    )
+
     def changes(self) -> dict[str, object]:
         """The given fields by their GraphQL names (null included, absent left out)."""
         given = {
@@ -75,6 +89,7 @@ class UpdateTenantSettingsInput:
             "retentionDays": self.retention_days,
             "idleTimeoutSeconds": self.idle_timeout_seconds,
             "corsOrigins": self.cors_origins,
+            "searchLanguage": self.search_language,
         }
         return {k: v for k, v in given.items() if v is not strawberry.UNSET}
 

@@ -1,0 +1,302 @@
+"""SQL for the batched `import` (issue 11): a batch of conversations of one tenant is written by a
+handful of set-based statements, the messages and sources COPY'd into session-local staging tables
+first and moved by one `INSERT … SELECT … ON CONFLICT DO NOTHING` each.
+
+Every statement here is per batch, never per conversation or per message: the server's cost per
+imported message is then the row and index work alone (docs/benchmarks.md, "Import")."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from app.models import Conversation
+from db.repositories import records, text_search
+from db.repositories.records import CONVERSATION_COLUMNS
+from db.repositories.transfer import ImportedMessage
+from db.session import Connection
+
+# Temporary tables live per connection; ON COMMIT DELETE ROWS empties them at every commit (and a
+# rollback drops what the transaction put there), so a pooled connection never carries rows over.
+_STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS import_messages_stage (
+    conversation_id uuid NOT NULL, seq int NOT NULL, id uuid NOT NULL, client_message_id text,
+    role text NOT NULL, content text NOT NULL, name text, tool_call_id text, tool_calls text,
+    token_count int NOT NULL, metadata text NOT NULL, execution text, created_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS import_sources_stage (
+    conversation_id uuid NOT NULL, seq int NOT NULL, position int NOT NULL, document_id text NOT NULL,
+    chunk_id text, title text, uri text, score float8, snippet text
+) ON COMMIT DELETE ROWS;
+"""
+
+_MESSAGE_COLUMNS = (
+    "conversation_id",
+    "seq",
+    "id",
+    "client_message_id",
+    "role",
+    "content",
+    "name",
+    "tool_call_id",
+    "tool_calls",
+    "token_count",
+    "metadata",
+    "execution",
+    "created_at",
+)
+_SOURCE_COLUMNS = ("conversation_id", "seq", "position", "document_id", "chunk_id", "title", "uri", "score", "snippet")
+
+
+def _json(value: Any) -> str | None:
+    if not value:
+        return None if value is None else json.dumps(value)  # {} and [] are most messages' metadata
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+async def lock_by_session(conn: Connection, tenant_id: str, session_ids: list[str]) -> list[Conversation]:
+    """The batch's conversations that exist, locked in sessionId order (two batches that share
+    conversations lock them in the same order: no deadlock)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {CONVERSATION_COLUMNS} FROM conversations
+        WHERE tenant_id = $1 AND session_id = ANY($2::text[])
+        ORDER BY session_id
+        FOR UPDATE
+        """,
+        tenant_id,
+        session_ids,
+    )
+    return [records.conversation(r) for r in rows]
+
+
+async def ids_taken(conn: Connection, tenant_id: str, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT id FROM conversations WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, ids
+    )
+    return {r["id"] for r in rows}
+
+
+async def insert_conversations(conn: Connection, tenant_id: str, rows: list[dict[str, Any]]) -> list[Conversation]:
+    """Insert; a row whose id or sessionId is taken meanwhile is left out of the result."""
+    if not rows:
+        return []
+    result = await conn.fetch(
+        f"""
+        INSERT INTO conversations (tenant_id, id, session_id, user_id, agent_id, channel, title, status, tags,
+                                   metadata, created_at, updated_at, last_activity_at, closed_at, close_reason)
+        SELECT $1, r.id, r.session_id, r.user_id, r.agent_id, r.channel, r.title, r.status,
+               ARRAY(SELECT jsonb_array_elements_text(r.tags)), r.metadata, r.created_at, r.updated_at,
+               r.created_at, r.closed_at, r.close_reason
+        FROM jsonb_to_recordset($2::jsonb) AS r(id uuid, session_id text, user_id text, agent_id text, channel text,
+                                                title text, status text, tags jsonb, metadata jsonb,
+                                                created_at timestamptz, updated_at timestamptz,
+                                                closed_at timestamptz, close_reason text)
+        ORDER BY r.session_id
+        ON CONFLICT DO NOTHING
+        RETURNING {CONVERSATION_COLUMNS}
+        """,
+        tenant_id,
+        rows,
+    )
+    return [records.conversation(r) for r in result]
+
+
+async def message_keys(
+    conn: Connection, tenant_id: str, conversation_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[set[str], set[uuid.UUID]]]:
+    """Per conversation: the clientMessageIds and ids it already has."""
+    keys: dict[uuid.UUID, tuple[set[str], set[uuid.UUID]]] = {c: (set(), set()) for c in conversation_ids}
+    if not conversation_ids:
+        return keys
+    rows = await conn.fetch(
+        "SELECT conversation_id, client_message_id, id FROM messages"
+        " WHERE tenant_id = $1 AND conversation_id = ANY($2::uuid[])",
+        tenant_id,
+        conversation_ids,
+    )
+    for r in rows:
+        client_ids, ids = keys[r["conversation_id"]]
+        ids.add(r["id"])
+        if r["client_message_id"] is not None:
+            client_ids.add(r["client_message_id"])
+    return keys
+
+
+async def insert_messages(
+    conn: Connection, tenant_id: str, batch: list[tuple[uuid.UUID, list[ImportedMessage]]]
+) -> int:
+    """COPY into the staging tables, then one set-based insert each; returns the messages inserted.
+    The caller holds every conversation's row (locked or just created), so nothing conflicts; ON
+    CONFLICT DO NOTHING keeps a re-run harmless all the same, and the caller compares the count."""
+    await conn.execute(_STAGING)
+    await conn.copy_records_to_table(
+        "import_messages_stage",
+        columns=_MESSAGE_COLUMNS,
+        records=[
+            (
+                conversation_id,
+                m.seq,
+                m.id,
+                m.client_message_id,
+                m.role,
+                m.content,
+                m.name,
+                m.tool_call_id,
+                _json(m.tool_calls),
+                m.token_count,
+                _json(m.metadata) or "{}",
+                _json(m.execution),
+                m.created_at,
+            )
+            for conversation_id, messages in batch
+            for m in messages
+        ],
+    )
+    status = await conn.execute(
+        f"""
+        INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config)
+        SELECT $1, s.conversation_id, s.seq, s.id, s.client_message_id, s.role, s.content, s.name, s.tool_call_id,
+               s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at,
+               {text_search.TENANT_CONFIG}
+        FROM import_messages_stage s
+        ORDER BY s.conversation_id, s.seq
+        ON CONFLICT DO NOTHING
+        """,
+        tenant_id,
+    )
+    sources = [
+        (conversation_id, m.seq, position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet)
+        for conversation_id, messages in batch
+        for m in messages
+        for position, s in enumerate(m.sources)
+    ]
+    if sources:
+        await conn.copy_records_to_table("import_sources_stage", columns=_SOURCE_COLUMNS, records=sources)
+        await conn.execute(
+            """
+            INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id,
+                                         title, uri, score, snippet)
+            SELECT $1, s.conversation_id, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score,
+                   s.snippet
+            FROM import_sources_stage s
+            ON CONFLICT DO NOTHING
+            """,
+            tenant_id,
+        )
+    return int(status.split()[-1])
+
+
+async def advance(
+    conn: Connection, tenant_id: str, moves: list[tuple[uuid.UUID, int, int, datetime]]
+) -> list[Conversation]:
+    """Count imported messages (conversation, count, tokens, last time) into the counters."""
+    if not moves:
+        return []
+    rows = await conn.fetch(
+        f"""
+        UPDATE conversations AS c
+        SET last_seq = c.last_seq + a.n,
+            message_count = c.message_count + a.n,
+            token_count = c.token_count + a.tokens,
+            last_message_at = GREATEST(c.last_message_at, a.at),
+            last_activity_at = GREATEST(c.last_activity_at, a.at),
+            updated_at = GREATEST(c.updated_at, a.at)
+        FROM unnest($2::uuid[], $3::int[], $4::bigint[], $5::timestamptz[]) AS a(id, n, tokens, at)
+        WHERE c.tenant_id = $1 AND c.id = a.id
+        RETURNING {", ".join("c." + col.strip() for col in CONVERSATION_COLUMNS.split(","))}
+        """,
+        tenant_id,
+        [m[0] for m in moves],
+        [m[1] for m in moves],
+        [m[2] for m in moves],
+        [m[3] for m in moves],
+    )
+    return [records.conversation(r) for r in rows]
+
+
+async def insert_state(
+    conn: Connection, tenant_id: str, entries: list[tuple[uuid.UUID, str, Any, int, datetime]]
+) -> dict[uuid.UUID, int]:
+    """Entries (conversation, key, value, version, updated_at) not there yet; how many per conversation."""
+    if not entries:
+        return {}
+    rows = await conn.fetch(
+        """
+        INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
+        SELECT $1, e.conversation_id, e.key, e.value::jsonb, e.version, e.updated_at
+        FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
+             AS e(conversation_id, key, value, version, updated_at)
+        ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
+        -- Over a tombstone (a deleted key): the imported value, never a version below the tombstone's.
+        SET value = EXCLUDED.value, version = GREATEST(EXCLUDED.version, s.version + 1),
+            updated_at = EXCLUDED.updated_at, deleted = false
+        WHERE s.deleted
+        RETURNING conversation_id
+        """,
+        tenant_id,
+        [e[0] for e in entries],
+        [e[1] for e in entries],
+        [json.dumps(e[2], separators=(",", ":"), ensure_ascii=False) for e in entries],
+        [e[3] for e in entries],
+        [e[4] for e in entries],
+    )
+    added: dict[uuid.UUID, int] = {}
+    for r in rows:
+        added[r["conversation_id"]] = added.get(r["conversation_id"], 0) + 1
+    return added
+
+
+async def defer_rollups(conn: Connection) -> None:
+    """This transaction's inserts skip the stats_daily insert triggers (migration a0728077a12e);
+    `rollup_batch` must then run before the commit."""
+    await conn.execute("SELECT set_config('conversation_service.rollups', 'deferred', true)")
+
+
+# The facts of migration 3b7d9e1f6a24's stats_daily_conversations_ins and stats_daily_messages_ins
+# (their _CONVERSATION_FACTS and _MESSAGE_FACTS with sign 1), for the batch's new conversations and
+# the staged (= inserted) messages; tests compare the result with brute force.
+_ROLLUP = """
+INSERT INTO stats_daily AS s (tenant_id, day, agent_id, role, status, shard, conversations, conversation_messages,
+                              closed, duration_seconds, messages, tokens)
+SELECT tenant_id, day, agent_id, role, status, shard, sum(conversations), sum(conversation_messages),
+       sum(closed), sum(duration_seconds), sum(messages), sum(tokens)
+FROM (
+    SELECT r.tenant_id, (r.created_at AT TIME ZONE 'UTC')::date AS day, coalesce(r.agent_id, '') AS agent_id,
+           '' AS role, r.status, abs(hashtext(r.id::text)) % 16 AS shard, 1 AS conversations,
+           0 AS conversation_messages, (r.closed_at IS NOT NULL)::int AS closed,
+           coalesce(extract(epoch FROM r.closed_at - r.created_at)::float8, 0) AS duration_seconds,
+           0 AS messages, 0 AS tokens
+    FROM conversations r WHERE r.tenant_id = $1 AND r.id = ANY($2::uuid[])
+    UNION ALL
+    SELECT c.tenant_id, v.day, coalesce(c.agent_id, '') AS agent_id, v.role, v.status,
+           abs(hashtext(r.conversation_id::text)) % 16 AS shard, 0 AS conversations,
+           v.conversation_messages, 0 AS closed, 0.0::float8 AS duration_seconds, v.messages, v.tokens
+    FROM import_messages_stage r
+    JOIN conversations c ON c.tenant_id = $1 AND c.id = r.conversation_id
+    CROSS JOIN LATERAL (VALUES
+        ((r.created_at AT TIME ZONE 'UTC')::date, r.role, '', 0, 1, r.token_count),
+        ((c.created_at AT TIME ZONE 'UTC')::date, '', c.status, 1, 0, 0)
+    ) AS v(day, role, status, conversation_messages, messages, tokens)
+) d
+GROUP BY 1, 2, 3, 4, 5, 6
+HAVING sum(conversations) <> 0 OR sum(conversation_messages) <> 0 OR sum(closed) <> 0
+    OR sum(duration_seconds) <> 0 OR sum(messages) <> 0 OR sum(tokens) <> 0
+ORDER BY 1, 2, 3, 4, 5, 6
+ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
+    conversations = s.conversations + excluded.conversations,
+    conversation_messages = s.conversation_messages + excluded.conversation_messages,
+    closed = s.closed + excluded.closed,
+    duration_seconds = s.duration_seconds + excluded.duration_seconds,
+    messages = s.messages + excluded.messages,
+    tokens = s.tokens + excluded.tokens
+"""
+
+
+async def rollup_batch(conn: Connection, tenant_id: str, created: list[uuid.UUID]) -> None:
+    """The rollups of the deferred batch, as its last statement: the rows stay locked only for the commit."""
+    await conn.execute(_STAGING)  # a batch without new messages has not created it on this connection
+    await conn.execute(_ROLLUP, tenant_id, created)
