@@ -1,9 +1,11 @@
 """SQL for messages and their sources.
 
-The single append is ONE statement: it resolves the conversation, checks the
-idempotency key, bumps the conversation's seq and counters (locking its row,
-which serialises appends per conversation), inserts the message and its
-sources. A durable write then costs one round trip and one commit.
+The single append is ONE statement, a call of the append_message() function
+(migration 9e4b7c2d1f60): it resolves the conversation, checks the idempotency
+key, bumps the conversation's seq and counters (locking its row, which
+serialises appends per conversation), inserts the message and its sources. A
+durable write then costs one round trip and one commit; on Citus the call is
+delegated whole to the worker holding the tenant's shard group.
 """
 
 from __future__ import annotations
@@ -18,70 +20,18 @@ import asyncpg
 from app.models import ConversationFilter, Message, NewMessage, Source
 from db.repositories import records
 from db.repositories.conversations import filtered
-from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefixed
+from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.session import Connection
 
 _SOURCE_FIELDS = "document_id text, chunk_id text, title text, uri text, score float8, snippet text"
 
-_APPEND_TEMPLATE = f"""
-WITH target AS ({{target}}),
-prior AS (
-    SELECT seq FROM messages
-    WHERE tenant_id = $1 AND conversation_id = (SELECT id FROM target) AND client_message_id = $3
-),
--- statement_timestamp(), not clock_timestamp(): a volatile CTE is run on the Citus coordinator and
--- shipped to the shard as an intermediate result, which a concurrent shard move loses; GREATEST
--- below keeps created_at in seq order either way.
-clock AS (SELECT statement_timestamp() AS now),
-bump AS (
-    UPDATE conversations c
-    SET last_seq = c.last_seq + 1,
-        message_count = c.message_count + 1,
-        token_count = c.token_count + $8,
-        -- Never earlier than the previous message: created_at follows seq order.
-        last_message_at = GREATEST((SELECT now FROM clock), c.last_message_at),
-        last_activity_at = GREATEST((SELECT now FROM clock), c.last_message_at),
-        updated_at = (SELECT now FROM clock)
-    WHERE c.tenant_id = $1 AND c.id = (SELECT id FROM target) AND c.status = 'active'
-      AND ($13::int IS NULL OR c.last_seq + 1 = $13::int)
-      AND NOT EXISTS (SELECT 1 FROM prior)
-    RETURNING {CONVERSATION_COLUMNS}
-),
-ins AS (
-    INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                          tool_call_id, tool_calls, token_count, metadata, execution, created_at)
-    SELECT $1, b.id, b.last_seq, COALESCE($4::uuid, gen_random_uuid()), $3, $5, $6, $7, $9, $10, $8, $11, $12,
-           b.last_message_at
-    FROM bump b
-    RETURNING {MESSAGE_COLUMNS}
-),
-{{sources}}SELECT {prefixed(MESSAGE_COLUMNS, "i")},
-       b.session_id, b.user_id, b.agent_id, b.channel, b.title, b.status, b.tags,
-       b.metadata AS conversation_metadata, b.created_at AS conversation_created_at, b.updated_at,
-       b.last_message_at, b.last_activity_at, b.closed_at, b.close_reason, b.message_count,
-       b.token_count AS conversation_token_count, b.last_seq
-FROM ins i, bump b
-"""
-
-_SOURCES_CTE = f"""src AS (
-    INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title,
-                                 uri, score, snippet)
-    SELECT i.tenant_id, i.conversation_id, i.seq, s.position - 1, s.document_id, s.chunk_id, s.title, s.uri,
-           s.score, s.snippet
-    FROM ins i,
-         ROWS FROM (jsonb_to_recordset($14::jsonb) AS ({_SOURCE_FIELDS})) WITH ORDINALITY
-           AS s(document_id, chunk_id, title, uri, score, snippet, position)
-    WHERE $14::jsonb IS NOT NULL
-)
-"""
-# Without sources the statement skips the sources CTE (a data-modifying CTE always runs).
-_NO_SOURCES_CTE = "nosrc AS (SELECT $14::jsonb AS unused)\n"
-_BY_ID = "SELECT $2::uuid AS id"
-_BY_SESSION = "SELECT id FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
-APPEND_BY_ID = _APPEND_TEMPLATE.format(target=_BY_ID, sources=_SOURCES_CTE)
-APPEND_BY_SESSION = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_SOURCES_CTE)
-_APPEND_BY_ID_PLAIN = _APPEND_TEMPLATE.format(target=_BY_ID, sources=_NO_SOURCES_CTE)
-_APPEND_BY_SESSION_PLAIN = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_NO_SOURCES_CTE)
+# The append is the function of migration 9e4b7c2d1f60 (append_message): ONE statement and one round
+# trip, and on Citus one task delegated whole to the worker of the tenant's shard group (a statement
+# with an INSERT in a CTE is split by Citus into subplans and a two-phase commit: docs/scaling.md).
+# The parameters keep the order of the statement it replaced ($2 the conversation id or session id).
+_APPEND_ARGS = "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
+APPEND_BY_ID = f"SELECT * FROM append_message($1, $2::uuid, NULL, {_APPEND_ARGS})"
+APPEND_BY_SESSION = f"SELECT * FROM append_message($1, NULL, $2::text, {_APPEND_ARGS})"
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -115,17 +65,13 @@ async def append(
 ) -> asyncpg.Record | None:
     """Append one message; None when nothing was written (the caller diagnoses why)."""
     by_id = conversation_id is not None
-    if message.sources:
-        sql = APPEND_BY_ID if by_id else APPEND_BY_SESSION
-    else:
-        sql = _APPEND_BY_ID_PLAIN if by_id else _APPEND_BY_SESSION_PLAIN
     target = conversation_id if by_id else session_id
     return await conn.fetchrow(
-        sql,
+        APPEND_BY_ID if by_id else APPEND_BY_SESSION,
         tenant_id,
         target,
         message.client_message_id,
-        None,  # the id: gen_random_uuid() in the statement, one syscall fewer here
+        None,  # the id: gen_random_uuid() in the function, one syscall fewer here
         message.role.value,
         message.content,
         message.name,
@@ -140,7 +86,7 @@ async def append(
 
 
 def split_append_row(row: asyncpg.Record) -> tuple[Message, dict[str, Any]]:
-    """The append statement returns the message and the conversation header side by side."""
+    """append_message returns the message and the conversation header after the bump side by side."""
     conversation = {
         "tenant_id": row["tenant_id"],
         "id": row["conversation_id"],
