@@ -24,11 +24,17 @@ EVICT_ATTEMPTS = 5
 class _AfterDeletion:
     """The listener that replaces the API's hot cache and fan-out for one CLI command."""
 
-    def __init__(self, redis_url: str | None) -> None:
+    def __init__(self, redis_url: str | None, cluster_nodes: str = "") -> None:
         from redis.asyncio import Redis
+
+        from app.cache.base import _cluster_client
+        from app.cache.options import CacheOptions
 
         self.redis_url = redis_url
         self.redis: Redis | None = Redis.from_url(redis_url) if redis_url else None
+        # The hot store is a Redis Cluster when REDIS_CLUSTER_NODES is set (docs/scaling.md): the
+        # cached copies are there, while events still go through REDIS_URL.
+        self.hot: Any = _cluster_client(cluster_nodes, CacheOptions()) if cluster_nodes and redis_url else self.redis
         self.failed: list[uuid.UUID] = []
 
     async def on_events(self, events: list[Any]) -> None:
@@ -42,9 +48,9 @@ class _AfterDeletion:
         sessions = [session_key(e.tenant_id, e.conversation.session_id) for e in events if e.conversation is not None]
         for attempt in range(EVICT_ATTEMPTS):
             try:
-                await evict(self.redis, targets)
+                await evict(self.hot, targets)
                 if sessions:
-                    await self.redis.delete(*sessions)
+                    await self.hot.delete(*sessions)
                 break
             except Exception as exc:
                 if attempt == EVICT_ATTEMPTS - 1:
@@ -61,6 +67,8 @@ class _AfterDeletion:
             await hub.close()
 
     async def close(self) -> None:
+        if self.hot is not None and self.hot is not self.redis:
+            await self.hot.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -74,7 +82,7 @@ def _run(settings: Settings, tenant_id: str, work: Any) -> int:
 
     async def go() -> int:
         db = Database(await create_pool(endpoints.database_url, min_size=1, max_size=2))
-        after = _AfterDeletion(runtime.running_redis_url(settings))
+        after = _AfterDeletion(runtime.running_redis_url(settings), settings.redis_cluster_nodes)
         db.listen(after.on_events)
         try:
             await transfer.export_tenants(db, [tenant_id])  # unknown tenants are errors

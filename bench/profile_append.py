@@ -79,12 +79,9 @@ async def held_service_connections(url: str, n: int) -> AsyncIterator[Sequence[C
         await pool.close()
 
 
-#: What-if: the service's append statement returning only what an append's answer needs (the message's
-#: seq, id and time and the conversation's counters), instead of the message and the whole header.
-LEAN_APPEND = (
-    repo.APPEND_BY_ID[: repo.APPEND_BY_ID.rindex("SELECT ")]
-    + "SELECT i.seq, i.id, i.created_at, b.last_seq, b.message_count, b.token_count FROM ins i, bump b\n"
-)
+#: What-if: the service's append returning only what an append's answer needs (the message's seq, id
+#: and time and the conversation's counters), instead of the message and the whole header.
+LEAN_APPEND = repo.APPEND_BY_ID.replace("SELECT *", "SELECT seq, id, created_at, last_seq, message_count")
 
 
 def service_sql_form(url: str, refs: Sequence[ConversationRef], label: str, *, lean: bool = False) -> Form:

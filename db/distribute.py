@@ -23,10 +23,16 @@ import logging
 
 import asyncpg
 
+from db.citus_triggers import rewrite_for_shards
+from db.session import Connection
+
 log = logging.getLogger("conversation_service")
 
 #: Small global tables: a copy on every node (see the module docstring).
 REFERENCE_TABLES: tuple[str, ...] = ("tenants", "api_keys")
+#: Functions Citus delegates whole to the worker of the shard group their argument names (by name:
+#: the distribution argument). append_message is the append (migration 9e4b7c2d1f60).
+DISTRIBUTED_FUNCTIONS: dict[str, str] = {"append_message": "p_tenant_id"}
 #: The table every tenant-scoped table is co-located with.
 ANCHOR = "conversations"
 DISTRIBUTION_COLUMN = "tenant_id"
@@ -66,7 +72,7 @@ ORDER BY 1
 """
 
 
-async def has_citus(conn: asyncpg.Connection) -> bool:
+async def has_citus(conn: Connection) -> bool:
     return bool(await conn.fetchval(_HAS_CITUS))
 
 
@@ -94,6 +100,8 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
     unmanaged = {r["name"]: bool(r["tenant_scoped"]) for r in rows}
     edges = [(r["child"], r["parent"]) for r in await conn.fetch(_FOREIGN_KEYS)]
     changed: list[str] = []
+    # The stats_daily rollup triggers go to the shards with their tables (db/citus_triggers.py).
+    await conn.execute("SET citus.enable_unsafe_triggers = on")
     for name in REFERENCE_TABLES:
         if name in unmanaged:
             await conn.execute("SELECT create_reference_table($1::regclass)", name)
@@ -118,6 +126,22 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
     for name in sorted(n for n, scoped in unmanaged.items() if not scoped and n not in REFERENCE_TABLES):
         # alembic_version: read and written by migrations only, on the coordinator.
         log.debug("table %s has no tenant_id: left on the coordinator", name)
+    changed.extend(f"{f} (shard-local)" for f in await rewrite_for_shards(conn))
+    for function, argument in DISTRIBUTED_FUNCTIONS.items():
+        oid = await conn.fetchval("SELECT to_regproc($1)::oid", function)
+        delegated = oid is not None and await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_dist_object WHERE classid = 'pg_proc'::regclass AND objid = $1 "
+            "AND distribution_argument_index IS NOT NULL)",
+            oid,
+        )
+        if oid is not None and not delegated:
+            await conn.execute(
+                "SELECT create_distributed_function($1::oid::regprocedure, $2, colocate_with => $3)",
+                oid,
+                argument,
+                ANCHOR,
+            )
+            changed.append(f"{function}() (delegated by {argument})")
     if changed:
         log.info("citus: distributed %s", ", ".join(changed))
     return changed

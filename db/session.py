@@ -113,10 +113,21 @@ class _StatementCollector:
 REGISTRY.register(_StatementCollector())
 
 
+#: Set when a connection of this process finds the citus extension: a few statements take the
+#: form Citus can hand whole to one worker (db/repositories/messages.py, the append).
+_CITUS = [False]
+
+
+def on_citus() -> bool:
+    return _CITUS[0]
+
+
 async def _init_connection(conn: Connection) -> None:
     for typename in ("jsonb", "json"):
         await conn.set_type_codec(typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
-    conn.add_query_logger(STATEMENTS)
+    if not _CITUS[0] and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
+        _CITUS[0] = True
+    conn.add_query_logger(STATEMENTS)  # after: the statements counted are the service's own
 
 
 class LeanPool:

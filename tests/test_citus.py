@@ -10,8 +10,10 @@ import uuid
 import pytest
 
 from db.distribute import ANCHOR, REFERENCE_TABLES, UNDISTRIBUTED_TENANT_TABLES, distribute, has_citus
+from db.repositories.messages import APPEND_BY_ID
 from db.session import Database
 from tests import citus_cluster
+from tests.factories import create_conversation
 
 
 async def _citus_or_skip(db: Database) -> None:
@@ -59,6 +61,9 @@ async def test_a_table_added_later_is_distributed_by_the_next_migrate(db: Databa
             assert await distribute(conn) == []  # idempotent
         finally:
             await conn.execute(f"DROP TABLE IF EXISTS {name}")
+    guard = citus_cluster.current_guard()
+    if guard is not None:  # DDL commits on every node (2PC): migrations are allowed to (strict mode)
+        guard.skip_to_end()
 
 
 async def test_the_guard_sees_multi_shard_statements_and_not_routed_ones(db: Database, tenant: str) -> None:
@@ -78,3 +83,29 @@ async def test_distribute_is_a_no_op_on_plain_postgres(db: Database) -> None:
         if await has_citus(conn):
             pytest.skip("plain Postgres only")
         assert await distribute(conn) == []
+
+
+async def test_the_append_is_one_task_delegated_whole_to_the_tenants_worker(db: Database, tenant: str) -> None:
+    """append_message() runs on the worker of the tenant's shard group: one task, no subplan, no
+    intermediate result, no INSERT … SELECT through the coordinator (the CTE statement it replaced
+    was split into four subplans and committed with two-phase commit)."""
+    await _citus_or_skip(db)
+    conversation = await create_conversation(db, tenant)
+    args = [tenant, conversation.id, "cm-1", None, "user", "hi", None, 1, None, None, {}, None, None, None]
+    notices: list[str] = []
+    async with db.pool.acquire() as conn:
+        conn.add_log_listener(lambda _c, message: notices.append(message.message))
+        await conn.execute("SET client_min_messages = debug1")
+        try:
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + APPEND_BY_ID, *args))
+            await conn.execute("SET citus.log_remote_commands = on")
+            row = await conn.fetchrow(APPEND_BY_ID, *args)
+        finally:
+            await conn.execute("RESET client_min_messages; RESET citus.log_remote_commands")
+    assert "Task Count: 1" in plan
+    assert "Subplan" not in plan and "INSERT ... SELECT" not in plan and "intermediate" not in plan
+    assert any("pushing down the function call" in n for n in notices)
+    # What the coordinator sent: the call itself, once, and no two-phase commit.
+    remote = [n for n in notices if n.startswith("issuing")]
+    assert [n for n in remote if "append_message" in n] and not [n for n in remote if "PREPARE TRANSACTION" in n]
+    assert row is not None and row["seq"] == 1 and row["last_seq"] == 1

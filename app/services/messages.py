@@ -210,7 +210,8 @@ async def append(
             expected_seq=expected_seq,
         )
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == _CLIENT_ID_CONSTRAINT:
+        # startswith: on Citus the shard's constraint carries the shard id as a suffix.
+        if (exc.constraint_name or "").startswith(_CLIENT_ID_CONSTRAINT):
             raise RetryTransaction from exc  # the same key committed a moment ago: a rerun returns it
         raise
     if row is not None:

@@ -38,7 +38,8 @@ async def write_settings(
         UPDATE tenants
         SET name = CASE WHEN $2 THEN $3 ELSE name END,
             settings = (settings || $4::jsonb) - $5::text[],
-            updated_at = clock_timestamp()
+            -- not clock_timestamp(): Citus refuses volatile functions in UPDATEs (docs/scaling.md)
+            updated_at = statement_timestamp()
         WHERE tenant_id = $1
         RETURNING {_TENANT_COLUMNS}
         """,
@@ -65,12 +66,16 @@ _LETTER_COLUMNS = "tenant_id, id, kind, action_type, action_id, correlation_id, 
 
 
 async def insert_dead_letter(conn: Connection, tenant_id: str, id: uuid.UUID, letter: dict[str, Any]) -> bool:
-    """Keep a dead letter for its tenant, only when that tenant exists; idempotent by id."""
+    """Keep a dead letter for its tenant, only when that tenant exists; idempotent by id.
+
+    Two statements on this rare path: `INSERT … SELECT … WHERE EXISTS (tenants)` is an INSERT … SELECT
+    that Citus runs through the coordinator (COPY and two-phase commit), a VALUES insert is routed."""
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)", tenant_id):
+        return False
     status = await conn.execute(
         """
         INSERT INTO dead_letters (tenant_id, id, kind, action_type, action_id, correlation_id, error, envelope)
-        SELECT $1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb
-        WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb)
         ON CONFLICT (tenant_id, id) DO NOTHING
         """,
         tenant_id,
@@ -114,7 +119,7 @@ async def dead_letter_for_update(conn: Connection, tenant_id: str, id: uuid.UUID
 
 async def mark_replayed(conn: Connection, tenant_id: str, id: uuid.UUID) -> asyncpg.Record:
     row = await conn.fetchrow(
-        f"UPDATE dead_letters SET replayed_at = clock_timestamp() WHERE tenant_id = $1 AND id = $2 "
+        f"UPDATE dead_letters SET replayed_at = statement_timestamp() WHERE tenant_id = $1 AND id = $2 "
         f"RETURNING {_LETTER_COLUMNS}",
         tenant_id,
         id,
@@ -153,7 +158,7 @@ async def requeue_delivery(conn: Connection, tenant_id: str, id: uuid.UUID) -> a
         f"""
         UPDATE crm_outbox
         SET attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END,
-            status = 'pending', next_attempt_at = clock_timestamp(), updated_at = clock_timestamp()
+            status = 'pending', next_attempt_at = statement_timestamp(), updated_at = statement_timestamp()
         WHERE tenant_id = $1 AND id = $2
         RETURNING {OUTBOX_COLUMNS}
         """,

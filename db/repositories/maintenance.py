@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from db.distribute import has_citus
 from db.session import Connection
 
 #: A loose index scan over a primary key that leads with tenant_id: one index probe per distinct
@@ -30,6 +31,10 @@ async def tenants_with_rows(conn: Connection, table: str) -> list[str]:
     """The tenants that have rows in `table` (one of conversations, crm_outbox, action_log)."""
     if table not in _TABLES:
         raise ValueError(f"not a tenant table: {table}")
+    if await has_citus(conn):
+        # Citus runs a recursive CTE only when it filters by tenant: a distributed DISTINCT instead
+        # (each worker scans its shards' primary keys in parallel).
+        return [r["tenant_id"] for r in await conn.fetch(f"SELECT DISTINCT tenant_id FROM {table}")]
     return [r["tenant_id"] for r in await conn.fetch(_DISTINCT_TENANTS.format(table=table))]
 
 

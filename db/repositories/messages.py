@@ -1,9 +1,11 @@
 """SQL for messages and their sources.
 
-The single append is ONE statement: it resolves the conversation, checks the
-idempotency key, bumps the conversation's seq and counters (locking its row,
-which serialises appends per conversation), inserts the message and its
-sources. A durable write then costs one round trip and one commit.
+The single append is ONE statement, a call of the append_message() function
+(migration 9e4b7c2d1f60): it resolves the conversation, checks the idempotency
+key, bumps the conversation's seq and counters (locking its row, which
+serialises appends per conversation), inserts the message and its sources. A
+durable write then costs one round trip and one commit; on Citus the call is
+delegated whole to the worker holding the tenant's shard group.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from db.repositories import records, text_search
 from db.repositories.conversations import filtered
 from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
-from db.session import Connection
+from db.session import Connection, on_citus
 
 _SOURCE_FIELDS = "document_id text, chunk_id text, title text, uri text, score float8, snippet text"
 
@@ -105,6 +107,16 @@ APPEND_BY_SESSION = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_SOURCES
 _APPEND_BY_ID_PLAIN = _APPEND_TEMPLATE.format(target=_BY_ID, sources=_NO_SOURCES_CTE)
 _APPEND_BY_SESSION_PLAIN = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_NO_SOURCES_CTE)
 
+# On Citus the append is the function of migration 9e4b7c2d1f60 (append_message): ONE statement and
+# one task delegated whole to the worker of the tenant's shard group (a statement
+# with an INSERT in a CTE is split by Citus into subplans and a two-phase commit: docs/scaling.md).
+# The parameters keep the order of the statement it replaced ($2 the conversation id or session id).
+_APPEND_ARGS = "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
+_CITUS_APPEND_BY_ID = f"SELECT * FROM append_message($1, $2::uuid, NULL, {_APPEND_ARGS})"
+_CITUS_APPEND_BY_SESSION = f"SELECT * FROM append_message($1, NULL, $2::text, {_APPEND_ARGS})"
+# It writes the columns it was written with: a Message field added later (records' generated extra
+# columns) needs the function replaced in its migration too (docs/architecture.md, the recipe).
+
 
 def _json_or_none(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -137,11 +149,16 @@ async def append(
 ) -> asyncpg.Record | None:
     """Append one message; None when nothing was written (the caller diagnoses why)."""
     by_id = conversation_id is not None
-    if message.sources:
-        sql = APPEND_BY_ID if by_id else APPEND_BY_SESSION
-    else:
-        sql = _APPEND_BY_ID_PLAIN if by_id else _APPEND_BY_SESSION_PLAIN
     target = conversation_id if by_id else session_id
+    if on_citus():
+        sql = _CITUS_APPEND_BY_ID if by_id else _CITUS_APPEND_BY_SESSION
+        extra: tuple[Any, ...] = ()
+    else:
+        if message.sources:
+            sql = APPEND_BY_ID if by_id else APPEND_BY_SESSION
+        else:
+            sql = _APPEND_BY_ID_PLAIN if by_id else _APPEND_BY_SESSION_PLAIN
+        extra = _extra_values(message)
     return await conn.fetchrow(
         sql,
         tenant_id,
@@ -158,12 +175,12 @@ async def append(
         message.execution,
         expected_seq,
         _sources_json(message.sources),
-        *_extra_values(message),
+        *extra,
     )
 
 
 def split_append_row(row: asyncpg.Record) -> tuple[Message, dict[str, Any]]:
-    """The append statement returns the message and the conversation header side by side."""
+    """append_message returns the message and the conversation header after the bump side by side."""
     conversation = {
         "tenant_id": row["tenant_id"],
         "id": row["conversation_id"],

@@ -29,10 +29,11 @@ async def covered_tokens(conn: Connection, tenant_id: str, conversation_id: uuid
 
 
 async def mark_pending(conn: Connection, tenant_id: str, conversation_id: uuid.UUID) -> asyncpg.Record:
-    """Status PENDING (text, range, model and error kept); the row is made when missing."""
+    """Status PENDING (text, range, model and error kept); the row is made when missing.
+    EXCLUDED.updated_at is the column default now(): Citus allows only immutable functions in DO UPDATE."""
     row = await conn.fetchrow(
         "INSERT INTO conversation_summaries (tenant_id, conversation_id, status) VALUES ($1, $2, 'pending') "
-        "ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = 'pending', updated_at = now() "
+        "ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET status = 'pending', updated_at = EXCLUDED.updated_at "
         f"RETURNING {_COLUMNS}",
         tenant_id,
         conversation_id,
@@ -45,10 +46,11 @@ async def claim(conn: Connection, tenant_id: str, conversation_id: uuid.UUID, le
     """Take the conversation's lease for `lease_s` seconds; None while another holder's is live.
     One statement: two jobs racing here cannot both win (the row lock orders them)."""
     return await conn.fetchrow(
-        "INSERT INTO conversation_summaries AS s (tenant_id, conversation_id, status, locked_until) "
-        "VALUES ($1, $2, 'none', now() + make_interval(secs => $3)) "
+        "INSERT INTO conversation_summaries AS s (tenant_id, conversation_id, status, locked_until, updated_at) "
+        "VALUES ($1, $2, 'none', now() + make_interval(secs => $3), now()) "
         "ON CONFLICT (tenant_id, conversation_id) DO UPDATE SET locked_until = EXCLUDED.locked_until "
-        "WHERE s.locked_until IS NULL OR s.locked_until < now() "
+        # EXCLUDED.updated_at is now(): Citus allows only immutable functions in ON CONFLICT … WHERE.
+        "WHERE s.locked_until IS NULL OR s.locked_until < EXCLUDED.updated_at "
         f"RETURNING {_COLUMNS}",
         tenant_id,
         conversation_id,

@@ -92,7 +92,8 @@ async def key_by_hash(conn: Connection, key_hash: str) -> asyncpg.Record | None:
 async def revoke_tenant_key(conn: Connection, tenant_id: str, key_id: uuid.UUID) -> asyncpg.Record | None:
     """Revoke one of the tenant's keys (another tenant's key id is not found)."""
     return await conn.fetchrow(
-        f"UPDATE api_keys SET revoked_at = coalesce(revoked_at, clock_timestamp()) WHERE tenant_id = $1 AND id = $2 "
+        # least() ignores a NULL: an earlier revocation wins. Citus refuses volatile functions in UPDATEs.
+        f"UPDATE api_keys SET revoked_at = least(revoked_at, statement_timestamp()) WHERE tenant_id = $1 AND id = $2 "
         f"RETURNING {_KEY_COLUMNS}",
         tenant_id,
         key_id,
@@ -102,8 +103,9 @@ async def revoke_tenant_key(conn: Connection, tenant_id: str, key_id: uuid.UUID)
 async def touch_key(conn: Connection, key_id: uuid.UUID, min_interval_s: float) -> None:
     """Record a use of the key, unless one was recorded less than `min_interval_s` ago (by any process)."""
     await conn.execute(
-        "UPDATE api_keys SET last_used_at = clock_timestamp() WHERE id = $1 "
-        "AND (last_used_at IS NULL OR last_used_at < clock_timestamp() - make_interval(secs => $2))",
+        # statement_timestamp(): Citus refuses volatile functions in UPDATEs (api_keys is a reference table).
+        "UPDATE api_keys SET last_used_at = statement_timestamp() WHERE id = $1 "
+        "AND (last_used_at IS NULL OR last_used_at < statement_timestamp() - make_interval(secs => $2))",
         key_id,
         min_interval_s,
     )

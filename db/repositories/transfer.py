@@ -225,10 +225,11 @@ async def insert_state(
 
 async def known_tenants(conn: Connection, tenant_ids: list[str]) -> set[str]:
     """Those of `tenant_ids` that exist: a tenants row, or conversations (trusted mode makes no row)."""
+    # No correlated subquery over unnest(): Citus refuses it; `tenant_id = ANY(…)` prunes to the
+    # listed tenants' shards (one tenant: a routed statement).
     rows = await conn.fetch(
-        "SELECT t FROM unnest($1::text[]) AS t"
-        " WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = t)"
-        " OR EXISTS (SELECT 1 FROM conversations WHERE tenant_id = t)",
+        "SELECT tenant_id FROM tenants WHERE tenant_id = ANY($1::text[])"
+        " UNION SELECT tenant_id FROM conversations WHERE tenant_id = ANY($1::text[])",
         tenant_ids,
     )
-    return {r["t"] for r in rows}
+    return {r["tenant_id"] for r in rows}

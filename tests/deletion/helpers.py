@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -106,7 +107,22 @@ async def leftovers(
 
 async def cached_keys(redis: Redis, conversation_ids: list[str]) -> dict[str, Any]:
     """Every Redis key naming one of the conversations, or holding one of their ids as its value,
-    with what it holds (a hash's fields, a list's length, a string)."""
+    with what it holds (a hash's fields, a list's length, a string): in the single Redis and, when
+    the hot store is a Redis Cluster (REDIS_CLUSTER_NODES, `pytest --cluster citus`), on its masters."""
+    found = await _cached_keys_on(redis, conversation_ids)
+    for seed in filter(None, os.environ.get("REDIS_CLUSTER_NODES", "").split(",")):
+        host, _, port = seed.strip().rpartition(":")
+        node = Redis(host=host or "127.0.0.1", port=int(port))
+        try:
+            # Masters only: a replica may lag behind a deletion the master already made.
+            if (await node.execute_command("ROLE"))[0] == b"master":  # type: ignore[no-untyped-call]
+                found.update(await _cached_keys_on(node, conversation_ids))
+        finally:
+            await node.aclose()
+    return found
+
+
+async def _cached_keys_on(redis: Redis, conversation_ids: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     async for raw in redis.scan_iter(match="*", count=1000):
         key = raw.decode()

@@ -98,7 +98,9 @@ async def test_rollups_follow_appends_closes_imports_moves_and_deletions(db: Dat
             victim = rng.choice(convs)
             async with db.read() as conn:
                 await conn.execute(
-                    "UPDATE messages SET created_at = created_at - interval '2 days' "
+                    # UTC wall-clock arithmetic (immutable): Citus refuses a stable function over a column.
+                    "UPDATE messages SET created_at = (created_at AT TIME ZONE 'UTC' - interval '2 days') "
+                    "AT TIME ZONE 'UTC' "
                     "WHERE tenant_id = $1 AND conversation_id = $2",
                     tenant,
                     victim.id,
@@ -157,7 +159,8 @@ async def test_stats_over_unaligned_ranges_equal_exact_counts(db: Database, tena
                 "UPDATE conversations SET created_at = $3 WHERE tenant_id = $1 AND id = $2", tenant, conv.id, at
             )
             await conn.execute(
-                "UPDATE messages SET created_at = $3::timestamptz + interval '1 hour' * seq WHERE tenant_id = $1 "
+                "UPDATE messages SET created_at = ($3::timestamptz AT TIME ZONE 'UTC' + interval '1 hour' * seq) "
+                "AT TIME ZONE 'UTC' WHERE tenant_id = $1 "
                 "AND conversation_id = $2",
                 tenant,
                 conv.id,
