@@ -102,7 +102,8 @@ async def row_locked(servers: Servers, tenant: str, conversation_id: uuid.UUID) 
 async def _append_waits_on_lock(db: Database) -> bool:
     async with db.read() as conn:
         waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%append_message(%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND (query LIKE '%WITH target AS%' OR query LIKE '%append_message(%')"
         )
     return bool(waiting)
 
