@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from db.distribute import ANCHOR, REFERENCE_TABLES, UNDISTRIBUTED_TENANT_TABLES, distribute, has_citus
-from db.repositories.messages import APPEND_BY_ID
+from db.repositories.messages import CITUS_APPEND_BY_ID
 from db.session import Database
 from tests import citus_cluster
 from tests.factories import create_conversation
@@ -97,9 +97,9 @@ async def test_the_append_is_one_task_delegated_whole_to_the_tenants_worker(db: 
         conn.add_log_listener(lambda _c, message: notices.append(message.message))
         await conn.execute("SET client_min_messages = debug1")
         try:
-            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + APPEND_BY_ID, *args))
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN (COSTS OFF) " + CITUS_APPEND_BY_ID, *args))
             await conn.execute("SET citus.log_remote_commands = on")
-            row = await conn.fetchrow(APPEND_BY_ID, *args)
+            row = await conn.fetchrow(CITUS_APPEND_BY_ID, *args)
         finally:
             await conn.execute("RESET client_min_messages; RESET citus.log_remote_commands")
     assert "Task Count: 1" in plan

@@ -72,7 +72,7 @@ async def store(
           AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.seq = u.seq)
         ON CONFLICT (tenant_id, conversation_id, seq) DO UPDATE
             SET model = EXCLUDED.model, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
-                embedded_at = now()
+                embedded_at = EXCLUDED.embedded_at
             WHERE message_embeddings.model IS DISTINCT FROM EXCLUDED.model
         """,
         tenant_id,

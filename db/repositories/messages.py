@@ -112,8 +112,8 @@ _APPEND_BY_SESSION_PLAIN = _APPEND_TEMPLATE.format(target=_BY_SESSION, sources=_
 # with an INSERT in a CTE is split by Citus into subplans and a two-phase commit: docs/scaling.md).
 # The parameters keep the order of the statement it replaced ($2 the conversation id or session id).
 _APPEND_ARGS = "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
-_CITUS_APPEND_BY_ID = f"SELECT * FROM append_message($1, $2::uuid, NULL, {_APPEND_ARGS})"
-_CITUS_APPEND_BY_SESSION = f"SELECT * FROM append_message($1, NULL, $2::text, {_APPEND_ARGS})"
+CITUS_APPEND_BY_ID = f"SELECT * FROM append_message($1, $2::uuid, NULL, {_APPEND_ARGS})"
+CITUS_APPEND_BY_SESSION = f"SELECT * FROM append_message($1, NULL, $2::text, {_APPEND_ARGS})"
 # It writes the columns it was written with: a Message field added later (records' generated extra
 # columns) needs the function replaced in its migration too (docs/architecture.md, the recipe).
 
@@ -151,7 +151,7 @@ async def append(
     by_id = conversation_id is not None
     target = conversation_id if by_id else session_id
     if on_citus():
-        sql = _CITUS_APPEND_BY_ID if by_id else _CITUS_APPEND_BY_SESSION
+        sql = CITUS_APPEND_BY_ID if by_id else CITUS_APPEND_BY_SESSION
         extra: tuple[Any, ...] = ()
     else:
         if message.sources:
