@@ -30,7 +30,7 @@ from app.cache.codec import decode_messages
 from app.events import RESYNC, EventHub, conversation_channel
 from app.main import create_app
 from app.models import ConversationRef, DomainEvent
-from app.services import conversations, crm, transfer
+from app.services import bulk_import, conversations, crm, transfer
 from app.services.crm import CrmSyncRecord, CrmSyncStatus
 from app.settings import Settings
 from db.migrate import upgrade
@@ -56,6 +56,7 @@ async def main(database_url: str, redis_url: str) -> dict[str, Any]:
     assert "mood" in models.Message.__dataclass_fields__, "run in a tree with the recipe applied"
     seen: dict[str, Any] = {}
     tenant, other = f"t-{uuid.uuid4().hex[:10]}", f"o-{uuid.uuid4().hex[:10]}"
+    bulk = f"b-{uuid.uuid4().hex[:10]}"
     app = create_app(Settings(_env_file=None), database_url=database_url, redis_url=redis_url)
     db = Database(await create_pool(database_url, min_size=1, max_size=4))
     try:
@@ -65,6 +66,7 @@ async def main(database_url: str, redis_url: str) -> dict[str, Any]:
         ):
             api = await make_caller(db, http, tenant)
             other_api = await make_caller(db, http, other)
+            bulk_api = await make_caller(db, http, bulk)
 
             first = await api.data(ADD, {"input": {"sessionId": "s", "role": "USER", "content": "hi"}})
             cid = uuid.UUID(first["addMessage"]["conversation"]["id"])
@@ -151,6 +153,11 @@ async def main(database_url: str, redis_url: str) -> dict[str, Any]:
             imported = await other_api.data(HISTORY, {"s": "s"})
             seen["import"] = moods([e["node"] for e in imported["history"]["edges"]])
             assert seen["import"] == expected
+            # ... and through the batched import (COPY into a stage, one set-based insert).
+            await db.run(lambda uow: bulk_import.import_batch(uow, bulk, [parsed]))
+            imported = await bulk_api.data(HISTORY, {"s": "s"})
+            seen["bulk import"] = moods([e["node"] for e in imported["history"]["edges"]])
+            assert seen["bulk import"] == expected
 
             # The save_message action, in-process through the job wrapper (envelope → data model).
             async with worker_state(Servers(database_url, redis_url), db, "recipe") as ctx:

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.models import Conversation
+from app.models import Conversation, NewMessage
 from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS
 from db.repositories.transfer import ImportedMessage
@@ -24,7 +24,8 @@ _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS import_messages_stage (
     conversation_id uuid NOT NULL, seq int NOT NULL, id uuid NOT NULL, client_message_id text,
     role text NOT NULL, content text NOT NULL, name text, tool_call_id text, tool_calls text,
-    token_count int NOT NULL, metadata text NOT NULL, execution text, created_at timestamptz NOT NULL
+    token_count int NOT NULL, metadata text NOT NULL, execution text, created_at timestamptz NOT NULL,
+    extra text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS import_sources_stage (
     conversation_id uuid NOT NULL, seq int NOT NULL, position int NOT NULL, document_id text NOT NULL,
@@ -46,6 +47,15 @@ _MESSAGE_COLUMNS = (
     "metadata",
     "execution",
     "created_at",
+    "extra",
+)
+#: A NewMessage field beyond the hand-bound columns (a new Message field) travels in the stage's
+#: `extra` (JSON text: COPY's binary format has no jsonb) and is taken out by generated expressions: the recipe's field needs no edit here.
+_EXTRA_COLUMNS = records.extra_columns(NewMessage)
+_EXTRA_NAMES = "".join(f", {c.name}" for c in _EXTRA_COLUMNS)
+_EXTRA_VALUES = "".join(
+    f", (s.extra::jsonb -> '{c.field}')" if c.json else f", (s.extra::jsonb ->> '{c.field}')::{c.sql_type}"
+    for c in _EXTRA_COLUMNS
 )
 _SOURCE_COLUMNS = ("conversation_id", "seq", "position", "document_id", "chunk_id", "title", "uri", "score", "snippet")
 
@@ -150,6 +160,7 @@ async def insert_messages(
                 _json(m.metadata) or "{}",
                 _json(m.execution),
                 m.created_at,
+                json.dumps(m.extra, default=str) if m.extra else None,
             )
             for conversation_id, messages in batch
             for m in messages
@@ -158,10 +169,11 @@ async def insert_messages(
     status = await conn.execute(
         f"""
         INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config)
+                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config
+                              {_EXTRA_NAMES})
         SELECT $1, s.conversation_id, s.seq, s.id, s.client_message_id, s.role, s.content, s.name, s.tool_call_id,
                s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at,
-               {text_search.TENANT_CONFIG}
+               {text_search.TENANT_CONFIG}{_EXTRA_VALUES}
         FROM import_messages_stage s
         ORDER BY s.conversation_id, s.seq
         ON CONFLICT DO NOTHING
