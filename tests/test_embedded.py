@@ -196,7 +196,8 @@ def test_servers_die_with_parent(tmp_path: Path) -> None:
         tree = [pids["redis"], pids["postgres"]]
         tree += _descendants(pids["postgres"])
         assert len(tree) > 3
-        assert not any(_gone(pid) for pid in tree)
+        # The servers are up (a backend or helper in the snapshot may come and go on its own).
+        assert not _gone(pids["redis"]) and not _gone(pids["postgres"])
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()

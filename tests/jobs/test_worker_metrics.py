@@ -101,7 +101,14 @@ async def test_worker_metrics_show_load_and_failing_crm(
     )
     assert missing["error"]["code"] == "NOT_FOUND"
 
+    # The caller hears the answer before the job's outcome is counted (arq records it after the
+    # function returns): read until the refused action is counted, briefly.
     samples = await _scrape(port)
+    for _ in range(50):
+        if _value(samples, "worker_actions_total", action="conversation.get_history", outcome="domain_error"):
+            break
+        await asyncio.sleep(0.1)
+        samples = await _scrape(port)
     action = "conversation.save_message"
     assert _value(samples, "worker_action_duration_seconds_count", action=action) >= 10
     assert _value(samples, "worker_action_duration_seconds_sum", action=action) > 0
