@@ -33,22 +33,8 @@ CREATE TEMP TABLE IF NOT EXISTS import_sources_stage (
 ) ON COMMIT DELETE ROWS;
 """
 
-_MESSAGE_COLUMNS = (
-    "conversation_id",
-    "seq",
-    "id",
-    "client_message_id",
-    "role",
-    "content",
-    "name",
-    "tool_call_id",
-    "tool_calls",
-    "token_count",
-    "metadata",
-    "execution",
-    "created_at",
-    "extra",
-)
+#: The stage's columns: the hand-bound ones of every message insert (records), then the extras.
+_MESSAGE_COLUMNS = (*(c for c in records.MESSAGE_BOUND_COLUMNS if c != "tenant_id"), "extra")
 #: A NewMessage field beyond the hand-bound columns (a new Message field) travels in the stage's
 #: `extra` (JSON text: COPY's binary format has no jsonb) and is taken out by generated expressions: the recipe's field needs no edit here.
 _EXTRA_COLUMNS = records.extra_columns(NewMessage)
