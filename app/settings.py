@@ -30,8 +30,10 @@ class AuthMode(StrEnum):
 
 
 class Settings(BaseSettings):
+    # An empty variable means "not set": compose files and shells write `VAR=` for "use the default",
+    # and `EMBEDDED_POSTGRES_PORT=` must not be an error while `DATABASE_URL=` must not be a URL.
     model_config = SettingsConfigDict(
-        env_file=(".env", str(PROJECT_ROOT / ".env")), extra="ignore", case_sensitive=False
+        env_file=(".env", str(PROJECT_ROOT / ".env")), extra="ignore", case_sensitive=False, env_ignore_empty=True
     )
 
     database_url: str | None = Field(default=None, description="Postgres URL; unset: embedded server")

@@ -14,6 +14,16 @@ def test_development_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.resolved_data_dir == PROJECT_ROOT / ".data"  # the working directory does not matter
 
 
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("EMBEDDED_POSTGRES_PORT", "EMBEDDED_REDIS_PORT", "DATABASE_URL", "PORT"):
+        monkeypatch.setenv(name, "")
+    s = Settings(_env_file=None)
+    assert (s.embedded_postgres_port, s.embedded_redis_port, s.database_url, s.port) == (None, None, None, 8000)
+    monkeypatch.setenv("EMBEDDED_POSTGRES_PORT", "70000")
+    with pytest.raises(ValidationError, match="embedded_postgres_port"):
+        Settings(_env_file=None)
+
+
 def test_production_refuses_embedded_servers_and_dev_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
