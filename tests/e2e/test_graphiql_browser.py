@@ -82,50 +82,46 @@ async def test_graphiql_offline_query_and_subscription(server: Server, db: Datab
 
 
 async def _drive(page: Page, server: Server, caller: Caller, session_id: str) -> None:
-    if True:
-        if True:
-            await page.navigate(f"{server.url}/graphql")
-            await page.wait_for("document.querySelector('.graphiql-execute-button') !== null")
+    await page.navigate(f"{server.url}/graphql")
+    await page.wait_for("document.querySelector('.graphiql-execute-button') !== null")
 
-            # The headers editor is open and prefilled with the place for the key.
-            assert '"Authorization": "Bearer "' in await _editor_text(page, HEADERS_EDITOR)
-            await _replace(page, HEADERS_EDITOR, json.dumps({"Authorization": f"Bearer {caller.key}"}))
-            # With the key, the schema loads (introspection is authenticated like any query).
-            await page.click('[aria-label="Re-fetch GraphQL schema"]')
-            await page.click('[aria-label="Show Documentation Explorer"]')
-            await page.wait_for(
-                "document.querySelector('.graphiql-doc-explorer')?.innerText.includes('subscription: Subscription')"
-            )
-            await page.click('[aria-label="Hide Documentation Explorer"]')
+    # The headers editor is open and prefilled with the place for the key.
+    assert '"Authorization": "Bearer "' in await _editor_text(page, HEADERS_EDITOR)
+    await _replace(page, HEADERS_EDITOR, json.dumps({"Authorization": f"Bearer {caller.key}"}))
+    # With the key, the schema loads by itself (introspection is authenticated like any query,
+    # and the page re-fetches it when the headers change): no "Re-fetch" click needed.
+    await page.click('[aria-label="Show Documentation Explorer"]')
+    await page.wait_for(
+        "document.querySelector('.graphiql-doc-explorer')?.innerText.includes('subscription: Subscription')"
+    )
+    await page.click('[aria-label="Hide Documentation Explorer"]')
 
-            query = f'query Mine {{ conversation(sessionId: "{session_id}") {{ sessionId messageCount }} }}'
-            await _replace(page, QUERY_EDITOR, query)
-            await page.click(".graphiql-execute-button")
-            result = await page.wait_for(f"(() => {{ const t = {RESULT}; return t.includes('messageCount') && t; }})()")
-            assert json.loads(result) == {"data": {"conversation": {"sessionId": session_id, "messageCount": 1}}}
-            await page.screenshot(ARTIFACTS / "graphiql-query.png")
+    query = f'query Mine {{ conversation(sessionId: "{session_id}") {{ sessionId messageCount }} }}'
+    await _replace(page, QUERY_EDITOR, query)
+    await page.click(".graphiql-execute-button")
+    result = await page.wait_for(f"(() => {{ const t = {RESULT}; return t.includes('messageCount') && t; }})()")
+    assert json.loads(result) == {"data": {"conversation": {"sessionId": session_id, "messageCount": 1}}}
+    await page.screenshot(ARTIFACTS / "graphiql-query.png")
 
-            subscription = (
-                f'subscription Live {{ messageAdded(sessionId: "{session_id}", afterSeq: 1) {{ seq content }} }}'
-            )
-            await _replace(page, QUERY_EDITOR, subscription)
-            await page.click(".graphiql-execute-button")
-            # Running: the execute button turned into a stop button (the socket is open).
-            await page.wait_for("document.querySelector('.graphiql-execute-button[aria-label*=\"Stop\"]') !== null")
-            await _add(caller, session_id, "posted by the test while GraphiQL listens")
-            streamed = await page.wait_for(f"(() => {{ const t = {RESULT}; return t.includes('posted by') && t; }})()")
-            assert json.loads(streamed) == {
-                "data": {"messageAdded": {"seq": 2, "content": "posted by the test while GraphiQL listens"}}
-            }
-            await page.screenshot(ARTIFACTS / "graphiql.png")
-            await page.click(".graphiql-execute-button")  # stop
+    subscription = f'subscription Live {{ messageAdded(sessionId: "{session_id}", afterSeq: 1) {{ seq content }} }}'
+    await _replace(page, QUERY_EDITOR, subscription)
+    await page.click(".graphiql-execute-button")
+    # Running: the execute button turned into a stop button (the socket is open).
+    await page.wait_for("document.querySelector('.graphiql-execute-button[aria-label*=\"Stop\"]') !== null")
+    await _add(caller, session_id, "posted by the test while GraphiQL listens")
+    streamed = await page.wait_for(f"(() => {{ const t = {RESULT}; return t.includes('posted by') && t; }})()")
+    assert json.loads(streamed) == {
+        "data": {"messageAdded": {"seq": 2, "content": "posted by the test while GraphiQL listens"}}
+    }
+    await page.screenshot(ARTIFACTS / "graphiql.png")
+    await page.click(".graphiql-execute-button")  # stop
 
-            # The key is remembered by this browser (localStorage), not typed again.
-            await page.navigate(f"{server.url}/graphql")
-            await page.wait_for("document.querySelector('.graphiql-execute-button') !== null")
-            assert caller.key in await _editor_text(page, HEADERS_EDITOR)
+    # The key is remembered by this browser (localStorage), not typed again.
+    await page.navigate(f"{server.url}/graphql")
+    await page.wait_for("document.querySelector('.graphiql-execute-button') !== null")
+    assert caller.key in await _editor_text(page, HEADERS_EDITOR)
 
-            origin = server.url
-            foreign = [u for u in page.requested_urls() if not u.startswith((origin, "data:", "about:"))]
-            assert foreign == [], foreign
-            assert [line for line in page.console() if "Content Security Policy" in line] == []
+    origin = server.url
+    foreign = [u for u in page.requested_urls() if not u.startswith((origin, "data:", "about:"))]
+    assert foreign == [], foreign
+    assert [line for line in page.console() if "Content Security Policy" in line] == []

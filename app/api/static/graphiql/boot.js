@@ -65,6 +65,27 @@
     };
   }
 
+  // The schema is fetched once on load, with the headers of that moment: a first visit has no key
+  // yet, so introspection is refused until the user pastes one. Re-fetch it when the headers
+  // change and parse (debounced, so half-typed JSON is never sent), as the toolbar's
+  // "Re-fetch GraphQL schema" button would; GraphiQL then reads the editor's current headers.
+  var lastHeaders = null;
+  var refetchTimer = null;
+  function onEditHeaders(text) {
+    clearTimeout(refetchTimer);
+    refetchTimer = setTimeout(function () {
+      try {
+        JSON.parse(text || "{}");
+      } catch (e) {
+        return;
+      }
+      if (text === lastHeaders) return;
+      lastHeaders = text;
+      var button = document.querySelector('[aria-label="Re-fetch GraphQL schema"]');
+      if (button) button.click();
+    }, 800);
+  }
+
   var root = ReactDOM.createRoot(document.getElementById("graphiql"));
   root.render(
     React.createElement(GraphiQL, {
@@ -74,6 +95,7 @@
       defaultEditorToolsVisibility: "headers",
       isHeadersEditorEnabled: true,
       shouldPersistHeaders: true,
+      onEditHeaders: onEditHeaders,
       inputValueDeprecation: true,
     })
   );
