@@ -43,6 +43,8 @@ class Resources:
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
             statement_timeout_ms=settings.db_statement_timeout_ms,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         redis = Redis.from_url(
             redis_url,

@@ -20,7 +20,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from app.errors import RetryTransaction
+from app.errors import RetryTransaction, ServiceUnavailable
 from app.metrics import REGISTRY
 from app.models import DomainEvent
 
@@ -140,10 +140,19 @@ class LeanPool:
     swallows a connection.
     """
 
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], min_size: int, max_size: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        min_size: int,
+        max_size: int,
+        acquire_timeout_s: float | None = None,
+    ) -> None:
         self._connect = connect
         self._min_size = min_size
         self._max_size = max(max_size, 1)
+        #: How long a caller waits for a busy pool before SERVICE_UNAVAILABLE: without a bound,
+        #: a Postgres that hangs (rather than refuses) queues every request behind it forever.
+        self._acquire_timeout_s = acquire_timeout_s
         self._idle: list[asyncpg.Connection] = []
         self._size = 0
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
@@ -181,11 +190,18 @@ class LeanPool:
             waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                handed = await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self._put(cast(asyncpg.Connection, waiter.result()))
-                raise
+                async with asyncio.timeout(self._acquire_timeout_s):
+                    try:
+                        handed = await waiter
+                    except asyncio.CancelledError:
+                        if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                            self._put(cast(asyncpg.Connection, waiter.result()))
+                        raise
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    f"no database connection came free within {self._acquire_timeout_s:g} s "
+                    f"(all {self._max_size} of this process' connections are busy); retry later"
+                ) from None
             if handed is not None:
                 return handed
             # None: a slot was freed (a broken connection dropped): loop and make one.
@@ -267,6 +283,8 @@ async def create_pool(
     max_size: int = 20,
     statement_timeout_ms: int = 15_000,
     statement_cache_size: int = 256,
+    connect_timeout_s: float = 60.0,
+    acquire_timeout_s: float | None = None,
 ) -> LeanPool:
     dsn = asyncpg_dsn(url)
 
@@ -274,6 +292,7 @@ async def create_pool(
         conn = await asyncpg.connect(
             dsn,
             statement_cache_size=statement_cache_size,
+            timeout=connect_timeout_s,
             server_settings={
                 "statement_timeout": str(statement_timeout_ms),
                 "application_name": "conversation-service",
@@ -288,7 +307,7 @@ async def create_pool(
             raise
         return conn
 
-    pool = LeanPool(connect, min_size, max_size)
+    pool = LeanPool(connect, min_size, max_size, acquire_timeout_s)
     await pool.start()
     return pool
 

@@ -14,7 +14,7 @@ import redis.exceptions
 from arq import Retry
 from arq.connections import ArqRedis
 
-from app.errors import RetryTransaction
+from app.errors import RetryTransaction, ServiceUnavailable
 from app.resources import Resources
 from app.services.actions import KnownTenants
 from app.services.crm import CrmOptions
@@ -68,6 +68,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     RetryTransaction,  # a race retried Database.max_attempts times
+    ServiceUnavailable,  # no pooled connection came free within DB_ACQUIRE_TIMEOUT_S
 )
 
 

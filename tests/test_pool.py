@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from app.errors import ServiceUnavailable
 from db.session import LeanPool, create_pool
 from tests.conftest import Servers
 
@@ -69,3 +70,41 @@ async def test_an_open_transaction_never_survives_a_release(pool: LeanPool) -> N
     async with pool.acquire() as conn:
         assert not conn.is_in_transaction()
         assert await conn.fetchval("SELECT to_regclass('pg_temp.leftover')") is None
+
+
+async def test_a_full_pool_answers_service_unavailable_after_the_acquire_timeout(servers: Servers) -> None:
+    lean = await create_pool(servers.database_url, min_size=1, max_size=1, acquire_timeout_s=0.2)
+    try:
+        held = await lean.acquire()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ServiceUnavailable, match="no database connection came free"):
+            await lean.acquire()
+        assert 0.15 < asyncio.get_running_loop().time() - started < 2
+        # The timed-out waiter took nothing: the held connection goes back and serves the next caller.
+        await lean.release(held)
+        assert lean.get_size() == 1 and lean.get_idle_size() == 1
+        async with lean.acquire() as conn:
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await lean.close()
+
+
+async def test_a_connection_that_never_answers_fails_after_the_connect_timeout() -> None:
+    # A listening socket that accepts and never speaks: a hung Postgres, not a refusing one.
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(TimeoutError):
+            await create_pool(f"postgresql://x:y@127.0.0.1:{port}/db", min_size=1, connect_timeout_s=0.3)
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
