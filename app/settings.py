@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = 15_000
     # A Postgres that hangs instead of refusing: requests get SERVICE_UNAVAILABLE after these,
     # not after asyncpg's 60 s connect default or never (a full pool had no bound).
-    db_connect_timeout_s: float = Field(default=5.0, gt=0)
+    db_connect_timeout_s: float = Field(default=10.0, gt=0)
     db_acquire_timeout_s: float = Field(default=10.0, gt=0)
     readiness_timeout_s: float = 2.0
 
