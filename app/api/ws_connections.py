@@ -222,11 +222,17 @@ class ConnectionRegistry:
         for live in self._live:
             if live.credentials is not None and not live.closing:
                 groups.setdefault(tuple(sorted(live.credentials.items())), []).append(live)
+        secrets = [
+            secret
+            for credentials in groups
+            if (secret := dict(credentials).get("authorization", "").partition(" ")[2].strip())
+        ]
+        try:
+            await self.authenticator.refresh(secrets)  # one statement for every live key
+        except Exception:  # the key store unreachable: not a reason to drop live streams
+            return
         for credentials, members in groups.items():
             headers = dict(credentials)
-            secret = headers.get("authorization", "").partition(" ")[2].strip()
-            if secret:
-                self.authenticator.forget_secret(secret)
             try:
                 await self.authenticator.authenticate(headers)
             except ServiceUnavailable:

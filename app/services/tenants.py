@@ -159,6 +159,17 @@ async def key_for_secret(conn: Connection, secret: str) -> ApiKey | None:
     return _key(row) if row else None
 
 
+async def keys_for_secrets(conn: Connection, secrets_: list[str]) -> dict[str, ApiKey | None]:
+    """The key of each bearer secret (None: no such key), read in one statement per 1,000."""
+    found: dict[str, ApiKey | None] = dict.fromkeys(secrets_)
+    by_hash = {hash_key(s): s for s in secrets_ if s.startswith(KEY_PREFIX) and len(s) <= 200}
+    hashes = list(by_hash)
+    for start in range(0, len(hashes), 1000):
+        for row in await repo.keys_by_hashes(conn, hashes[start : start + 1000]):
+            found[by_hash[row["key_hash"]]] = _key(row)
+    return found
+
+
 async def touch_api_key(uow: UnitOfWork, key_id: uuid.UUID, min_interval_s: float) -> None:
     """Note that the key was used (a no-op when it was noted less than `min_interval_s` ago)."""
     await repo.touch_key(uow.conn, key_id, min_interval_s)

@@ -89,6 +89,13 @@ async def key_by_hash(conn: Connection, key_hash: str) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash)
 
 
+async def keys_by_hashes(conn: Connection, key_hashes: list[str]) -> list[asyncpg.Record]:
+    """Several keys in one statement (a WebSocket re-check of every live credential)."""
+    return await conn.fetch(
+        f"SELECT key_hash, {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ANY($1::text[])", key_hashes
+    )
+
+
 async def revoke_tenant_key(conn: Connection, tenant_id: str, key_id: uuid.UUID) -> asyncpg.Record | None:
     """Revoke one of the tenant's keys (another tenant's key id is not found)."""
     return await conn.fetchrow(
