@@ -243,6 +243,10 @@ class CrmOutbox(SQLModel, table=True):
         sa.Index(None, "tenant_id", "conversation_id", "created_at"),
         #: Only pending rows: the sweep reads this small index across tenants.
         sa.Index("ix_crm_outbox_due", "tenant_id", "next_attempt_at", postgresql_where=sa.text("status = 'pending'")),
+        #: Only unsettled rows: the worker's metrics sample counts these, never the delivered ones.
+        sa.Index(
+            "ix_crm_outbox_unsettled", "tenant_id", "created_at", postgresql_where=sa.text("status <> 'delivered'")
+        ),
     )
 
     tenant_id: str = Field(sa_column=sa.Column(sa.Text(), primary_key=True))

@@ -18,6 +18,7 @@ from arq.worker import Function, func
 from app import tracing
 from app.services import crm
 from jobs.context import is_transient, retry_later, state
+from jobs.metrics import CRM_DELIVERED
 
 log = logging.getLogger("conversation_service.crm")
 
@@ -70,6 +71,8 @@ async def crm_deliver(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str,
             raise retry from exc
         raise  # the sweep sends it again once its claim expires
     record = result.record
+    if result.delivered:
+        CRM_DELIVERED.inc()
     if result.retry_in_s is not None and record is not None:
         try:
             await enqueue_delivery(st.redis, st.queue_name, tenant_id, outbox_id, record.attempts, result.retry_in_s)

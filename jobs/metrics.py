@@ -53,8 +53,13 @@ QUEUE_DEPTH = Gauge(
 )
 CRM_DELIVERIES = Gauge(
     "crm_deliveries",
-    "CRM outbox deliveries across tenants by state (pending, retrying, delivered, failed), sampled.",
+    "CRM outbox deliveries not delivered yet, across tenants, by state (pending, retrying, failed), sampled.",
     ["state"],
+    registry=REGISTRY,
+)
+CRM_DELIVERED = Counter(
+    "crm_deliveries_delivered",
+    "CRM deliveries this worker delivered (the CRM answered 2xx).",
     registry=REGISTRY,
 )
 CRM_OLDEST_UNDELIVERED = Gauge(

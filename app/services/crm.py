@@ -386,7 +386,8 @@ async def due_deliveries(db: Database, limit: int = 500) -> list[CrmSyncRecord]:
 
 
 #: The states delivery_stats reports (every one, zero included, so a gauge never keeps a stale value).
-DELIVERY_STATES = ("pending", "retrying", "delivered", "failed")
+#: Delivered ones are not sampled (they are counted as they happen: crm_deliveries_delivered_total).
+DELIVERY_STATES = ("pending", "retrying", "failed")
 
 
 @dataclass(frozen=True, slots=True)
