@@ -5,13 +5,23 @@ Run with `pytest --cluster citus` (or TEST_CLUSTER=citus); on plain Postgres onl
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 
+from app.models import NewMessage, Role, Source
 from db.distribute import ANCHOR, REFERENCE_TABLES, UNDISTRIBUTED_TENANT_TABLES, distribute, has_citus
+from db.repositories import bulk_import as bulk_import_repo
+from db.repositories import crm as crm_repo
+from db.repositories import embeddings as embeddings_repo
+from db.repositories import messages as messages_repo
 from db.repositories.messages import CITUS_APPEND_BY_ID
-from db.session import Database
+from db.repositories.transfer import ImportedMessage
+from db.session import Connection, Database
 from tests import citus_cluster
 from tests.factories import create_conversation
 
@@ -109,3 +119,120 @@ async def test_the_append_is_one_task_delegated_whole_to_the_tenants_worker(db: 
     remote = [n for n in notices if n.startswith("issuing")]
     assert [n for n in remote if "append_message" in n] and not [n for n in remote if "PREPARE TRANSACTION" in n]
     assert row is not None and row["seq"] == 1 and row["last_seq"] == 1
+
+
+async def _remote_commands(db: Database, work: Callable[[Connection], Awaitable[None]]) -> list[str]:
+    """The commands the coordinator sent to the workers while `work` ran in one transaction."""
+    notices: list[str] = []
+    async with db.pool.acquire() as conn:
+        conn.add_log_listener(lambda _c, message: notices.append(message.message))
+        await conn.execute("SET citus.log_remote_commands = on")
+        try:
+            async with conn.transaction():
+                await work(conn)
+        finally:
+            await conn.execute("RESET citus.log_remote_commands")
+    return [n for n in notices if n.startswith("issuing")]
+
+
+def _one_connection_one_phase(remote: list[str]) -> None:
+    # One BEGIN: one worker connection. No intermediate result shipped, no two-phase commit.
+    assert len([n for n in remote if "BEGIN TRANSACTION" in n]) == 1, remote
+    assert not [n for n in remote if "format result" in n or "format 'result'" in n], remote
+    assert not [n for n in remote if "PREPARE TRANSACTION" in n], remote
+    assert [n for n in remote if n == "issuing COMMIT"], remote
+
+
+async def test_the_write_paths_run_on_one_connection_with_a_one_phase_commit(db: Database, tenant: str) -> None:
+    """The request paths strict mode used to flag (docs/scaling.md, single-shard): a batch append with
+    sources, a close's CRM delivery (tenant with a webhook), the embedding store and a bulk import
+    batch are each one transaction on the one worker of the tenant, committed in one phase."""
+    await _citus_or_skip(db)
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO tenants (tenant_id, name, settings) VALUES ($1, $1, $2)",
+            tenant,
+            {"crm_webhook_url": "http://127.0.0.1:9/hook"},
+        )
+    conversation = await create_conversation(db, tenant)
+    batch = [
+        NewMessage(role=Role.USER, content="one", token_count=1, sources=[Source(document_id="d1")]),
+        NewMessage(role=Role.ASSISTANT, content="two", token_count=1),
+    ]
+
+    async def append_and_close(conn: Connection) -> None:
+        await conn.execute(
+            "SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR UPDATE", tenant, conversation.id
+        )
+        inserted = await messages_repo.insert_many(conn, tenant, conversation.id, 1, batch, datetime.now(UTC))
+        assert [(m.seq, len(m.sources or [])) for m in inserted] == [(1, 1), (2, 0)]
+        assert await crm_repo.insert_if_configured(conn, tenant, conversation.id, "closed") is not None
+        assert await embeddings_repo.store(conn, tenant, conversation.id, "m", 2, [1, 2, 9], [[1, 0]] * 3) == 2
+
+    _one_connection_one_phase(await _remote_commands(db, append_and_close))
+
+    imported = uuid.uuid4()
+    message = ImportedMessage(
+        id=uuid.uuid4(), seq=1, client_message_id="i-1", role="user", content="imported", name=None,
+        tool_call_id=None, tool_calls=None, token_count=1, metadata={}, execution=None,
+        created_at=datetime(2025, 1, 1, tzinfo=UTC), sources=[Source(document_id="d2")],
+    )  # fmt: skip
+    row = {
+        "id": str(imported), "session_id": "imported", "user_id": None, "agent_id": "a", "channel": None,
+        "title": None, "status": "active", "tags": ["x"], "metadata": {"k": 1},
+        "created_at": "2025-01-01T00:00:00+00:00", "updated_at": "2025-01-01T00:00:00+00:00",
+        "closed_at": None, "close_reason": None,
+    }  # fmt: skip
+
+    async def bulk_import(conn: Connection) -> None:
+        await bulk_import_repo.defer_rollups(conn)
+        created = await bulk_import_repo.insert_conversations(conn, tenant, [row])
+        assert [(c.id, c.tags, c.metadata) for c in created] == [(imported, ["x"], {"k": 1})]
+        assert await bulk_import_repo.insert_messages(conn, tenant, [(imported, [message])]) == 1
+        await bulk_import_repo.advance(conn, tenant, [(imported, 1, 1, message.created_at)])
+        assert await bulk_import_repo.insert_state(conn, tenant, [(imported, "k", 1, 1, message.created_at)])
+        await bulk_import_repo.rollup_batch(conn, tenant, [imported])
+
+    _one_connection_one_phase(await _remote_commands(db, bulk_import))
+    async with db.pool.acquire() as conn:
+        # The shard triggers kept the rollups (the deferral does not reach the workers): counted once.
+        counted = await conn.fetchval(
+            "SELECT sum(messages) FROM stats_daily WHERE tenant_id = $1 AND day = '2025-01-01'", tenant
+        )
+        sources = await conn.fetchval("SELECT count(*) FROM message_sources WHERE tenant_id = $1", tenant)
+    assert counted == 1 and sources == 2
+
+
+async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: Database, tenant: str) -> None:
+    """TEST_CITUS_STRICT=1 (on in `make test`): an INSERT … SELECT that reads a reference table is
+    planned on the coordinator (intermediate result, two-phase commit) and the guard names it."""
+    await _citus_or_skip(db)
+    if os.environ.get("TEST_CITUS_STRICT") != "1":
+        pytest.skip("strict mode only (TEST_CITUS_STRICT=1)")
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    conversation = await create_conversation(db, tenant)
+    async with db.pool.acquire() as conn:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)
+        guard.skip_to_end()  # the reference-table write above commits on every node by design
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger) SELECT $1, $2, $3, 'manual' "
+                "WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)",
+                tenant,
+                uuid.uuid4(),
+                conversation.id,
+            )
+    seen = await _eventually_seen(guard)
+    assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s for s in seen), seen
+
+
+async def _eventually_seen(guard: citus_cluster.ShardGuard) -> list[str]:
+    # The coordinator writes its log asynchronously to us: read until the lines are there.
+    seen: list[str] = []
+    for _ in range(50):
+        seen += guard.new_multi_shard_statements()
+        if seen:
+            return seen
+        await asyncio.sleep(0.1)
+    return seen

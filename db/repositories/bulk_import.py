@@ -8,6 +8,7 @@ imported message is then the row and index work alone (docs/benchmarks.md, "Impo
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,7 @@ from app.models import Conversation, NewMessage
 from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS
 from db.repositories.transfer import ImportedMessage
-from db.session import Connection
+from db.session import Connection, on_citus
 
 # Temporary tables live per connection; ON COMMIT DELETE ROWS empties them at every commit (and a
 # rollback drops what the transaction put there), so a pooled connection never carries rows over.
@@ -44,6 +45,51 @@ _EXTRA_VALUES = "".join(
     for c in _EXTRA_COLUMNS
 )
 _SOURCE_COLUMNS = ("conversation_id", "seq", "position", "document_id", "chunk_id", "title", "uri", "score", "snippet")
+
+# On Citus nothing is staged: a temporary table is local to the coordinator, so an INSERT … SELECT from
+# it is planned there (intermediate results, two-phase commit). The rows travel as arrays, unnest()ed
+# and joined to the conversation rows by `c.tenant_id = $1`: Citus pushes such an INSERT … SELECT down
+# to the tenant's shard group as one task (docs/scaling.md, single-shard). Same columns and types as
+# the stage.
+
+
+def _unnest(table: str, columns: tuple[str, ...]) -> str:
+    body = _STAGING.split(f"CREATE TEMP TABLE IF NOT EXISTS {table} (", 1)[1].split(")", 1)[0]
+    types = dict(re.findall(r"(\w+) (uuid|int|text|timestamptz|float8)\b", body))
+    arrays = ", ".join(f"${i + 2}::{types[c]}[]" for i, c in enumerate(columns))
+    return f"unnest({arrays}) AS s({', '.join(columns)})"
+
+
+_INSERT_MESSAGES = f"""
+INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                      tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config
+                      {_EXTRA_NAMES})
+SELECT {{tenant}}, s.conversation_id, s.seq, s.id, s.client_message_id, s.role, s.content, s.name, s.tool_call_id,
+       s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at,
+       {{config}}{_EXTRA_VALUES}
+FROM {{source}}
+ORDER BY s.conversation_id, s.seq
+ON CONFLICT DO NOTHING
+"""
+_INSERT_SOURCES_SQL = """
+INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title, uri, score, snippet)
+SELECT {tenant}, s.conversation_id, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
+FROM {source}
+ON CONFLICT DO NOTHING
+"""
+_ON_CONVERSATION = "\nJOIN conversations c ON c.tenant_id = $1 AND c.id = s.conversation_id"
+_CITUS_INSERT_MESSAGES = _INSERT_MESSAGES.format(
+    tenant="c.tenant_id",
+    config=f"${len(_MESSAGE_COLUMNS) + 2}::regconfig",
+    source=_unnest("import_messages_stage", _MESSAGE_COLUMNS) + _ON_CONVERSATION,
+)
+_CITUS_INSERT_SOURCES = _INSERT_SOURCES_SQL.format(
+    tenant="c.tenant_id", source=_unnest("import_sources_stage", _SOURCE_COLUMNS) + _ON_CONVERSATION
+)
+_INSERT_SOURCES = _INSERT_SOURCES_SQL.format(tenant="$1", source="import_sources_stage s")
+_INSERT_MESSAGES = _INSERT_MESSAGES.format(
+    tenant="$1", config=text_search.TENANT_CONFIG, source="import_messages_stage s"
+)
 
 
 def _json(value: Any) -> str | None:
@@ -79,6 +125,8 @@ async def insert_conversations(conn: Connection, tenant_id: str, rows: list[dict
     """Insert; a row whose id or sessionId is taken meanwhile is left out of the result."""
     if not rows:
         return []
+    if on_citus():
+        return await _insert_conversations_citus(conn, tenant_id, rows)
     result = await conn.fetch(
         f"""
         INSERT INTO conversations (tenant_id, id, session_id, user_id, agent_id, channel, title, status, tags,
@@ -96,6 +144,46 @@ async def insert_conversations(conn: Connection, tenant_id: str, rows: list[dict
         """,
         tenant_id,
         rows,
+    )
+    return [records.conversation(r) for r in result]
+
+
+_CONVERSATION_FIELDS = ("id", "session_id", "user_id", "agent_id", "channel", "title", "status", "tags", "metadata")
+_CONVERSATION_TIMES = ("created_at", "updated_at", "closed_at")
+_VALUES_ROWS = 2000
+
+
+async def _insert_conversations_citus(
+    conn: Connection, tenant_id: str, rows: list[dict[str, Any]]
+) -> list[Conversation]:
+    """A multi-row INSERT … VALUES: Citus routes it to the tenant's shard as one task (from
+    jsonb_to_recordset() it is planned on the coordinator: intermediate result, two-phase commit)."""
+    rows = sorted(rows, key=lambda r: str(r["session_id"]))  # the plain form's order (locks)
+    if len(rows) > _VALUES_ROWS:  # a statement binds at most 32767 parameters
+        head = await _insert_conversations_citus(conn, tenant_id, rows[:_VALUES_ROWS])
+        return head + await _insert_conversations_citus(conn, tenant_id, rows[_VALUES_ROWS:])
+    width = len(_CONVERSATION_FIELDS) + len(_CONVERSATION_TIMES) + 1
+    values: list[str] = []
+    args: list[Any] = []
+    for i, r in enumerate(rows):
+        p = [f"${2 + i * width + k}" for k in range(width)]
+        values.append(
+            f"($1, {p[0]}::uuid, {', '.join(f'{x}::text' for x in p[1:7])}, {p[7]}::text[], {p[8]}::jsonb, "
+            f"{p[9]}::timestamptz, {p[10]}::timestamptz, {p[9]}::timestamptz, {p[11]}::timestamptz, {p[12]}::text)"
+        )
+        args += [uuid.UUID(str(r["id"])), *(r[f] for f in _CONVERSATION_FIELDS[1:7]), list(r["tags"]), r["metadata"]]
+        args += [datetime.fromisoformat(r[t]) if r[t] else None for t in _CONVERSATION_TIMES]
+        args.append(r["close_reason"])
+    result = await conn.fetch(
+        f"""
+        INSERT INTO conversations (tenant_id, id, session_id, user_id, agent_id, channel, title, status, tags,
+                                   metadata, created_at, updated_at, last_activity_at, closed_at, close_reason)
+        VALUES {", ".join(values)}
+        ON CONFLICT DO NOTHING
+        RETURNING {CONVERSATION_COLUMNS}
+        """,
+        tenant_id,
+        *args,
     )
     return [records.conversation(r) for r in result]
 
@@ -127,64 +215,45 @@ async def insert_messages(
     """COPY into the staging tables, then one set-based insert each; returns the messages inserted.
     The caller holds every conversation's row (locked or just created), so nothing conflicts; ON
     CONFLICT DO NOTHING keeps a re-run harmless all the same, and the caller compares the count."""
-    await conn.execute(_STAGING)
-    await conn.copy_records_to_table(
-        "import_messages_stage",
-        columns=_MESSAGE_COLUMNS,
-        records=[
-            (
-                conversation_id,
-                m.seq,
-                m.id,
-                m.client_message_id,
-                m.role,
-                m.content,
-                m.name,
-                m.tool_call_id,
-                _json(m.tool_calls),
-                m.token_count,
-                _json(m.metadata) or "{}",
-                _json(m.execution),
-                m.created_at,
-                json.dumps(m.extra, default=str) if m.extra else None,
-            )
-            for conversation_id, messages in batch
-            for m in messages
-        ],
-    )
-    status = await conn.execute(
-        f"""
-        INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config
-                              {_EXTRA_NAMES})
-        SELECT $1, s.conversation_id, s.seq, s.id, s.client_message_id, s.role, s.content, s.name, s.tool_call_id,
-               s.tool_calls::jsonb, s.token_count, s.metadata::jsonb, s.execution::jsonb, s.created_at,
-               {text_search.TENANT_CONFIG}{_EXTRA_VALUES}
-        FROM import_messages_stage s
-        ORDER BY s.conversation_id, s.seq
-        ON CONFLICT DO NOTHING
-        """,
-        tenant_id,
-    )
+    rows = [
+        (
+            conversation_id,
+            m.seq,
+            m.id,
+            m.client_message_id,
+            m.role,
+            m.content,
+            m.name,
+            m.tool_call_id,
+            _json(m.tool_calls),
+            m.token_count,
+            _json(m.metadata) or "{}",
+            _json(m.execution),
+            m.created_at,
+            json.dumps(m.extra, default=str) if m.extra else None,
+        )
+        for conversation_id, messages in batch
+        for m in messages
+    ]
+    if on_citus():
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        config = await text_search.tenant_config(conn, tenant_id)
+        status = await conn.execute(_CITUS_INSERT_MESSAGES, tenant_id, *columns, config)
+    else:
+        await conn.execute(_STAGING)
+        await conn.copy_records_to_table("import_messages_stage", columns=_MESSAGE_COLUMNS, records=rows)
+        status = await conn.execute(_INSERT_MESSAGES, tenant_id)
     sources = [
         (conversation_id, m.seq, position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet)
         for conversation_id, messages in batch
         for m in messages
         for position, s in enumerate(m.sources)
     ]
-    if sources:
+    if sources and on_citus():
+        await conn.execute(_CITUS_INSERT_SOURCES, tenant_id, *[list(c) for c in zip(*sources, strict=True)])
+    elif sources:
         await conn.copy_records_to_table("import_sources_stage", columns=_SOURCE_COLUMNS, records=sources)
-        await conn.execute(
-            """
-            INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id,
-                                         title, uri, score, snippet)
-            SELECT $1, s.conversation_id, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score,
-                   s.snippet
-            FROM import_sources_stage s
-            ON CONFLICT DO NOTHING
-            """,
-            tenant_id,
-        )
+        await conn.execute(_INSERT_SOURCES, tenant_id)
     return int(status.split()[-1])
 
 
@@ -222,12 +291,14 @@ async def insert_state(
     """Entries (conversation, key, value, version, updated_at) not there yet; how many per conversation."""
     if not entries:
         return {}
+    citus = on_citus()  # the conversation joined: pushed down to one shard (above, _unnest)
     rows = await conn.fetch(
-        """
+        f"""
         INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
-        SELECT $1, e.conversation_id, e.key, e.value::jsonb, e.version, e.updated_at
+        SELECT {"c.tenant_id" if citus else "$1"}, e.conversation_id, e.key, e.value::jsonb, e.version, e.updated_at
         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::int[], $6::timestamptz[])
              AS e(conversation_id, key, value, version, updated_at)
+        {"JOIN conversations c ON c.tenant_id = $1 AND c.id = e.conversation_id" if citus else ""}
         ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
         -- Over a tombstone (a deleted key): the imported value, never a version below the tombstone's.
         SET value = EXCLUDED.value, version = GREATEST(EXCLUDED.version, s.version + 1),
@@ -250,7 +321,10 @@ async def insert_state(
 
 async def defer_rollups(conn: Connection) -> None:
     """This transaction's inserts skip the stats_daily insert triggers (migration a0728077a12e);
-    `rollup_batch` must then run before the commit."""
+    `rollup_batch` must then run before the commit. Not on Citus: the flag does not reach the
+    workers, whose shard triggers keep the rollups row by row (they run there in any case)."""
+    if on_citus():
+        return
     await conn.execute("SELECT set_config('conversation_service.rollups', 'deferred', true)")
 
 
@@ -296,5 +370,7 @@ ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
 
 async def rollup_batch(conn: Connection, tenant_id: str, created: list[uuid.UUID]) -> None:
     """The rollups of the deferred batch, as its last statement: the rows stay locked only for the commit."""
+    if on_citus():
+        return  # the shard triggers counted them (defer_rollups)
     await conn.execute(_STAGING)  # a batch without new messages has not created it on this connection
     await conn.execute(_ROLLUP, tenant_id, created)

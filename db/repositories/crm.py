@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from db.session import Connection
+from db.session import Connection, on_citus
 
 OUTBOX_COLUMNS = (
     "tenant_id, id, conversation_id, trigger, status, attempts, last_error, next_attempt_at, locked_until, "
@@ -19,6 +19,14 @@ async def insert_if_configured(
 ) -> asyncpg.Record | None:
     """A pending delivery, only when the tenant has a CRM webhook (one statement, in the caller's
     transaction); None when it has none."""
+    if on_citus():
+        # Two statements on Citus: an INSERT … SELECT reading `tenants` (a reference table) is planned
+        # on the coordinator (intermediate result, two-phase commit). The read is local on the
+        # coordinator; the insert is routed on the connection the close already holds.
+        webhook = await conn.fetchval(
+            "SELECT settings->>'crm_webhook_url' FROM tenants WHERE tenant_id = $1", tenant_id
+        )
+        return await insert(conn, tenant_id, conversation_id, trigger) if webhook else None
     return await conn.fetchrow(
         f"""
         INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger)

@@ -14,7 +14,7 @@ import asyncpg
 from app.models import ConversationFilter
 from db.repositories.conversations import filtered
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
-from db.session import Connection
+from db.session import Connection, on_citus
 
 
 def vector_text(v: list[float]) -> str:
@@ -50,6 +50,36 @@ async def missing(
     )
 
 
+_STORE = """
+WITH c AS (SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR KEY SHARE)
+INSERT INTO message_embeddings (tenant_id, conversation_id, seq, model, dims, embedding)
+SELECT $1, $2, u.seq, $3, $4, u.v::vector
+FROM unnest($5::int[], $6::text[]) AS u(seq, v)
+WHERE EXISTS (SELECT 1 FROM c)
+  AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.seq = u.seq)
+ON CONFLICT (tenant_id, conversation_id, seq) DO UPDATE
+    SET model = EXCLUDED.model, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
+        embedded_at = EXCLUDED.embedded_at
+    WHERE message_embeddings.model IS DISTINCT FROM EXCLUDED.model
+"""
+# On Citus one INSERT … SELECT that reads the conversation row (key-share locked) and the message by
+# join, filtered by tenant_id: pushed down to the tenant's shard as one task. The CTE form above is
+# planned on the coordinator there (intermediate result, two-phase commit).
+_CITUS_STORE = """
+INSERT INTO message_embeddings (tenant_id, conversation_id, seq, model, dims, embedding)
+SELECT c.tenant_id, c.id, u.seq, $3, $4, u.v::vector
+FROM conversations c
+CROSS JOIN unnest($5::int[], $6::text[]) AS u(seq, v)
+JOIN messages m ON m.tenant_id = c.tenant_id AND m.conversation_id = c.id AND m.seq = u.seq
+WHERE c.tenant_id = $1 AND c.id = $2
+FOR KEY SHARE OF c
+ON CONFLICT (tenant_id, conversation_id, seq) DO UPDATE
+    SET model = EXCLUDED.model, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
+        embedded_at = EXCLUDED.embedded_at
+    WHERE message_embeddings.model IS DISTINCT FROM EXCLUDED.model
+"""
+
+
 async def store(
     conn: Connection,
     tenant_id: str,
@@ -63,18 +93,7 @@ async def store(
     conversation row is key-share locked first: a deletion (FOR UPDATE) either ran before (nothing
     is written: no orphans) or waits for this statement and then deletes these rows too."""
     status: str = await conn.execute(
-        """
-        WITH c AS (SELECT 1 FROM conversations WHERE tenant_id = $1 AND id = $2 FOR KEY SHARE)
-        INSERT INTO message_embeddings (tenant_id, conversation_id, seq, model, dims, embedding)
-        SELECT $1, $2, u.seq, $3, $4, u.v::vector
-        FROM unnest($5::int[], $6::text[]) AS u(seq, v)
-        WHERE EXISTS (SELECT 1 FROM c)
-          AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND m.conversation_id = $2 AND m.seq = u.seq)
-        ON CONFLICT (tenant_id, conversation_id, seq) DO UPDATE
-            SET model = EXCLUDED.model, dims = EXCLUDED.dims, embedding = EXCLUDED.embedding,
-                embedded_at = EXCLUDED.embedded_at
-            WHERE message_embeddings.model IS DISTINCT FROM EXCLUDED.model
-        """,
+        _CITUS_STORE if on_citus() else _STORE,
         tenant_id,
         conversation_id,
         model,

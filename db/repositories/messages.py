@@ -243,6 +243,34 @@ async def by_client_message_ids(
     return [records.message(r) for r in rows]
 
 
+# The batch insert. On Citus it joins the conversation's row (tenant_id = $1) so it is pushed down as one task (unnest()
+# alone: planned on the coordinator, 2PC), the search config a parameter: a `tenants` subquery stops shard pruning.
+_CITUS_CONFIG = f"${15 + len(_NEW_EXTRA)}::regconfig"
+_INSERT_MANY = f"""
+INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                      tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_MANY.columns})
+SELECT {{tenant}}, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
+       t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14, {{config}}{_MANY.values}
+FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+            $11::int[], $12::text[], $13::text[]{_MANY.arrays})
+     WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
+                          token_count, metadata, execution{_MANY.aliases}, ord) {{join}}
+ORDER BY t.ord
+RETURNING {MESSAGE_COLUMNS}
+"""
+_INSERT_SOURCES = f"""
+INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title, uri, score, snippet)
+SELECT {{tenant}}, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
+FROM jsonb_to_recordset($3::jsonb) AS s(seq int, position int, {_SOURCE_FIELDS}) {{join}}
+"""
+_PLAIN = {"tenant": "$1, $2", "join": ""}
+_CITUS = {"tenant": "c.tenant_id, c.id", "join": "JOIN conversations c ON c.tenant_id = $1 AND c.id = $2"}
+INSERT_MANY = _INSERT_MANY.format(config=text_search.TENANT_CONFIG, **_PLAIN)
+CITUS_INSERT_MANY = _INSERT_MANY.format(config=_CITUS_CONFIG, **_CITUS)
+INSERT_SOURCES = _INSERT_SOURCES.format(**_PLAIN)
+CITUS_INSERT_SOURCES = _INSERT_SOURCES.format(**_CITUS)
+
+
 async def insert_many(
     conn: Connection,
     tenant_id: str,
@@ -252,21 +280,10 @@ async def insert_many(
     created_at: datetime,
 ) -> list[Message]:
     """Insert messages with seqs first_seq, first_seq+1, … (the caller holds the conversation lock)."""
-    n = len(messages)
+    n, citus = len(messages), on_citus()
+    config = [await text_search.tenant_config(conn, tenant_id)] if citus else []
     rows = await conn.fetch(
-        f"""
-        INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_MANY.columns})
-        SELECT $1, $2, $3 + t.ord - 1, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, $14,
-               {text_search.TENANT_CONFIG}{_MANY.values}
-        FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                    $11::int[], $12::text[], $13::text[]{_MANY.arrays})
-             WITH ORDINALITY AS t(id, client_message_id, role, content, name, tool_call_id, tool_calls,
-                                  token_count, metadata, execution{_MANY.aliases}, ord)
-        ORDER BY t.ord
-        RETURNING {MESSAGE_COLUMNS}
-        """,
+        CITUS_INSERT_MANY if citus else INSERT_MANY,
         tenant_id,
         conversation_id,
         first_seq,
@@ -283,6 +300,7 @@ async def insert_many(
         [_json_or_none(m.execution) for m in messages],
         created_at,
         *_MANY.columns_of(messages),
+        *config,
     )
     inserted = sorted((records.message(r) for r in rows), key=lambda m: m.seq)
     sources: list[dict[str, Any]] = []
@@ -291,17 +309,7 @@ async def insert_many(
         for position, s in enumerate(new.sources):
             sources.append({"seq": msg.seq, "position": position, **(_sources_json([s]) or [{}])[0]})
     if sources:
-        await conn.execute(
-            f"""
-            INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id,
-                                         title, uri, score, snippet)
-            SELECT $1, $2, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
-            FROM jsonb_to_recordset($3::jsonb) AS s(seq int, position int, {_SOURCE_FIELDS})
-            """,
-            tenant_id,
-            conversation_id,
-            sources,
-        )
+        await conn.execute(CITUS_INSERT_SOURCES if citus else INSERT_SOURCES, tenant_id, conversation_id, sources)
     return inserted
 
 

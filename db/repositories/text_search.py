@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from db.session import Connection
+from db.session import Connection, on_citus
 
 #: What a tenant without the setting gets (and what every message had before the setting existed).
 SEARCH_CONFIG = "simple"
@@ -58,6 +58,10 @@ async def reindex_batch(
     """The next `limit` messages in primary-key order after `after` get the tenant's configuration of
     now; (messages passed, messages changed, the last key or None at the end)."""
     lo_conversation, lo_seq = after if after is not None else (uuid.UUID(int=0), -1)
+    # On Citus the configuration is a parameter read first: the `tenants` subquery (a reference table)
+    # makes Citus split the statement into subplans (intermediate results, two-phase commit).
+    config = [await tenant_config(conn, tenant_id)] if on_citus() else []
+    expression = "$5::regconfig" if config else TENANT_CONFIG
     row = await conn.fetchrow(
         f"""
         WITH batch AS MATERIALIZED (
@@ -65,10 +69,10 @@ async def reindex_batch(
             WHERE tenant_id = $1 AND (conversation_id, seq) > ($2, $3)
             ORDER BY conversation_id, seq LIMIT $4
         ), changed AS (
-            UPDATE messages m SET search_config = {TENANT_CONFIG}
+            UPDATE messages m SET search_config = {expression}
             FROM batch b
             WHERE m.tenant_id = $1 AND m.conversation_id = b.conversation_id AND m.seq = b.seq
-              AND m.search_config <> {TENANT_CONFIG}
+              AND m.search_config <> {expression}
             RETURNING 1
         ), last AS (
             SELECT conversation_id, seq FROM batch ORDER BY conversation_id DESC, seq DESC LIMIT 1
@@ -80,6 +84,7 @@ async def reindex_batch(
         lo_conversation,
         lo_seq,
         limit,
+        *config,
     )
     assert row is not None
     passed = int(row["passed"])

@@ -12,7 +12,7 @@ from typing import Any
 from app.models import Conversation, NewMessage, Source
 from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS
-from db.session import Connection
+from db.session import Connection, on_citus
 
 
 @dataclass(slots=True)
@@ -101,24 +101,44 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+# On Citus each INSERT … SELECT joins the conversation row by tenant_id = $1: pushed down to the tenant's
+# shard as one task (from unnest() alone Citus plans it on the coordinator and COPYs, with a two-phase
+# commit); the search config is then a parameter (a `tenants` subquery stops shard pruning).
+_INSERT_MESSAGES_SQL = f"""
+INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
+                      tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_EXTRA.columns})
+SELECT {{tenant}}, t.seq, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
+       t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at,
+       {{config}}{_EXTRA.values}
+FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+            $10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[]{_EXTRA.arrays})
+     AS t(seq, id, client_message_id, role, content, name, tool_call_id, tool_calls, token_count,
+          metadata, execution, created_at{_EXTRA.aliases}) {{join}}
+"""
+_INSERT_SOURCES_SQL = """
+INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id, title, uri, score, snippet)
+SELECT {tenant}, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
+FROM jsonb_to_recordset($3::jsonb) AS s(seq int, position int, document_id text, chunk_id text,
+                                        title text, uri text, score float8, snippet text) {join}
+"""
+_PLAIN = {"tenant": "$1, $2", "join": ""}
+_CITUS = {"tenant": "c.tenant_id, c.id", "join": "JOIN conversations c ON c.tenant_id = $1 AND c.id = $2"}
+_INSERT_MESSAGES = _INSERT_MESSAGES_SQL.format(config=text_search.TENANT_CONFIG, **_PLAIN)
+_CITUS_INSERT_MESSAGES = _INSERT_MESSAGES_SQL.format(config=f"${15 + len(_EXTRA.extra)}::regconfig", **_CITUS)
+_INSERT_SOURCES = _INSERT_SOURCES_SQL.format(**_PLAIN)
+_CITUS_INSERT_SOURCES = _INSERT_SOURCES_SQL.format(**_CITUS)
+
+
 async def insert_messages(
     conn: Connection, tenant_id: str, conversation_id: uuid.UUID, messages: list[ImportedMessage]
 ) -> None:
     """Insert with the given ids, seqs and times (the caller holds the conversation's row lock)."""
     if not messages:
         return
+    citus = on_citus()
+    config = [await text_search.tenant_config(conn, tenant_id)] if citus else []
     await conn.execute(
-        f"""
-        INSERT INTO messages (tenant_id, conversation_id, seq, id, client_message_id, role, content, name,
-                              tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_EXTRA.columns})
-        SELECT $1, $2, t.seq, t.id, t.client_message_id, t.role, t.content, t.name, t.tool_call_id,
-               t.tool_calls::jsonb, t.token_count, t.metadata::jsonb, t.execution::jsonb, t.created_at,
-               {text_search.TENANT_CONFIG}{_EXTRA.values}
-        FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                    $10::text[], $11::int[], $12::text[], $13::text[], $14::timestamptz[]{_EXTRA.arrays})
-             AS t(seq, id, client_message_id, role, content, name, tool_call_id, tool_calls, token_count,
-                  metadata, execution, created_at{_EXTRA.aliases})
-        """,
+        _CITUS_INSERT_MESSAGES if citus else _INSERT_MESSAGES,
         tenant_id,
         conversation_id,
         [m.seq for m in messages],
@@ -135,6 +155,7 @@ async def insert_messages(
         [_json(m.execution) for m in messages],
         [m.created_at for m in messages],
         *_EXTRA.columns_of(messages, lambda m, name: m.extra.get(name)),
+        *config,
     )
     sources = [
         {
@@ -152,13 +173,7 @@ async def insert_messages(
     ]
     if sources:
         await conn.execute(
-            """
-            INSERT INTO message_sources (tenant_id, conversation_id, seq, position, document_id, chunk_id,
-                                         title, uri, score, snippet)
-            SELECT $1, $2, s.seq, s.position, s.document_id, s.chunk_id, s.title, s.uri, s.score, s.snippet
-            FROM jsonb_to_recordset($3::jsonb) AS s(seq int, position int, document_id text, chunk_id text,
-                                                    title text, uri text, score float8, snippet text)
-            """,
+            _CITUS_INSERT_SOURCES if citus else _INSERT_SOURCES,
             tenant_id,
             conversation_id,
             sources,
@@ -202,11 +217,13 @@ async def insert_state(
     """Entries (key, value, version, updated_at) the conversation does not have yet; returns how many."""
     if not entries:
         return 0
+    citus = on_citus()  # the conversation joined (above, _CITUS)
     status = await conn.execute(
-        """
+        f"""
         INSERT INTO conversation_state AS s (tenant_id, conversation_id, key, value, version, updated_at)
-        SELECT $1, $2, e.key, e.value::jsonb, e.version, e.updated_at
+        SELECT {_CITUS["tenant"] if citus else "$1, $2"}, e.key, e.value::jsonb, e.version, e.updated_at
         FROM unnest($3::text[], $4::text[], $5::int[], $6::timestamptz[]) AS e(key, value, version, updated_at)
+        {_CITUS["join"] if citus else ""}
         ON CONFLICT (tenant_id, conversation_id, key) DO UPDATE
         -- Over a tombstone (a deleted key): the imported value, never a version below the tombstone's.
         SET value = EXCLUDED.value, version = GREATEST(EXCLUDED.version, s.version + 1),

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from redis.asyncio import Redis
 
-from db.session import Database, asyncpg_dsn
+from db.session import Database, asyncpg_dsn, on_citus
 from jobs.client import ActionClient
 from tests.conftest import Servers
 from tests.factories import count_rows, create_conversation
@@ -101,10 +101,17 @@ async def row_locked(servers: Servers, tenant: str, conversation_id: uuid.UUID) 
 
 async def _append_waits_on_lock(db: Database) -> bool:
     async with db.read() as conn:
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND (query LIKE '%WITH target AS%' OR query LIKE '%append_message(%')"
-        )
+        if on_citus():
+            # The lock wait is on the worker holding the shard, where the statement is the function's
+            # own UPDATE; Citus' cluster-wide view names the coordinator's statement that waits.
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM citus_lock_waits WHERE blocked_statement LIKE '%append_message(%'"
+            )
+        else:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND (query LIKE '%WITH target AS%' OR query LIKE '%append_message(%')"
+            )
     return bool(waiting)
 
 
