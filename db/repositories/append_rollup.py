@@ -1,10 +1,10 @@
 """The single append's stats_daily rollup, inside the append statement (plain Postgres only).
 
 Every write path keeps `stats_daily` by construction through the statement triggers of migration
-3b7d9e1f6a24. For the single append (the hottest write) that trigger cost ~120 µs of server time
-per statement (a transition table, a plpgsql call, a join back to the conversation, a grouped
-upsert); the same two facts upserted by a CTE of the append statement, from the rows the statement
-already has (`ins`, `bump`), cost ~80 µs (docs/benchmarks.md, "Stats rollups").
+3b7d9e1f6a24. For the single append (the hottest write) that trigger costs a transition table, a
+plpgsql call, a join back to the conversation and a grouped upsert; the same two facts upserted
+by a CTE of the append statement, from the rows the statement already has (`ins`, `bump`), save
+~30 µs of its ~100–150 µs (docs/benchmarks.md, "Stats rollups": the two-row upsert remains).
 
 Exactly once, by construction:
 
