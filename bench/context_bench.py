@@ -29,7 +29,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,12 +42,11 @@ import httpx
 from app import tokens
 from app.cache.client import HotCache
 from app.cache.options import CacheOptions
-from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
-from app.embedded.redis import start_redis
 from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages, tenants
-from db.migrate import upgrade
+from bench import harness
+from bench.docs import cpu_model, write_section
 from db.session import Database, UnitOfWork, create_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,24 +175,10 @@ def serve(port: int, database_url: str, redis_url: str, cache: bool) -> None:
 
 def start_server(port: int, pg_url: str, redis_url: str, cache: bool) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "bench.context_bench", "serve", str(port), pg_url, redis_url, "on" if cache else "off"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the server did not start")
+    return harness.start(cmd, port, "/healthz", ok_only=True)
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+stop_server = harness.stop
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -358,15 +342,7 @@ async def peer(pg_url: str, ids: dict[int, uuid.UUID], results: Results, quick: 
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()}"
 
 
 def render(r: Results, wall_s: float) -> str:
@@ -441,14 +417,8 @@ def render(r: Results, wall_s: float) -> str:
 
 
 def write_docs(section: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOCS.write_text(text)
+    # render() frames the section with the cache-bench markers; the docs writer sets them again.
+    write_section("cache-bench", section.replace(START, "").replace(END, "").strip("\n"))
 
 
 def main() -> None:
@@ -461,12 +431,9 @@ def main() -> None:
     args = parser.parse_args()
     n = 60 if args.quick else 300
     started = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="cs-ctx-bench-"))
-    pg = start_postgres(root / "pg", fsync=True)
-    rd = start_redis(root / "redis", persist=False)
     results = Results()
-    try:
-        upgrade(pg.url)
+    with harness.servers("cs-ctx-bench-") as srv:
+        pg, rd = srv.pg, srv.redis
         print("seeding 100 / 10,000 / 100,000 messages…", flush=True)
         key, ids = asyncio.run(seed(pg.url))
         answers: dict[int, Any] = {}
@@ -482,9 +449,6 @@ def main() -> None:
         asyncio.run(history_service(pg.url, rd.url, ids, results, n * 4, 2.0 if args.quick else 6.0))
         print("the peer approach (LangChain trim_messages)…", flush=True)
         asyncio.run(peer(pg.url, ids, results, args.quick))
-    finally:
-        rd.stop()
-        pg.stop()
     section = render(results, time.monotonic() - started)
     print(section)
     if args.write:

@@ -17,28 +17,34 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
-
-from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
-from app.embedded.redis import start_redis
 from app.services import tenants
+from bench import harness
 from bench.docs import cpu_model, write_section
-from db.migrate import upgrade
+
+# The server and load helpers live in the harness; these names stay importable from here
+# (bench/shapes_bench.py and others use them).
+from bench.harness import ROOT, ensure_postgraphile, lua_script, run_wrk, start, stop, wait_http
 from db.session import Database, UnitOfWork, create_pool
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_DIR = ROOT / "bench" / "postgraphile"
+__all__ = [
+    "ROOT",
+    "SESSIONS",
+    "TENANT",
+    "ensure_postgraphile",
+    "lua_script",
+    "run_wrk",
+    "seed",
+    "start",
+    "stop",
+    "wait_http",
+]
 TENANT = "bench"
 SESSIONS = 64
 
@@ -86,83 +92,6 @@ async def seed(url: str) -> tuple[str, str]:
         await db.close()
 
 
-def lua_script(path: Path, url_path: str, headers: dict[str, str], bodies: list[str]) -> Path:
-    header_lines = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items())
-    body_table = ",\n".join(json.dumps(b) for b in bodies)
-    path.write_text(
-        f"""wrk.method = "POST"
-wrk.path = {json.dumps(url_path)}
-wrk.headers["Content-Type"] = "application/json"
-{header_lines}local bodies = {{
-{body_table}
-}}
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format(nil, nil, nil, bodies[(n % #bodies) + 1])
-end
-"""
-    )
-    return path
-
-
-def run_wrk(script: Path, port: int, seconds: int, connections: int) -> tuple[float, float, float, int]:
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-    def ms(label: str) -> float:
-        m = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not m:
-            return float("nan")
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if socket_errors:
-        errors += sum(int(x) for x in socket_errors.groups())
-    return rps, ms("50%"), ms("99%"), errors
-
-
-def wait_http(port: int, path: str = "/", timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
-def start(cmd: list[str], port: int, path: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    wait_http(port, path)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def ensure_postgraphile() -> Path | None:
-    binary = PG_DIR / "node_modules" / ".bin" / "postgraphile"
-    if not binary.exists():
-        if not shutil.which("npm"):
-            return None
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PG_DIR, check=True)
-    return binary
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
@@ -173,12 +102,9 @@ def main() -> None:
     if not shutil.which("wrk"):
         sys.exit("wrk is needed: apt-get install wrk")
 
-    root = Path(tempfile.mkdtemp(prefix="cs-gql-bench-"))
-    pg = start_postgres(root / "pg", fsync=True)
-    rd = start_redis(root / "redis", persist=False)
     results: list[Result] = []
-    try:
-        upgrade(pg.url)
+    with harness.servers("cs-gql-bench-") as srv:
+        root, pg, rd = srv.root, srv.pg, srv.redis
         key, cid = asyncio.run(seed(pg.url))
         doc_last = (ROOT / "graphql" / "AgentLastMessages.graphql").read_text()
         doc_add = (ROOT / "graphql" / "ServiceAddMessage.graphql").read_text()
@@ -270,10 +196,6 @@ def main() -> None:
                     )
             finally:
                 stop(proc)
-    finally:
-        rd.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
     table = render(results)
     print()
     print(table)

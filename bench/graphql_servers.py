@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import uvicorn
 from starlette.applications import Starlette
@@ -139,23 +138,14 @@ def start_ours(
     port: int, database_url: str, redis_url: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """The real app in its own uvicorn process (its RSS and CPU are its own), once it answers."""
-    root = Path(__file__).resolve().parent.parent
-    server = subprocess.Popen(
+    from bench.harness import start
+
+    return start(
         [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), database_url, redis_url],
-        env=env,
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        port,
+        "/healthz",
+        env,
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the API server did not start within 30 s")
 
 
 def main() -> None:

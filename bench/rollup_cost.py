@@ -3,23 +3,33 @@ stats_daily triggers enabled vs disabled, interleaved rounds, durable Postgres (
 
     .venv/bin/python -m bench.rollup_cost              # 1 and 8 writers, single and batch-of-10 appends
     .venv/bin/python -m bench.rollup_cost --seconds 2  # shorter
+    .venv/bin/python -m bench.rollup_cost --statement  # server time of one append statement, by form
 
 Each writer appends to its own conversation. Rounds alternate on/off (on off, off on, ...) after a
 CHECKPOINT so machine drift hits both alike; the triggers are toggled between rounds.
+
+`--statement` times the single append statement itself with EXPLAIN (ANALYZE, TIMING OFF), in
+alternating blocks of 50 per form: the statement before the in-statement rollup with the trigger
+doing it ("trigger"), today's statement that upserts its own rollup while the trigger skips it
+("in-statement"), and the old statement with the trigger disabled ("none", the floor).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
+import statistics
 import tempfile
+import uuid
 from pathlib import Path
 
 import asyncpg
 
 from app.models import ConversationRef, Role
 from app.services import messages
+from bench.harness import alternating
 from bench.run import (
     TENANT,
     TEXTS,
@@ -34,6 +44,8 @@ from bench.run import (
     pool_pids,
 )
 from db.migrate import upgrade
+from db.repositories import append_rollup
+from db.repositories import messages as messages_repo
 from db.session import Database, asyncpg_dsn, create_pool
 
 # What an append fires (the conversation row trigger's WHEN never matches a counter bump).
@@ -108,10 +120,62 @@ async def run(url: str, postmaster: int | None, seconds: float, rounds: int) -> 
     return lines
 
 
+async def statement_cost(url: str, blocks: int) -> list[str]:
+    """Server time of one single-append statement per form (EXPLAIN ANALYZE, alternating blocks)."""
+    now = messages_repo._APPEND_BY_ID_PLAIN
+    before = now.replace(append_rollup.MARK, "").replace(append_rollup.ROLLUP, "").replace("bump b, mark", "bump b")
+    forms = {"trigger": (before, True), "in-statement": (now, True), "none": (before, False)}
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("INSERT INTO tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING", TENANT)
+        cid = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO conversations (tenant_id, id, session_id, agent_id) VALUES ($1, $2, $3, 'a')",
+            TENANT,
+            cid,
+            f"stmt-{cid}",
+        )
+        timings: dict[str, list[float]] = {name: [] for name in forms}
+        n = 0
+        for _, name in alternating(list(forms), blocks):
+            sql, trigger = forms[name]
+            await toggle(url, trigger)
+            explain = await conn.prepare("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql)
+            for _ in range(50):
+                n += 1
+                args = [TENANT, cid, f"stmt-{n}", None, "user", TEXTS[n % len(TEXTS)], None, 12]
+                async with conn.transaction():
+                    plan = json.loads(await explain.fetchval(*args, None, None, "{}", None, None, None))
+                timings[name].append(plan[0]["Execution Time"] * 1000)
+        await toggle(url, True)
+        brute = await conn.fetchval("SELECT sum(messages) FROM stats_daily WHERE tenant_id = $1 AND role <> ''", TENANT)
+        rolled = sum(len(timings[name]) for name, (_, trigger) in forms.items() if trigger)
+        assert brute == rolled, f"stats_daily counts {brute} messages, {rolled} were rolled up"
+    finally:
+        await conn.close()
+    lines = [
+        "| form | statements | p25 µs | median µs | mean µs | over none (median) |",
+        "|---|--:|--:|--:|--:|--:|",
+    ]
+    floor = statistics.median(timings["none"])
+    for name, values in timings.items():
+        q = sorted(values)
+        median = statistics.median(q)
+        row = (
+            f"| {name} | {len(q)} | {q[len(q) // 4]:,.0f} | {median:,.0f} | {statistics.mean(q):,.0f} "
+            f"| {median - floor:+,.0f} |"
+        )
+        log(row)
+        lines.append(row)
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seconds", type=float, default=4.0, help="measured seconds per form and case (default 4)")
     p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--statement", action="store_true", help="time the single append statement by form instead")
+    p.add_argument("--blocks", type=int, default=20, help="--statement: blocks of 50 statements per form")
     args = p.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rollup-cost-"))
     from app.embedded.postgres import start_postgres
@@ -119,7 +183,10 @@ def main() -> None:
     server = start_postgres(workdir / "pgdata", fsync=True, dbname="bench")
     try:
         upgrade(server.url)
-        lines = asyncio.run(run(server.url, server.pid, args.seconds, args.rounds))
+        if args.statement:
+            lines = asyncio.run(statement_cost(server.url, args.blocks))
+        else:
+            lines = asyncio.run(run(server.url, server.pid, args.seconds, args.rounds))
         print("\n".join(lines))
     finally:
         server.stop()

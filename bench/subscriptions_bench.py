@@ -14,8 +14,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import tempfile
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,14 +24,11 @@ import orjson
 import websockets
 from redis.asyncio import Redis
 
-from app.embedded.postgres import start_postgres
 from app.embedded.process import free_port
-from app.embedded.redis import start_redis
 from app.services import tenants
+from bench import harness
 from bench.docs import cpu_model, write_section
-from bench.graphql_servers import start_ours
 from bench.harness import rss_kib
-from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,28 +197,21 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="cs-sub-bench-"))
-    pg = start_postgres(root / "pg", fsync=True)
-    rd = start_redis(root / "redis", persist=False)
     port = free_port()
-    server = None
-    try:
-        upgrade(pg.url)
+    with harness.servers("cs-sub-bench-") as srv:
+        pg, rd = srv.pg, srv.redis
         key = asyncio.run(make_key(pg.url))
         env = {**os.environ, "SUBSCRIBER_QUEUE_SIZE": "1000", "MAX_SUBSCRIPTIONS_PER_CONNECTION": "100"}
-        server = start_ours(port, pg.url, rd.url, env)
-        result = asyncio.run(ours(args, f"ws://127.0.0.1:{port}/graphql", f"http://127.0.0.1:{port}", key, server.pid))
-        server.terminate()
-        server.wait(10)
-        server = None
+        cmd = [sys.executable, "-m", "bench.graphql_servers", "ours", str(port), pg.url, rd.url]
+        server = harness.start(cmd, port, "/healthz", env)
+        try:
+            result = asyncio.run(
+                ours(args, f"ws://127.0.0.1:{port}/graphql", f"http://127.0.0.1:{port}", key, server.pid)
+            )
+        finally:
+            harness.stop(server)
         raw_one = asyncio.run(raw_redis(args, rd.url, 1))
         raw = asyncio.run(raw_redis(args, rd.url, args.conversations))
-    finally:
-        if server is not None:
-            server.kill()
-        rd.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
     table = "\n".join(
         [
             "| path | load | p50 ms | p99 ms | notes |",

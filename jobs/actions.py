@@ -34,7 +34,7 @@ from redis.exceptions import ResponseError
 from app import tracing
 from app.errors import BadUserInput, DomainError, ErrorCode, Unauthenticated
 from app.logs import LOG_CONTEXT
-from app.models import AppendResult, ConversationDefaults, ConversationRef, Role
+from app.models import ConversationDefaults, ConversationRef, Role
 from app.services import actions as act
 from app.services import admin, conversations, crm, messages, windows
 from app.services import state as state_service
@@ -102,14 +102,7 @@ async def save_message(
         **messages.extra_of(d),
     )
     defaults = ConversationDefaults(user_id=d.user_id, agent_id=d.agent_id, channel=d.channel)
-
-    async def work(uow: UnitOfWork) -> AppendResult:
-        # The log binds the action_id to this payload; a replay then finds its message by
-        # clientMessageId (the message is the answer, so the log keeps none).
-        await act.claim(uow, env)
-        return await messages.append(uow, env.tenant_id, target, message, defaults=defaults, limits=st.limits)
-
-    result = await st.db.run(work)
+    result = await act.save_message(st.db, env, target, message, defaults=defaults, limits=st.limits)
     return {"message": act.message_json(result.message), "created": result.created}
 
 
@@ -167,15 +160,8 @@ async def update_state(
 ) -> dict[str, Any]:
 
     async def work(uow: UnitOfWork) -> dict[str, Any]:
-        conversation = await conversations.get(uow.conn, env.tenant_id, target)
-        entry = await state_service.set_(
-            uow,
-            env.tenant_id,
-            conversation.id,
-            d.key,
-            d.value,
-            expected_version=d.expected_version,
-            limits=st.limits,
+        entry = await state_service.set_by_ref(
+            uow, env.tenant_id, target, d.key, d.value, expected_version=d.expected_version, limits=st.limits
         )
         return {"state": act.state_json(entry)}
 
@@ -196,8 +182,7 @@ async def session_closed(
 async def sync_crm(st: WorkerState, env: Envelope, d: act.SyncCrmData, target: ConversationRef) -> dict[str, Any]:
 
     async def work(uow: UnitOfWork) -> dict[str, Any]:
-        conversation = await conversations.get(uow.conn, env.tenant_id, target)
-        record = await crm.request_sync(uow, env.tenant_id, conversation.id, st.crm)
+        record = await crm.request_sync_by_ref(uow, env.tenant_id, target, st.crm)
         return {"crm_sync": act.crm_sync_json(record)}
 
     return await act.run_once(st.db, env, work)

@@ -20,9 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from app import codec
 from app.errors import BadUserInput, DomainError, IdempotencyKeyReused, NotFound, RetryTransaction
-from app.models import Conversation, ConversationRef, Message, NewMessage, Source, StateEntry
+from app.models import (
+    AppendResult,
+    Conversation,
+    ConversationDefaults,
+    ConversationRef,
+    Message,
+    NewMessage,
+    Source,
+    StateEntry,
+)
 from app.services import limits as check
-from app.services import tenants
+from app.services import messages, tenants
 from app.services.crm import CrmSyncRecord
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import actions as repo
@@ -461,3 +470,23 @@ async def run_once(
         if answer is not None:
             return answer
         raise
+
+
+async def save_message(
+    db: Database,
+    env: Envelope,
+    target: ConversationRef,
+    message: NewMessage,
+    *,
+    defaults: ConversationDefaults,
+    limits: Limits = DEFAULT_LIMITS,
+) -> AppendResult:
+    """The save_message action: one append, once per action_id. The log binds the action_id to
+    this payload; a replay then finds its message by clientMessageId (= the action_id), so the
+    log keeps no answer: the message is the answer."""
+
+    async def work(uow: UnitOfWork) -> AppendResult:
+        await claim(uow, env)
+        return await messages.append(uow, env.tenant_id, target, message, defaults=defaults, limits=limits)
+
+    return await db.run(work)

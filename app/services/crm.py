@@ -36,7 +36,7 @@ from app.cache import profiles
 from app.cache.keys import profile_key
 from app.cache.scan import StoreConnection as Redis
 from app.errors import BadUserInput, NotFound
-from app.models import Conversation, Message
+from app.models import Conversation, ConversationRef, Message
 from app.services import context
 from app.services.context import ContextWindow
 from app.settings import Settings
@@ -218,9 +218,19 @@ async def request_sync(
 ) -> CrmSyncRecord:
     """`syncCrm`: deliver the conversation now. A delivery already pending is returned as is (it
     sends the conversation as it is when it goes out). BAD_USER_INPUT without a webhook."""
+    return await request_sync_by_ref(uow, tenant_id, ConversationRef(id=conversation_id), options)
+
+
+async def request_sync_by_ref(
+    uow: UnitOfWork, tenant_id: str, target: ConversationRef, options: CrmOptions | None = None
+) -> CrmSyncRecord:
+    """`request_sync` on a conversation named by id or sessionId (the sync_crm action): one use
+    case, so the edge makes one call and the lookup shares the delivery's transaction."""
     conn = await uow.begin()
-    if await conversation_repo.get(conn, tenant_id, id=conversation_id) is None:
-        raise NotFound("conversation not found", conversationId=str(conversation_id))
+    conversation = await conversation_repo.get(conn, tenant_id, id=target.id, session_id=target.session_id)
+    if conversation is None:
+        raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
+    conversation_id = conversation.id
     config = await tenant_config(conn, tenant_id, options or CrmOptions())
     if config.webhook_url is None:
         raise BadUserInput("this tenant has no CRM webhook (tenant setting crm_webhook_url)", field="conversationId")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from app.errors import BadUserInput, Conflict, NotFound
-from app.models import DomainEvent, EventType, StateEntry
+from app.models import ConversationRef, DomainEvent, EventType, StateEntry
 from app.services import limits as check
 from app.services.limits import DEFAULT_LIMITS, Limits
 from db.repositories import conversations as conversation_repo
@@ -108,6 +108,25 @@ async def set_(
         expectedVersion=expected_version,
         currentVersion=current.version if current else 0,
     )
+
+
+async def set_by_ref(
+    uow: UnitOfWork,
+    tenant_id: str,
+    target: ConversationRef,
+    key: str,
+    value: Any,
+    *,
+    expected_version: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> StateEntry:
+    """`set_` on a conversation named by id or sessionId (the update_state action): one use case,
+    so the edge makes one call and the lookup shares the write's transaction."""
+    conn = await uow.begin()
+    conversation = await conversation_repo.get(conn, tenant_id, id=target.id, session_id=target.session_id)
+    if conversation is None:
+        raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
+    return await set_(uow, tenant_id, conversation.id, key, value, expected_version=expected_version, limits=limits)
 
 
 async def delete(

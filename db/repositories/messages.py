@@ -5,7 +5,8 @@ The single append is ONE statement, a call of the append_message() function
 key, bumps the conversation's seq and counters (locking its row, which
 serialises appends per conversation), inserts the message and its sources. A
 durable write then costs one round trip and one commit; on Citus the call is
-delegated whole to the worker holding the tenant's shard group.
+delegated whole to the worker holding the tenant's shard group. On plain Postgres
+the statement also upserts its stats_daily rollup (db/repositories/append_rollup.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from app.models import ConversationFilter, Message, NewMessage, Source
-from db.repositories import records, text_search
+from db.repositories import append_rollup, records, text_search
 from db.repositories.conversations import filtered
 from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
@@ -49,7 +50,7 @@ _MANY = records.UnnestExtras(_NEW_EXTRA, first_param=15)
 
 _APPEND_TEMPLATE = f"""
 WITH target AS ({{target}}),
-prior AS (
+{append_rollup.MARK}prior AS (
     SELECT seq FROM messages
     WHERE tenant_id = $1 AND conversation_id = (SELECT id FROM target) AND client_message_id = $3
 ),
@@ -76,10 +77,10 @@ ins AS (
                           tool_call_id, tool_calls, token_count, metadata, execution, created_at, search_config{_APPEND_EXTRA_COLUMNS})
     SELECT $1, b.id, b.last_seq, COALESCE($4::uuid, gen_random_uuid()), $3, $5, $6, $7, $9, $10, $8, $11, $12,
            b.last_message_at, {text_search.TENANT_CONFIG}{_APPEND_EXTRA_PARAMS}
-    FROM bump b
+    FROM bump b, mark
     RETURNING {MESSAGE_COLUMNS}
 ),
-{{sources}}SELECT {prefixed(MESSAGE_COLUMNS, "i")},
+{append_rollup.ROLLUP}{{sources}}SELECT {prefixed(MESSAGE_COLUMNS, "i")},
        b.session_id, b.user_id, b.agent_id, b.channel, b.title, b.status, b.tags,
        b.metadata AS conversation_metadata, b.created_at AS conversation_created_at, b.updated_at,
        b.last_message_at, b.last_activity_at, b.closed_at, b.close_reason, b.message_count,

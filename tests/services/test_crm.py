@@ -207,6 +207,21 @@ async def test_sync_requests(db: Database, tenant: str, other_tenant: str) -> No
     assert await count_rows(db, "crm_outbox", tenant) == 1
 
 
+async def test_sync_request_by_session_id_is_one_call(db: Database, tenant: str, other_tenant: str) -> None:
+    """The sync_crm action's use case: the conversation named by sessionId, looked up and synced
+    in one service call; an unknown or foreign sessionId is NOT_FOUND and writes nothing."""
+    c = await create_conversation(db, tenant, session_id="s-crm-ref")
+    await _configure(db, tenant, {"crm_webhook_url": "http://127.0.0.1:9/hook", "crm_webhook_secret": SECRET})
+    with pytest.raises(NotFound):
+        await db.run(lambda uow: crm.request_sync_by_ref(uow, tenant, ConversationRef(session_id="nope")))
+    with pytest.raises(NotFound):
+        await db.run(lambda uow: crm.request_sync_by_ref(uow, other_tenant, ConversationRef(session_id="s-crm-ref")))
+    assert await count_rows(db, "crm_outbox", tenant) == 0
+    record = await db.run(lambda uow: crm.request_sync_by_ref(uow, tenant, ConversationRef(session_id="s-crm-ref")))
+    assert record.conversation_id == c.id and record.trigger == "manual"
+    assert await count_rows(db, "crm_outbox", tenant) == 1
+
+
 async def test_customer_profiles_are_fetched_signed_and_cached(db: Database, redis: Redis, tenant: str) -> None:
     with FakeCrm(SECRET, profiles={"u/1": {"name": "Grace"}}) as fake:
         await _configure(db, tenant, fake.tenant_settings())

@@ -5,6 +5,7 @@ import uuid
 import pytest
 
 from app.errors import BadUserInput, Conflict, NotFound, PayloadTooLarge
+from app.models import ConversationRef
 from app.services import state
 from db.session import Database
 from tests.factories import count_rows, create_conversation
@@ -51,3 +52,21 @@ async def test_state_is_tenant_scoped_and_validated(db: Database, tenant: str, o
     with pytest.raises(PayloadTooLarge):
         await db.run(lambda uow: state.set_(uow, tenant, conv.id, "k", "x" * 300_000))
     assert await count_rows(db, "conversation_state", tenant) == 0
+
+
+async def test_set_by_ref_names_the_conversation_by_session_id(db: Database, tenant: str, other_tenant: str) -> None:
+    """The update_state action's use case in one service call: lookup and write in one
+    transaction; an unknown or foreign sessionId is NOT_FOUND and writes nothing."""
+    conv = await create_conversation(db, tenant, session_id="s-state-ref")
+    ref = ConversationRef(session_id="s-state-ref")
+    with pytest.raises(NotFound):
+        await db.run(lambda uow: state.set_by_ref(uow, other_tenant, ref, "k", 1))
+    with pytest.raises(NotFound):
+        await db.run(lambda uow: state.set_by_ref(uow, tenant, ConversationRef(session_id="nope"), "k", 1))
+    assert await count_rows(db, "conversation_state", tenant) == 0
+    first = await db.run(lambda uow: state.set_by_ref(uow, tenant, ref, "k", {"n": 1}, expected_version=0))
+    assert first.version == 1
+    with pytest.raises(Conflict):
+        await db.run(lambda uow: state.set_by_ref(uow, tenant, ref, "k", 2, expected_version=0))
+    by_id = await db.run(lambda uow: state.set_by_ref(uow, tenant, ConversationRef(id=conv.id), "k", 3))
+    assert by_id.version == 2 and by_id.value == 3

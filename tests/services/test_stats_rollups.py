@@ -8,11 +8,13 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from app.errors import ConversationClosed
 from app.models import Conversation, ConversationRef, Role
 from app.services import conversations, messages, stats, transfer
 from db.repositories import stats as stats_repo
-from db.session import Database
+from db.session import Database, UnitOfWork, on_citus
 from tests.factories import create_conversation
 
 
@@ -144,6 +146,47 @@ async def test_rollups_follow_appends_closes_imports_moves_and_deletions(db: Dat
     await _assert_rollups_equal_brute_force(db, tenant)
     await _batch(db, tenant, convs[0].id, rng)
     await _assert_rollups_equal_brute_force(db, tenant)
+
+
+async def test_single_append_rolls_itself_up_and_later_statements_still_fire(db: Database, tenant: str) -> None:
+    """The plain single append upserts its own rollup (the trigger skips that one statement);
+    appends, batches and a sessionId-created conversation in ONE transaction are each counted
+    exactly once: the skip marker never leaks into a later statement."""
+    conv = await create_conversation(db, tenant, agent_id="a1")
+    other = await create_conversation(db, tenant, agent_id="a2")
+
+    def msg(role: Role, content: str) -> Any:
+        return messages.new_message(role=role, content=content)
+
+    async def mixed(uow: UnitOfWork) -> None:
+        ref = ConversationRef(id=conv.id)
+        await messages.append(uow, tenant, ref, msg(Role.USER, "one two three"))
+        await messages.append_batch(uow, tenant, ref, [msg(Role.ASSISTANT, "four"), msg(Role.USER, "five six")])
+        await messages.append(uow, tenant, ConversationRef(id=other.id), msg(Role.SYSTEM, "seven"))
+        await messages.append(uow, tenant, ConversationRef(session_id="rollup-new"), msg(Role.USER, "eight"))
+        await messages.append_batch(uow, tenant, ref, [msg(Role.ASSISTANT, "nine")])
+
+    await db.run(mixed)
+    await _assert_rollups_equal_brute_force(db, tenant)
+    if on_citus():
+        return  # the Citus append (append_message()) leaves its rollup to the shard's trigger
+    # With the trigger out of the way (the import's deferred mode skips it), a single append is
+    # still rolled up: the statement did it itself, a batch (trigger only) is not.
+
+    async def deferred(uow: UnitOfWork) -> None:
+        await (await uow.begin()).execute("SELECT set_config('conversation_service.rollups', 'deferred', true)")
+        await messages.append(uow, tenant, ConversationRef(id=conv.id), msg(Role.USER, "ten eleven"))
+
+    await db.run(deferred)
+    await _assert_rollups_equal_brute_force(db, tenant)
+    with pytest.raises(AssertionError):
+
+        async def batch_deferred(uow: UnitOfWork) -> None:
+            await (await uow.begin()).execute("SELECT set_config('conversation_service.rollups', 'deferred', true)")
+            await messages.append_batch(uow, tenant, ConversationRef(id=conv.id), [msg(Role.USER, "twelve")])
+
+        await db.run(batch_deferred)
+        await _assert_rollups_equal_brute_force(db, tenant)
 
 
 async def test_stats_over_unaligned_ranges_equal_exact_counts(db: Database, tenant: str) -> None:
