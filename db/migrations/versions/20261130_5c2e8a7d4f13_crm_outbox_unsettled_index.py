@@ -1,7 +1,7 @@
 """crm_outbox: a partial index of the deliveries not yet delivered (the worker's metrics sample)
 
 Revision ID: 5c2e8a7d4f13
-Revises: 9e4b7c2d1f60
+Revises: 5c1d7e9a3b42
 Create Date: 2026-11-30 16:00:00.000000
 
 The worker samples the outbox's backlog every WORKER_METRICS_INTERVAL_S. Counting by state over the
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5c2e8a7d4f13"
-down_revision: str | None = "9e4b7c2d1f60"
+down_revision: str | None = "5c1d7e9a3b42"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
