@@ -48,7 +48,8 @@ _SOURCE_COLUMNS = ("conversation_id", "seq", "position", "document_id", "chunk_i
 
 def _json(value: Any) -> str | None:
     if not value:
-        return None if value is None else json.dumps(value)  # {} and [] are most messages' metadata
+        # {} and [] are most messages' metadata: no encoder call (~1 µs per message each)
+        return None if value is None else "{}" if isinstance(value, dict) else json.dumps(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
