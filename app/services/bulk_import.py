@@ -20,14 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.errors import RetryTransaction
-from app.models import Conversation, DomainEvent, EventType, Status
+from app.models import Conversation, DomainEvent, EventType, Message, Status
 from app.services import limits as check
-from app.services import transfer
+from app.services import messages, transfer
 from app.services.limits import DEFAULT_LIMITS, Limits
 from app.services.transfer import ConversationLine, ImportResult
 from db.repositories import bulk_import as repo
 from db.repositories.transfer import ImportedMessage
-from db.session import UnitOfWork
+from db.session import Connection, UnitOfWork
 
 
 @dataclass(slots=True)
@@ -61,6 +61,22 @@ def _new_row(p: _Planned, wanted: uuid.UUID, now: datetime) -> dict[str, Any]:
         "closed_at": closed_at.isoformat() if closed_at is not None else None,
         "close_reason": c.close_reason if closed else None,
     }
+
+
+async def _check_reused_keys(
+    conn: Connection, tenant_id: str, reused: dict[uuid.UUID, list[transfer.MessageRecord]]
+) -> None:
+    """transfer.check_reused_keys for the whole batch: the originals in two statements (not two per
+    conversation: a re-run reuses every key), compared in line order as one line after another would."""
+    pairs = [(c, m.client_message_id) for c, lines in reused.items() for m in lines if m.client_message_id is not None]
+    if not pairs:
+        return
+    stored = await messages.with_sources(conn, tenant_id, await repo.stored_by_client_ids(conn, tenant_id, pairs))
+    originals: dict[uuid.UUID, dict[str | None, Message]] = {}
+    for m in stored:
+        originals.setdefault(m.conversation_id, {})[m.client_message_id] = m
+    for conversation_id, lines in reused.items():
+        transfer.check_replays(lines, originals.get(conversation_id, {}))
 
 
 async def import_batch(
@@ -97,14 +113,18 @@ async def import_batch(
 
     # Only conversations that were there can hold messages already.
     keys = await repo.message_keys(conn, tenant_id, [c.id for c in existing.values()])
-    for p in planned:
+    ordered = [transfer.ordered_messages(p.line) for p in planned]
+    reused: dict[uuid.UUID, list[transfer.MessageRecord]] = {}  # in line order
+    for p, in_order in zip(planned, ordered, strict=True):
+        assert p.conversation is not None
+        client_ids, _ = keys.get(p.conversation.id, (set(), set()))
+        if client_ids:
+            reused[p.conversation.id] = [m for m in in_order if m.client_message_id in client_ids]
+    await _check_reused_keys(conn, tenant_id, reused)
+    for p, in_order in zip(planned, ordered, strict=True):
         assert p.conversation is not None
         client_ids, ids = keys.get(p.conversation.id, (set(), set()))
-        ordered = transfer.ordered_messages(p.line)
-        if client_ids:
-            reused = [m for m in ordered if m.client_message_id in client_ids]
-            await transfer.check_reused_keys(conn, tenant_id, p.conversation.id, reused)
-        p.new, p.skipped, p.last_at = transfer.plan_messages(p.conversation, ordered, client_ids, ids, now)
+        p.new, p.skipped, p.last_at = transfer.plan_messages(p.conversation, in_order, client_ids, ids, now)
 
     batch = [(p.conversation.id, p.new) for p in planned if p.new and p.conversation is not None]
     if batch:

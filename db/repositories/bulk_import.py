@@ -12,9 +12,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from app.models import Conversation, NewMessage
+from app.models import Conversation, Message, NewMessage
 from db.repositories import records, text_search
-from db.repositories.records import CONVERSATION_COLUMNS
+from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS
 from db.repositories.transfer import ImportedMessage
 from db.session import Connection
 
@@ -120,6 +120,24 @@ async def message_keys(
         if r["client_message_id"] is not None:
             client_ids.add(r["client_message_id"])
     return keys
+
+
+async def stored_by_client_ids(conn: Connection, tenant_id: str, keys: list[tuple[uuid.UUID, str]]) -> list[Message]:
+    """The stored messages of (conversation, clientMessageId) pairs, the whole batch's in one
+    statement (a re-run checks every message: per conversation it was two round trips each)."""
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM messages
+        WHERE tenant_id = $1
+          AND (conversation_id, client_message_id) IN (SELECT * FROM unnest($2::uuid[], $3::text[]))
+        """,
+        tenant_id,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return [records.message(r) for r in rows]
 
 
 async def insert_messages(
