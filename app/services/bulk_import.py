@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from app.errors import RetryTransaction
 from app.models import Conversation, DomainEvent, EventType, Message, Status
 from app.services import limits as check
@@ -129,8 +131,12 @@ async def import_batch(
     batch = [(p.conversation.id, p.new) for p in planned if p.new and p.conversation is not None]
     if batch:
         wanted_count = sum(len(new) for _, new in batch)
-        if await repo.insert_messages(conn, tenant_id, batch) != wanted_count:
-            raise RetryTransaction  # a writer slipped in (it cannot while we hold the rows): read again
+        try:
+            inserted_count = await repo.insert_messages(conn, tenant_id, batch)
+        except asyncpg.UniqueViolationError as exc:
+            raise RetryTransaction from exc  # a writer slipped in (it cannot while we hold the rows): read again
+        if inserted_count != wanted_count:
+            raise RetryTransaction
         moved = await repo.advance(
             conn,
             tenant_id,
