@@ -39,7 +39,8 @@ def _many(n: int, per: int, prefix: str = "bulk") -> list[dict[str, Any]]:
                     "role": "user" if i % 2 == 0 else "assistant",
                     "content": f"message {i} of {c}",
                     "client_message_id": f"{c}-{i}",
-                    "created_at": f"2026-03-0{1 + c % 5}T10:{i:02d}:00+00:00",
+                    # Over several days (raised to the previous one where earlier): rollups by day and role.
+                    "created_at": f"2026-03-0{1 + (c + i // 2) % 5}T10:{i:02d}:00+00:00",
                     "sources": [{"document_id": f"d{i}", "score": 0.5}] if i % 3 == 0 else [],
                 }
                 for i in range(per)
