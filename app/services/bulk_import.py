@@ -92,7 +92,7 @@ async def import_batch(
     conn = await uow.begin()
     # The rollups are upserted set-based as the last statement (repo.rollup_batch), not by the insert
     # triggers at the first: concurrent batches of one tenant then wait for a commit, not a batch.
-    await repo.defer_rollups(conn)
+    deferred = await repo.defer_rollups(conn)
     now = datetime.now(UTC)
 
     existing = {c.session_id: c for c in await repo.lock_by_session(conn, tenant_id, [p.session_id for p in planned])}
@@ -158,7 +158,8 @@ async def import_batch(
         for s in p.line.state
     ]
     state_added = await repo.insert_state(conn, tenant_id, state)
-    await repo.rollup_batch(conn, tenant_id, [p.conversation.id for p in planned if p.created and p.conversation])
+    if deferred:
+        await repo.rollup_batch(conn, tenant_id, [p.conversation.id for p in planned if p.created and p.conversation])
 
     results = []
     for p in planned:

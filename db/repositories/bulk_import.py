@@ -16,7 +16,7 @@ from app.models import Conversation, Message, NewMessage
 from db.repositories import records, text_search
 from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS
 from db.repositories.transfer import ImportedMessage
-from db.session import Connection
+from db.session import Connection, on_citus
 
 # Temporary tables live per connection; ON COMMIT DELETE ROWS empties them at every commit (and a
 # rollback drops what the transaction put there), so a pooled connection never carries rows over.
@@ -267,10 +267,14 @@ async def insert_state(
     return added
 
 
-async def defer_rollups(conn: Connection) -> None:
+async def defer_rollups(conn: Connection) -> bool:
     """This transaction's inserts skip the stats_daily insert triggers (migration a0728077a12e);
-    `rollup_batch` must then run before the commit."""
+    `rollup_batch` must then run before the commit. Not on Citus (False): the setting stays on the
+    coordinator while the triggers fire on the workers' shards, which would count the batch twice."""
+    if on_citus():
+        return False
     await conn.execute("SELECT set_config('conversation_service.rollups', 'deferred', true)")
+    return True
 
 
 # The facts of migration 3b7d9e1f6a24's stats_daily_conversations_ins and stats_daily_messages_ins

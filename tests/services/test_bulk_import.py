@@ -189,3 +189,17 @@ async def test_cli_with_concurrent_batches_resumes_a_stopped_run_and_names_a_ref
     assert "imported 12 conversations (0 new) into 1 tenants: 0 messages added" in again.stderr, again.stderr
     assert await count_rows(db, "messages", tenant) == 12 * 3 + 1
     await _assert_rollups_equal_brute_force(db, tenant)
+
+
+def test_the_import_commands_gc_settings_last_only_while_it_runs() -> None:
+    import gc
+
+    from app.cli_data import _quiet_gc
+
+    before = gc.get_threshold()
+    with _quiet_gc():
+        # The import's many parsed lines: a collection every 100,000 allocations, start-up objects frozen.
+        assert gc.get_threshold()[0] == 100_000
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
