@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from app.errors import RetryTransaction
-from app.models import Conversation, DomainEvent, EventType, Status
+from app.models import Conversation, DomainEvent, EventType, Message, Status
 from app.services import limits as check
-from app.services import transfer
+from app.services import messages, transfer
 from app.services.limits import DEFAULT_LIMITS, Limits
 from app.services.transfer import ConversationLine, ImportResult
 from db.repositories import bulk_import as repo
 from db.repositories.transfer import ImportedMessage
-from db.session import UnitOfWork
+from db.session import Connection, UnitOfWork
 
 
 @dataclass(slots=True)
@@ -63,6 +65,22 @@ def _new_row(p: _Planned, wanted: uuid.UUID, now: datetime) -> dict[str, Any]:
     }
 
 
+async def _check_reused_keys(
+    conn: Connection, tenant_id: str, reused: dict[uuid.UUID, list[transfer.MessageRecord]]
+) -> None:
+    """transfer.check_reused_keys for the whole batch: the originals in two statements (not two per
+    conversation: a re-run reuses every key), compared in line order as one line after another would."""
+    pairs = [(c, m.client_message_id) for c, lines in reused.items() for m in lines if m.client_message_id is not None]
+    if not pairs:
+        return
+    stored = await messages.with_sources(conn, tenant_id, await repo.stored_by_client_ids(conn, tenant_id, pairs))
+    originals: dict[uuid.UUID, dict[str | None, Message]] = {}
+    for m in stored:
+        originals.setdefault(m.conversation_id, {})[m.client_message_id] = m
+    for conversation_id, lines in reused.items():
+        transfer.check_replays(lines, originals.get(conversation_id, {}))
+
+
 async def import_batch(
     uow: UnitOfWork, tenant_id: str, lines: list[ConversationLine], limits: Limits = DEFAULT_LIMITS
 ) -> list[ImportResult]:
@@ -74,7 +92,7 @@ async def import_batch(
     conn = await uow.begin()
     # The rollups are upserted set-based as the last statement (repo.rollup_batch), not by the insert
     # triggers at the first: concurrent batches of one tenant then wait for a commit, not a batch.
-    await repo.defer_rollups(conn)
+    deferred = await repo.defer_rollups(conn)
     now = datetime.now(UTC)
 
     existing = {c.session_id: c for c in await repo.lock_by_session(conn, tenant_id, [p.session_id for p in planned])}
@@ -97,20 +115,28 @@ async def import_batch(
 
     # Only conversations that were there can hold messages already.
     keys = await repo.message_keys(conn, tenant_id, [c.id for c in existing.values()])
-    for p in planned:
+    ordered = [transfer.ordered_messages(p.line) for p in planned]
+    reused: dict[uuid.UUID, list[transfer.MessageRecord]] = {}  # in line order
+    for p, in_order in zip(planned, ordered, strict=True):
+        assert p.conversation is not None
+        client_ids, _ = keys.get(p.conversation.id, (set(), set()))
+        if client_ids:
+            reused[p.conversation.id] = [m for m in in_order if m.client_message_id in client_ids]
+    await _check_reused_keys(conn, tenant_id, reused)
+    for p, in_order in zip(planned, ordered, strict=True):
         assert p.conversation is not None
         client_ids, ids = keys.get(p.conversation.id, (set(), set()))
-        ordered = transfer.ordered_messages(p.line)
-        if client_ids:
-            reused = [m for m in ordered if m.client_message_id in client_ids]
-            await transfer.check_reused_keys(conn, tenant_id, p.conversation.id, reused)
-        p.new, p.skipped, p.last_at = transfer.plan_messages(p.conversation, ordered, client_ids, ids, now)
+        p.new, p.skipped, p.last_at = transfer.plan_messages(p.conversation, in_order, client_ids, ids, now)
 
     batch = [(p.conversation.id, p.new) for p in planned if p.new and p.conversation is not None]
     if batch:
         wanted_count = sum(len(new) for _, new in batch)
-        if await repo.insert_messages(conn, tenant_id, batch) != wanted_count:
-            raise RetryTransaction  # a writer slipped in (it cannot while we hold the rows): read again
+        try:
+            inserted_count = await repo.insert_messages(conn, tenant_id, batch)
+        except asyncpg.UniqueViolationError as exc:
+            raise RetryTransaction from exc  # a writer slipped in (it cannot while we hold the rows): read again
+        if inserted_count != wanted_count:
+            raise RetryTransaction
         moved = await repo.advance(
             conn,
             tenant_id,
@@ -132,7 +158,8 @@ async def import_batch(
         for s in p.line.state
     ]
     state_added = await repo.insert_state(conn, tenant_id, state)
-    await repo.rollup_batch(conn, tenant_id, [p.conversation.id for p in planned if p.created and p.conversation])
+    if deferred:
+        await repo.rollup_batch(conn, tenant_id, [p.conversation.id for p in planned if p.created and p.conversation])
 
     results = []
     for p in planned:

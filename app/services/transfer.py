@@ -34,6 +34,7 @@ from app.models import (
     ConversationOrder,
     DomainEvent,
     EventType,
+    Message,
     NewMessage,
     Role,
     Source,
@@ -281,6 +282,12 @@ async def check_reused_keys(
         conn, tenant_id, conversation_id, [m.client_message_id for m in lines if m.client_message_id is not None]
     )
     by_key = {m.client_message_id: m for m in await messages.with_sources(conn, tenant_id, stored)}
+    check_replays(lines, by_key)
+
+
+def check_replays(lines: list[MessageRecord], by_key: dict[str | None, Message]) -> None:
+    """check_reused_keys' comparison, the stored messages (with their sources) given by clientMessageId;
+    the first line (in `lines`' order) that differs from its original is refused."""
     for m in lines:
         original = by_key.get(m.client_message_id)
         if original is None:
