@@ -40,6 +40,7 @@ from app import metrics
 from app.api.documents_cache import DocumentCache
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, EngineExecutionContext, Plan, ResolverField, _Fallback, _NoPlan
+from app.api.engine.pushdown import PushdownCompiler
 from app.api.errors import shape
 
 
@@ -237,7 +238,7 @@ class Engine:
         name = operation.name.value if operation.name else None
         try:
             if not mutation:
-                root = Compiler(executor, self.schema).compile_object(root_type, None, grouped)
+                root = PushdownCompiler(executor, self.schema).compile_object(root_type, None, grouped)
                 return OperationPlan(operation=operation, operation_name=name, root=root, fragments=fragments)
             if len(grouped) != 1:
                 return "mutation_shape"
