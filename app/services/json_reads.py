@@ -7,7 +7,8 @@ here always goes to Postgres, the truth: never stale, whatever the hot cache hol
 
 from __future__ import annotations
 
-from app.models import ConversationFilter, ConversationOrder
+from app.errors import NotFound
+from app.models import ConversationFilter, ConversationOrder, ConversationRef
 from app.services import cursors
 from app.services import limits as check
 from app.services.conversations import DEFAULT_PAGE_SIZE, validate_filter
@@ -17,25 +18,30 @@ from db.repositories import json_reads as repo
 from db.repositories.json_reads import (
     CONVERSATION_FIELDS,
     MESSAGE_FIELDS,
+    SOURCE_FIELDS,
     Column,
     Const,
     Edges,
     JsonObject,
     MessagePage,
     Node,
+    SourceList,
 )
 from db.session import Connection
 
 __all__ = [
     "CONVERSATION_FIELDS",
     "MESSAGE_FIELDS",
+    "SOURCE_FIELDS",
     "Column",
     "Const",
     "Edges",
     "JsonObject",
     "MessagePage",
     "Node",
+    "SourceList",
     "conversation_list",
+    "history",
     "message_page",
 ]
 
@@ -72,3 +78,11 @@ async def conversation_list(
     assert size is not None
     key = cursors.parse_conversation_cursor(after) if after else None
     return await repo.conversation_list(conn, tenant_id, f, order, size, key, connection)
+
+
+async def history(conn: Connection, tenant_id: str, target: ConversationRef, page: MessagePage) -> str:
+    """`history` as JSON text; NOT_FOUND as messages.history_by_ref says it."""
+    text = await repo.history(conn, tenant_id, target.id, target.session_id, page)
+    if text is None:
+        raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
+    return text

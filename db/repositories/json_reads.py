@@ -29,6 +29,7 @@ from db.session import Connection
 _NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
 CONVERSATION_FIELDS = frozenset(c.strip() for c in CONVERSATION_COLUMNS.split(","))
 MESSAGE_FIELDS = frozenset(c.strip() for c in MESSAGE_COLUMNS.split(","))
+SOURCE_FIELDS = frozenset({"document_id", "chunk_id", "title", "uri", "score", "snippet"})
 #: json_build_object takes at most 100 arguments: 50 keys.
 MAX_KEYS = 50
 
@@ -60,6 +61,13 @@ class MessagePage:
     upper_cap: int | None
     size: int
     connection: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class SourceList:
+    """`Message.sources` of the message row `m`: each source as `item`, by position."""
+
+    item: JsonObject
 
 
 @dataclass(slots=True)
@@ -133,6 +141,12 @@ class _Builder:
                 parts.append(rows[0].format(edge=self.object(value.edge, rows[1], allowed)))
             elif isinstance(value, MessagePage):
                 parts.append(self.messages(value))
+            elif isinstance(value, SourceList):
+                item = self.object(value.item, "s", SOURCE_FIELDS)
+                parts.append(
+                    f"(SELECT coalesce(json_agg({item} ORDER BY s.position), '[]'::json) FROM message_sources s "
+                    "WHERE s.tenant_id = $1 AND s.conversation_id = m.conversation_id AND s.seq = m.seq)"
+                )
             else:
                 raise ValueError(f"cannot build {value!r}")
         return f"json_build_object({', '.join(parts)})"
@@ -183,4 +197,19 @@ async def conversation_list(
     body = builder.object(connection, "", CONVERSATION_FIELDS, (rows, "c"))
     sql = f"WITH page AS MATERIALIZED ({page}) SELECT ({body})::text"
     text: str = await conn.fetchval(sql, *where.args)
+    return text
+
+
+async def history(
+    conn: Connection, tenant_id: str, id: uuid.UUID | None, session_id: str | None, page: MessagePage
+) -> str | None:
+    """`history` as JSON text, or None when the tenant has no such conversation."""
+    where = Where(tenant_id, "c")
+    if id is not None:
+        where.add("{a}id = {p}::uuid", id)
+    else:
+        where.add("{a}session_id = {p}::text", session_id)
+    body = _Builder(where).messages(page)
+    sql = f"SELECT ({body})::text FROM conversations c WHERE {where.sql}"
+    text: str | None = await conn.fetchval(sql, *where.args)
     return text

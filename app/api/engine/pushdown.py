@@ -26,6 +26,7 @@ from graphql import (
     GraphQLBoolean,
     GraphQLEnumType,
     GraphQLField,
+    GraphQLFloat,
     GraphQLID,
     GraphQLInt,
     GraphQLList,
@@ -38,8 +39,8 @@ from graphql import (
 from app import models
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, ResolverField, _NoPlan
-from app.services import json_reads
-from app.services.json_reads import Column, Const, Edges, JsonObject, Node
+from app.services import conversations, json_reads
+from app.services.json_reads import Column, Const, Edges, JsonObject, Node, SourceList
 from app.services.messages import HistoryArgs
 
 _CONVERSATION_COLUMNS = json_reads.CONVERSATION_FIELDS
@@ -65,7 +66,7 @@ def _column(field: GraphQLField, attribute: str) -> Column:
             stored = value.value.value if isinstance(value.value, Enum) else value.value
             pairs.append((str(stored), name))
         return Column(attribute, "enum", tuple(pairs))
-    if inner in (GraphQLString, GraphQLID, GraphQLInt, GraphQLBoolean):
+    if inner in (GraphQLString, GraphQLID, GraphQLInt, GraphQLBoolean, GraphQLFloat):
         return Column(attribute)
     if isinstance(inner, GraphQLScalarType) and inner.name == "DateTime":
         return Column(attribute, "datetime")
@@ -89,7 +90,7 @@ class _Pushed:
 
     batch = None
 
-    def __init__(self, owner: ConversationsPushdown, arguments: dict[str, str]) -> None:
+    def __init__(self, owner: _Pushdown, arguments: dict[str, str]) -> None:
         self.owner = owner
         self.arguments = arguments  # GraphQL argument name -> the resolver's parameter name
 
@@ -101,20 +102,20 @@ def _identity(value: Any, pending: Any = None) -> Any:
     return value
 
 
-class ConversationsPushdown(ResolverField):
-    """`Query.conversations` answered by one statement."""
+class _Pushdown(ResolverField):
+    """A root field answered by one statement; subclasses compile the selection and run it."""
 
     __slots__ = ("connection", "pushed")
 
     def __init__(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> None:
         super().__init__(compiler.schema, field, adapter.nodes_of(details), _identity)
-        self.connection = compiler.connection(field, details, self._conversation)
+        self.connection = self.compile_selection(compiler, field, details)
         self.pushed = _Pushed(self, self.resolver.arguments)
         # The engine calls `resolver.call`: this statement instead of the field's resolver.
         self.resolver = cast(Any, self.pushed)
 
-    def _conversation(self, compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
-        return compiler.row(type_, details, _CONVERSATION_COLUMNS, nested=True)
+    def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
+        raise NotImplementedError
 
     def kwargs(self, variable_values: Any) -> dict[str, Any]:
         return {"root": super().kwargs(variable_values), "variables": variable_values}
@@ -123,22 +124,63 @@ class ConversationsPushdown(ResolverField):
         context = info.context
         tenant = context.tenant()  # the resolver's scope check: UNAUTHENTICATED / FORBIDDEN
         limits = context.resources.limits
-        variables = kwargs["variables"]
-        connection = _resolve(self.connection, variables, limits)
-        root = kwargs["root"]
-        filter_, order_by = root.get("filter"), root.get("order_by")
+        connection = _resolve(self.connection, kwargs["variables"], limits)
         async with context.resources.db.read() as conn:
-            text = await json_reads.conversation_list(
-                conn,
-                tenant,
-                filter_.to_model() if filter_ is not None else None,
-                first=root.get("first"),
-                after=root.get("after"),
-                order=models.ConversationOrder(order_by or models.ConversationOrder.LAST_ACTIVITY_DESC),
-                limits=limits,
-                connection=connection,
-            )
+            text = await self.read(conn, tenant, limits, kwargs["root"], connection)
         return orjson.Fragment(text)
+
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+        raise NotImplementedError
+
+
+class ConversationsPushdown(_Pushdown):
+    """`Query.conversations(filter, first, after, orderBy) { edges { node { … } } }`."""
+
+    __slots__ = ()
+
+    def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
+        return compiler.connection(field, details, _conversation_row)
+
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+        filter_, order_by = root.get("filter"), root.get("order_by")
+        return await json_reads.conversation_list(
+            conn,
+            tenant,
+            filter_.to_model() if filter_ is not None else None,
+            first=root.get("first"),
+            after=root.get("after"),
+            order=models.ConversationOrder(order_by or models.ConversationOrder.LAST_ACTIVITY_DESC),
+            limits=limits,
+            connection=connection,
+        )
+
+
+class HistoryPushdown(_Pushdown):
+    """`Query.history(conversationId | sessionId, first/last/after/before/afterSeq) { edges { node } }`."""
+
+    __slots__ = ()
+
+    def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
+        if any(a.name.value == "since" for node in self.nodes for a in node.arguments or ()):
+            raise _NoPlan("pushdown")  # since needs a lookup first
+        return compiler.connection(field, details, _message_row)
+
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+        target = conversations.ref(root.get("conversation_id"), root.get("session_id"), limits)
+        paging = {k: v for k, v in root.items() if k not in ("conversation_id", "session_id")}
+        page = json_reads.message_page(HistoryArgs(**paging), limits, connection)
+        return await json_reads.history(conn, tenant, target, page)
+
+
+def _conversation_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
+    return compiler.row(type_, details, _CONVERSATION_COLUMNS, nested=True)
+
+
+def _message_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
+    return compiler.row(type_, details, _MESSAGE_COLUMNS, nested=False)
+
+
+_ROOTS: dict[str, type[_Pushdown]] = {"conversations": ConversationsPushdown, "history": HistoryPushdown}
 
 
 def _resolve(obj: JsonObject, variables: Any, limits: Any) -> JsonObject:
@@ -162,9 +204,10 @@ class PushdownCompiler(Compiler):
 
     def resolver_field(self, object_type: GraphQLObjectType, field: GraphQLField, details: Any) -> ResolverField:
         core = self.executor.schema
-        if object_type is core.query_type and field is object_type.fields.get("conversations"):
+        pushdown = _ROOTS.get(adapter.nodes_of(details)[0].name.value) if object_type is core.query_type else None
+        if pushdown is not None:
             try:
-                return ConversationsPushdown(self, field, details)
+                return pushdown(self, field, details)
             except _NoPlan:
                 pass
         return super().resolver_field(object_type, field, details)
@@ -208,17 +251,17 @@ class PushdownCompiler(Compiler):
                 out.entries.append((key, _column(field, attribute)))
             elif nested and name == "messages" and type_.name == "Conversation":
                 target = ResolverField(self.schema, field, adapter.nodes_of(fds), _identity)
-                if "since" in {a.name.value for a in node.arguments}:
+                if "since" in {a.name.value for a in node.arguments or ()}:
                     raise _NoPlan("pushdown")
-                connection = self.connection(field, fds, self._message)
+                connection = self.connection(field, fds, _message_row)
                 out.entries.append((key, _NestedMessages(target, connection)))
+            elif name == "sources" and type_.name == "Message":
+                source_type = _named(field.type)
+                item = self.row(source_type, fds, json_reads.SOURCE_FIELDS, nested=False)
+                out.entries.append((key, SourceList(item)))
             else:
                 raise _NoPlan("pushdown")
         return out
-
-    @staticmethod
-    def _message(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
-        return compiler.row(type_, details, _MESSAGE_COLUMNS, nested=False)
 
     def _collect(self, type_: GraphQLObjectType, details: Any) -> Any:
         grouped = adapter.collect_sub(self.executor, type_, details)
