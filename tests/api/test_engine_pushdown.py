@@ -6,6 +6,7 @@ not cover must still be answered (by the level-by-level plan)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -184,3 +185,105 @@ async def test_pushdown_checks_the_scope_like_the_resolvers(
         planned, reference, _ = await _both(writer, writer_ordinary, query, variables)
         assert planned == reference
         assert planned["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+_CONVERSATION_FIELDS = [
+    "id",
+    "sessionId",
+    "userId",
+    "agentId",
+    "channel",
+    "title",
+    "status",
+    "tags",
+    "metadata",
+    "createdAt",
+    "updatedAt",
+    "lastMessageAt",
+    "closedAt",
+    "closeReason",
+    "messageCount",
+    "tokenCount",
+    "lastSeq",
+    "__typename",
+]
+_MESSAGE_FIELDS = [
+    "id",
+    "conversationId",
+    "seq",
+    "role",
+    "content",
+    "name",
+    "toolCallId",
+    "toolCalls",
+    "clientMessageId",
+    "tokenCount",
+    "metadata",
+    "createdAt",
+    "__typename",
+]
+_SOURCE_FIELDS = ["documentId", "chunkId", "title", "uri", "score", "snippet", "__typename"]
+
+
+class _Shapes:
+    """Random documents inside what the pushdown covers (aliases, fragments, nested pages with
+    every paging argument, filters, orders): each must be pushed down and equal the ordinary path."""
+
+    def __init__(self, rng: random.Random, ids: list[str], seq_cursor: str) -> None:
+        self.rng, self.ids, self.seq_cursor = rng, ids, seq_cursor
+
+    def pick(self, fields: list[str]) -> str:
+        chosen = self.rng.sample(fields, self.rng.randint(1, 5))
+        return " ".join(f"a{i}: {f}" if self.rng.random() < 0.3 else f for i, f in enumerate(chosen))
+
+    def page_args(self) -> str:
+        options = [
+            f"last: {self.rng.randint(0, 6)}",
+            f"first: {self.rng.randint(0, 6)}",
+            f"first: 2, afterSeq: {self.rng.randint(0, 5)}",
+            f'first: 2, after: "{self.seq_cursor}"',
+            f'last: 2, before: "{self.seq_cursor}"',
+            "",
+        ]
+        args = self.rng.choice(options)
+        return f"({args})" if args else ""
+
+    def message(self, sources: bool) -> str:
+        body = self.pick(_MESSAGE_FIELDS)
+        if sources and self.rng.random() < 0.5:
+            body += f" sources {{ {self.pick(_SOURCE_FIELDS)} }}"
+        return body
+
+    def document(self) -> str:
+        rng = self.rng
+        if rng.random() < 0.3:
+            target = f'conversationId: "{rng.choice(self.ids)}"' if rng.random() < 0.7 else 'sessionId: "p1"'
+            args = self.page_args().strip("()")
+            return f"{{ h: history({target}{', ' + args if args else ''}) {{ edges {{ node {{ {self.message(True)} }} }} }} }}"
+        node = self.pick(_CONVERSATION_FIELDS)
+        for i in range(rng.randint(0, 2)):
+            node += f" m{i}: messages{self.page_args()} {{ __typename edges {{ node {{ {self.message(True)} }} }} }}"
+        filters = ['{agentId: "a1"}', '{tags: ["x"]}', "{status: ACTIVE}", "{metadata: {a: 1}}", "{}"]
+        args = [f"filter: {rng.choice(filters)}", f"first: {rng.randint(0, 4)}"]
+        args.append(f"orderBy: {rng.choice(['LAST_ACTIVITY_DESC', 'CREATED_AT_DESC', 'CREATED_AT_ASC'])}")
+        if rng.random() < 0.3:
+            return f"query {{ conversations({', '.join(args)}) {{ edges {{ ...E }} }} }} fragment E on ConversationEdge {{ node {{ {node} }} }}"
+        return f"{{ conversations({', '.join(args)}) {{ edges {{ node {{ {node} }} }} }} }}"
+
+
+async def test_generated_pushdown_shapes_equal_the_ordinary_path(
+    api: Caller, ordinary: Caller, db: Database, redis: Redis
+) -> None:
+    ids = await _seed(api, db, redis)
+    cursor = (await api.data(f'{{ history(conversationId: "{ids[0]}", first: 2) {{ pageInfo {{ endCursor }} }} }}'))[
+        "history"
+    ]["pageInfo"]["endCursor"]
+    shapes = _Shapes(random.Random(7), ids, cursor)
+    answered = 0
+    for _ in range(150):
+        text = shapes.document()
+        planned, reference, pushed = await _both(api, ordinary, text, {})
+        assert planned == reference, text
+        assert "errors" in planned or pushed, text
+        answered += "errors" not in planned
+    assert answered > 120, answered
