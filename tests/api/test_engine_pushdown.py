@@ -258,8 +258,8 @@ class _Shapes:
         rng = self.rng
         if rng.random() < 0.3:
             target = f'conversationId: "{rng.choice(self.ids)}"' if rng.random() < 0.7 else 'sessionId: "p1"'
-            args = self.page_args().strip("()")
-            return f"{{ h: history({target}{', ' + args if args else ''}) {{ edges {{ node {{ {self.message(True)} }} }} }} }}"
+            paging = self.page_args().strip("()")
+            return f"{{ h: history({target}{', ' + paging if paging else ''}) {{ edges {{ node {{ {self.message(True)} }} }} }} }}"
         node = self.pick(_CONVERSATION_FIELDS)
         for i in range(rng.randint(0, 2)):
             node += f" m{i}: messages{self.page_args()} {{ __typename edges {{ node {{ {self.message(True)} }} }} }}"
