@@ -25,7 +25,9 @@ from db.repositories.json_reads import (
     JsonObject,
     MessagePage,
     Node,
+    PageValues,
     SourceList,
+    pages_of,
 )
 from db.session import Connection
 
@@ -39,26 +41,22 @@ __all__ = [
     "JsonObject",
     "MessagePage",
     "Node",
+    "PageValues",
     "SourceList",
     "conversation_list",
     "history",
-    "message_page",
+    "page_values",
+    "pages_of",
 ]
 
 
-def message_page(args: HistoryArgs, limits: Limits, connection: JsonObject) -> MessagePage:
-    """A nested `messages(...)` page, validated as history pages are (BAD_USER_INPUT); `since`
-    needs a lookup per conversation and is not pushed down (ValueError)."""
+def page_values(args: HistoryArgs, limits: Limits) -> PageValues:
+    """A `messages(...)` / `history(...)` page's values, validated as history pages are
+    (BAD_USER_INPUT); `since` needs a lookup per conversation and is not pushed down (ValueError)."""
     if args.since is not None:
         raise ValueError("since is not pushed down")
     request = args.request(limits)
-    return MessagePage(
-        forward=request.forward,
-        lower=request.lower,
-        upper_cap=request.upper_cap,
-        size=request.size,
-        connection=connection,
-    )
+    return PageValues(forward=request.forward, lower=request.lower, upper_cap=request.upper_cap, size=request.size)
 
 
 async def conversation_list(
@@ -71,18 +69,21 @@ async def conversation_list(
     order: ConversationOrder,
     limits: Limits,
     connection: JsonObject,
+    pages: list[PageValues],
 ) -> str:
     """`conversations` as JSON text (conversations.list_'s page; edges only, no counts)."""
     f = validate_filter(filter or ConversationFilter(), limits)
     size = check.page_size(first if first is not None else DEFAULT_PAGE_SIZE, limits, "first")
     assert size is not None
     key = cursors.parse_conversation_cursor(after) if after else None
-    return await repo.conversation_list(conn, tenant_id, f, order, size, key, connection)
+    return await repo.conversation_list(conn, tenant_id, f, order, size, key, connection, pages)
 
 
-async def history(conn: Connection, tenant_id: str, target: ConversationRef, page: MessagePage) -> str:
+async def history(
+    conn: Connection, tenant_id: str, target: ConversationRef, page: MessagePage, values: PageValues
+) -> str:
     """`history` as JSON text; NOT_FOUND as messages.history_by_ref says it."""
-    text = await repo.history(conn, tenant_id, target.id, target.session_id, page)
+    text = await repo.history(conn, tenant_id, target.id, target.session_id, page, values)
     if text is None:
         raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
     return text

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from app.models import ConversationFilter, ConversationOrder
-from db.repositories.conversations import _ORDER, Where, filtered
+from db.repositories.conversations import _ORDER, filtered
 from db.repositories.records import CONVERSATION_COLUMNS, MESSAGE_COLUMNS
 from db.session import Connection
 
@@ -36,7 +36,7 @@ MAX_KEYS = 50
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """A column's value: kind "plain" (text, uuid, int, bool, text[], jsonb as they are),
+    """A column's value: kind "plain" (text, uuid, int, float, bool, text[], jsonb as they are),
     "datetime" (timestamptz as isoformat) or "enum" (stored value -> GraphQL name)."""
 
     column: str
@@ -52,15 +52,30 @@ class Const:
 
 
 @dataclass(frozen=True, slots=True)
-class MessagePage:
-    """`Conversation.messages(...)`: a seq range of the conversation computed from its last_seq
-    as app.services.messages.PageRequest.bounds does; `edges` keys -> edge objects."""
+class JsonObject:
+    """Response key -> value, in the response's key order. Frozen: a selection's SQL is built
+    once and found again by the selection itself (structural equality)."""
 
+    entries: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """A page of a conversation's messages (`Conversation.messages(...)` of the row `c`, or
+    `history`), its seq range computed from c.last_seq as app.services.messages.PageRequest.bounds
+    does. Its arguments are parameters (`PageValues`, one per page in `pages_of` order);
+    `source` is the caller's handle for reading them (not part of the SQL)."""
+
+    connection: JsonObject
+    source: Any = field(default=None, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PageValues:
     forward: bool
     lower: int
     upper_cap: int | None
     size: int
-    connection: JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +85,7 @@ class SourceList:
     item: JsonObject
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Edges:
     """A connection's edge list: each edge is `edge` over one row (`node` is `Node`)."""
 
@@ -84,17 +99,29 @@ class Node:
     node: JsonObject
 
 
-@dataclass(slots=True)
-class JsonObject:
-    """Response key -> value, in the response's key order."""
-
-    entries: list[tuple[str, Any]] = field(default_factory=list)
+def pages_of(obj: JsonObject) -> list[MessagePage]:
+    """The pages of a selection in the order their parameters appear in its SQL."""
+    found: list[MessagePage] = []
+    for _, value in obj.entries:
+        if isinstance(value, MessagePage):
+            found.append(value)
+            found.extend(pages_of(value.connection))
+        elif isinstance(value, Node):
+            found.extend(pages_of(value.node))
+        elif isinstance(value, Edges):
+            found.extend(pages_of(value.edge))
+    return found
 
 
 def _key(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"not a GraphQL name: {name!r}")
     return f"'{name}'"
+
+
+def _literal(value: str) -> str:
+    # Enum values and names and type names come from the schema; quoted anyway.
+    return "'" + value.replace("'", "''") + "'::text"
 
 
 def _datetime(expr: str) -> str:
@@ -107,8 +134,14 @@ def _datetime(expr: str) -> str:
 
 
 class _Builder:
-    def __init__(self, where: Where) -> None:
-        self.where = where  # its args are the statement's parameters ($1 is the tenant)
+    """The SQL of a selection; page parameters are numbered from `first_param` on."""
+
+    def __init__(self, first_param: int) -> None:
+        self.next = first_param
+
+    def param(self) -> str:
+        self.next += 1
+        return f"${self.next - 1}"
 
     def column(self, alias: str, spec: Column, allowed: frozenset[str]) -> str:
         if spec.column not in allowed:
@@ -117,7 +150,7 @@ class _Builder:
         if spec.kind == "datetime":
             return _datetime(expr)
         if spec.kind == "enum":
-            cases = " ".join(f"WHEN {self.where.param(v)}::text THEN {self.where.param(n)}::text" for v, n in spec.enum)
+            cases = " ".join(f"WHEN {_literal(v)} THEN {_literal(n)}" for v, n in spec.enum)
             return f"(CASE {expr} {cases} END)"
         return expr
 
@@ -131,7 +164,7 @@ class _Builder:
         for key, value in obj.entries:
             parts.append(_key(key))
             if isinstance(value, Const):
-                parts.append(f"{self.where.param(value.value)}::text")
+                parts.append(_literal(value.value))
             elif isinstance(value, Column):
                 parts.append(self.column(alias, value, allowed))
             elif isinstance(value, Node):
@@ -152,19 +185,36 @@ class _Builder:
         return f"json_build_object({', '.join(parts)})"
 
     def messages(self, page: MessagePage) -> str:
-        """The page's connection object for the conversation `c` of the enclosing row."""
-        p = self.where.param
-        upper = f"LEAST(c.last_seq + 1, COALESCE({p(page.upper_cap)}::int, c.last_seq + 1))"
-        lower, size = p(page.lower), p(page.size)
-        if page.forward:
-            lo, hi = f"({lower}::int + 1)", f"LEAST({upper} - 1, {lower}::int + {size}::int)"
-        else:
-            lo, hi = f"GREATEST({lower}::int + 1, {upper} - {size}::int)", f"({upper} - 1)"
+        """The page's connection object for the conversation `c` of the enclosing row; its four
+        parameters are PageValues' fields (the bounds of _PAGE_TEMPLATE in messages.py)."""
+        forward, lower, cap, size = (self.param() for _ in range(4))
+        upper = f"LEAST(c.last_seq + 1, COALESCE({cap}::int, c.last_seq + 1))"
+        lo = f"CASE WHEN {forward}::bool THEN {lower}::int + 1 ELSE GREATEST({lower}::int + 1, {upper} - {size}::int) END"
+        hi = f"CASE WHEN {forward}::bool THEN LEAST({upper} - 1, {lower}::int + {size}::int) ELSE {upper} - 1 END"
         rows = (
             "(SELECT coalesce(json_agg({edge} ORDER BY m.seq), '[]'::json) FROM messages m "
             f"WHERE m.tenant_id = $1 AND m.conversation_id = c.id AND m.seq BETWEEN {lo} AND {hi})"
         )
         return self.object(page.connection, "", MESSAGE_FIELDS, (rows, "m"))
+
+
+_SQL: dict[tuple[Any, ...], str] = {}
+_SQL_MAX = 1024
+
+
+def _cached(key: tuple[Any, ...], build: Any) -> str:
+    """A selection's SQL, built once per selection and shape (documents are few; plans are
+    cached by text, so the same selections come back)."""
+    sql = _SQL.get(key)
+    if sql is None:
+        if len(_SQL) >= _SQL_MAX:
+            _SQL.clear()
+        sql = _SQL[key] = build()
+    return sql
+
+
+def _page_args(pages: list[PageValues]) -> list[Any]:
+    return [v for p in pages for v in (p.forward, p.lower, p.upper_cap, p.size)]
 
 
 async def conversation_list(
@@ -175,41 +225,51 @@ async def conversation_list(
     limit: int,
     after: tuple[datetime, uuid.UUID] | None,
     connection: JsonObject,
+    pages: list[PageValues],
 ) -> str:
     """The `conversations` connection as JSON text: the page of list_page (same WHERE, order
-    and keyset), each conversation's nested message pages in the same statement."""
+    and keyset), each conversation's nested message pages (`pages`, in pages_of order) in the
+    same statement."""
     column, direction = _ORDER[order]
     where = filtered(tenant_id, f)
     if after is not None:
         op = "<" if direction == "DESC" else ">"
         where.add(f"({column}, id) {op} ({{}}, {{}})", *after)
     limit_param = where.param(limit)
-    page = (
-        f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {where.sql} "
-        f"ORDER BY {column} {direction}, id {direction} LIMIT {limit_param}"
-    )
-    builder = _Builder(where)
-    # The page rows are `c`: nested message pages read c.id and c.last_seq.
-    rows = (
-        "(SELECT coalesce(json_agg({edge}"
-        + f" ORDER BY c.{column} {direction}, c.id {direction}), '[]'::json) FROM page c)"
-    )
-    body = builder.object(connection, "", CONVERSATION_FIELDS, (rows, "c"))
-    sql = f"WITH page AS MATERIALIZED ({page}) SELECT ({body})::text"
-    text: str = await conn.fetchval(sql, *where.args)
+
+    def build() -> str:
+        page = (
+            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {where.sql} "
+            f"ORDER BY {column} {direction}, id {direction} LIMIT {limit_param}"
+        )
+        # The page rows are `c`: nested message pages read c.id and c.last_seq.
+        rows = (
+            "(SELECT coalesce(json_agg({edge}"
+            + f" ORDER BY c.{column} {direction}, c.id {direction}), '[]'::json) FROM page c)"
+        )
+        body = _Builder(len(where.args) + 1).object(connection, "", CONVERSATION_FIELDS, (rows, "c"))
+        return f"WITH page AS MATERIALIZED ({page}) SELECT ({body})::text"
+
+    sql = _cached(("list", connection, where.sql, order), build)
+    text: str = await conn.fetchval(sql, *where.args, *_page_args(pages))
     return text
 
 
 async def history(
-    conn: Connection, tenant_id: str, id: uuid.UUID | None, session_id: str | None, page: MessagePage
+    conn: Connection,
+    tenant_id: str,
+    id: uuid.UUID | None,
+    session_id: str | None,
+    page: MessagePage,
+    values: PageValues,
 ) -> str | None:
     """`history` as JSON text, or None when the tenant has no such conversation."""
-    where = Where(tenant_id, "c")
-    if id is not None:
-        where.add("{a}id = {p}::uuid", id)
-    else:
-        where.add("{a}session_id = {p}::text", session_id)
-    body = _Builder(where).messages(page)
-    sql = f"SELECT ({body})::text FROM conversations c WHERE {where.sql}"
-    text: str | None = await conn.fetchval(sql, *where.args)
+    by = "id = $2::uuid" if id is not None else "session_id = $2::text"
+
+    def build() -> str:
+        body = _Builder(3).messages(page)
+        return f"SELECT ({body})::text FROM conversations c WHERE c.tenant_id = $1 AND c.{by}"
+
+    sql = _cached(("history", page, by), build)
+    text: str | None = await conn.fetchval(sql, tenant_id, id if id is not None else session_id, *_page_args([values]))
     return text

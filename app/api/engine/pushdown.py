@@ -40,7 +40,7 @@ from app import models
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, ResolverField, _NoPlan
 from app.services import conversations, json_reads
-from app.services.json_reads import Column, Const, Edges, JsonObject, Node, SourceList
+from app.services.json_reads import Column, Const, Edges, JsonObject, MessagePage, Node, PageValues, SourceList
 from app.services.messages import HistoryArgs
 
 _CONVERSATION_COLUMNS = json_reads.CONVERSATION_FIELDS
@@ -75,16 +75,6 @@ def _column(field: GraphQLField, attribute: str) -> Column:
     raise _NoPlan("pushdown")
 
 
-class _NestedMessages:
-    """`Conversation.messages(...)`: its arguments are read per request (variables)."""
-
-    __slots__ = ("connection", "field")
-
-    def __init__(self, field: ResolverField, connection: JsonObject) -> None:
-        self.field = field
-        self.connection = connection
-
-
 class _Pushed:
     """Stands in for the field's resolver in the engine's levels (operations._complete_levels)."""
 
@@ -105,11 +95,12 @@ def _identity(value: Any, pending: Any = None) -> Any:
 class _Pushdown(ResolverField):
     """A root field answered by one statement; subclasses compile the selection and run it."""
 
-    __slots__ = ("connection", "pushed")
+    __slots__ = ("connection", "pages", "pushed")
 
     def __init__(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> None:
         super().__init__(compiler.schema, field, adapter.nodes_of(details), _identity)
         self.connection = self.compile_selection(compiler, field, details)
+        self.pages = json_reads.pages_of(self.connection)
         self.pushed = _Pushed(self, self.resolver.arguments)
         # The engine calls `resolver.call`: this statement instead of the field's resolver.
         self.resolver = cast(Any, self.pushed)
@@ -124,12 +115,14 @@ class _Pushdown(ResolverField):
         context = info.context
         tenant = context.tenant()  # the resolver's scope check: UNAUTHENTICATED / FORBIDDEN
         limits = context.resources.limits
-        connection = _resolve(self.connection, kwargs["variables"], limits)
+        variables = kwargs["variables"]
+        # The nested pages' arguments, validated as their resolvers validate them.
+        pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
         async with context.resources.db.read() as conn:
-            text = await self.read(conn, tenant, limits, kwargs["root"], connection)
+            text = await self.read(conn, tenant, limits, kwargs["root"], pages)
         return orjson.Fragment(text)
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
         raise NotImplementedError
 
 
@@ -141,7 +134,7 @@ class ConversationsPushdown(_Pushdown):
     def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
         return compiler.connection(field, details, _conversation_row)
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
         filter_, order_by = root.get("filter"), root.get("order_by")
         return await json_reads.conversation_list(
             conn,
@@ -151,7 +144,8 @@ class ConversationsPushdown(_Pushdown):
             after=root.get("after"),
             order=models.ConversationOrder(order_by or models.ConversationOrder.LAST_ACTIVITY_DESC),
             limits=limits,
-            connection=connection,
+            connection=self.connection,
+            pages=pages,
         )
 
 
@@ -165,11 +159,11 @@ class HistoryPushdown(_Pushdown):
             raise _NoPlan("pushdown")  # since needs a lookup first
         return compiler.connection(field, details, _message_row)
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], connection: JsonObject) -> str:
+    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
         target = conversations.ref(root.get("conversation_id"), root.get("session_id"), limits)
         paging = {k: v for k, v in root.items() if k not in ("conversation_id", "session_id")}
-        page = json_reads.message_page(HistoryArgs(**paging), limits, connection)
-        return await json_reads.history(conn, tenant, target, page)
+        values = json_reads.page_values(HistoryArgs(**paging), limits)
+        return await json_reads.history(conn, tenant, target, MessagePage(self.connection), values)
 
 
 def _conversation_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
@@ -181,22 +175,6 @@ def _message_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: 
 
 
 _ROOTS: dict[str, type[_Pushdown]] = {"conversations": ConversationsPushdown, "history": HistoryPushdown}
-
-
-def _resolve(obj: JsonObject, variables: Any, limits: Any) -> JsonObject:
-    """This request's copy of the tree: nested pages with their arguments validated."""
-    entries: list[tuple[str, Any]] = []
-    for key, value in obj.entries:
-        resolved = value
-        if isinstance(value, _NestedMessages):
-            args = HistoryArgs(**value.field.kwargs(variables))
-            resolved = json_reads.message_page(args, limits, _resolve(value.connection, variables, limits))
-        elif isinstance(value, Node):
-            resolved = Node(_resolve(value.node, variables, limits))
-        elif isinstance(value, Edges):
-            resolved = Edges(_resolve(value.edge, variables, limits))
-        entries.append((key, resolved))
-    return JsonObject(entries)
 
 
 class PushdownCompiler(Compiler):
@@ -215,53 +193,53 @@ class PushdownCompiler(Compiler):
     def connection(self, field: GraphQLField, details: Any, row: Any) -> JsonObject:
         """A connection selecting `edges { node }` and `__typename` only."""
         conn_type = _named(field.type)
-        out = JsonObject()
+        out: list[tuple[str, Any]] = []
         for key, fds in self._collect(conn_type, details).items():
             name = fds[0].node.name.value
             if name == "__typename":
-                out.entries.append((key, Const(conn_type.name)))
+                out.append((key, Const(conn_type.name)))
             elif name == "edges":
                 edge_type = _named(conn_type.fields["edges"].type)
-                edge = JsonObject()
+                edge: list[tuple[str, Any]] = []
                 for edge_key, efds in self._collect(edge_type, fds).items():
                     edge_name = efds[0].node.name.value
                     if edge_name == "__typename":
-                        edge.entries.append((edge_key, Const(edge_type.name)))
+                        edge.append((edge_key, Const(edge_type.name)))
                     elif edge_name == "node":
                         node_type = _named(edge_type.fields["node"].type)
-                        edge.entries.append((edge_key, Node(row(self, node_type, efds))))
+                        edge.append((edge_key, Node(row(self, node_type, efds))))
                     else:
                         raise _NoPlan("pushdown")
-                out.entries.append((key, Edges(edge)))
+                out.append((key, Edges(JsonObject(tuple(edge)))))
             else:
                 raise _NoPlan("pushdown")
-        return out
+        return JsonObject(tuple(out))
 
     def row(self, type_: GraphQLObjectType, details: Any, columns: frozenset[str], nested: bool) -> JsonObject:
-        out = JsonObject()
+        out: list[tuple[str, Any]] = []
         for key, fds in self._collect(type_, details).items():
             node = fds[0].node
             name = node.name.value
             if name == "__typename":
-                out.entries.append((key, Const(type_.name)))
+                out.append((key, Const(type_.name)))
                 continue
             field = type_.fields[name]
             attribute = adapter.plain_attribute(field)
             if attribute is not None and not node.arguments and attribute in columns:
-                out.entries.append((key, _column(field, attribute)))
+                out.append((key, _column(field, attribute)))
             elif nested and name == "messages" and type_.name == "Conversation":
                 target = ResolverField(self.schema, field, adapter.nodes_of(fds), _identity)
                 if "since" in {a.name.value for a in node.arguments or ()}:
                     raise _NoPlan("pushdown")
                 connection = self.connection(field, fds, _message_row)
-                out.entries.append((key, _NestedMessages(target, connection)))
+                out.append((key, MessagePage(connection, source=target)))
             elif name == "sources" and type_.name == "Message":
                 source_type = _named(field.type)
                 item = self.row(source_type, fds, json_reads.SOURCE_FIELDS, nested=False)
-                out.entries.append((key, SourceList(item)))
+                out.append((key, SourceList(item)))
             else:
                 raise _NoPlan("pushdown")
-        return out
+        return JsonObject(tuple(out))
 
     def _collect(self, type_: GraphQLObjectType, details: Any) -> Any:
         grouped = adapter.collect_sub(self.executor, type_, details)
