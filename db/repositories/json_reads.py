@@ -198,18 +198,21 @@ class _Builder:
         return self.object(page.connection, "", MESSAGE_FIELDS, (rows, "m"))
 
 
-_SQL: dict[tuple[Any, ...], str] = {}
+_SQL: dict[tuple[Any, ...], tuple[JsonObject | MessagePage, str]] = {}
 _SQL_MAX = 1024
 
 
-def _cached(key: tuple[Any, ...], build: Any) -> str:
-    """A selection's SQL, built once per selection and shape (documents are few; plans are
-    cached by text, so the same selections come back)."""
-    sql = _SQL.get(key)
-    if sql is None:
-        if len(_SQL) >= _SQL_MAX:
-            _SQL.clear()
-        sql = _SQL[key] = build()
+def _cached(selection: JsonObject | MessagePage, key: tuple[Any, ...], build: Any) -> str:
+    """A selection's SQL, built once per selection (the engine's cached plan holds it) and
+    shape. Keyed by the selection's id, cheaper than hashing it; the entry keeps the
+    selection alive, so its id cannot be reused by another while the entry exists."""
+    found = _SQL.get((id(selection), *key))
+    if found is not None:
+        return found[1]
+    if len(_SQL) >= _SQL_MAX:
+        _SQL.clear()
+    sql: str = build()
+    _SQL[(id(selection), *key)] = (selection, sql)
     return sql
 
 
@@ -250,7 +253,7 @@ async def conversation_list(
         body = _Builder(len(where.args) + 1).object(connection, "", CONVERSATION_FIELDS, (rows, "c"))
         return f"WITH page AS MATERIALIZED ({page}) SELECT ({body})::text"
 
-    sql = _cached(("list", connection, where.sql, order), build)
+    sql = _cached(connection, ("list", where.sql, order), build)
     text: str = await conn.fetchval(sql, *where.args, *_page_args(pages))
     return text
 
@@ -270,6 +273,6 @@ async def history(
         body = _Builder(3).messages(page)
         return f"SELECT ({body})::text FROM conversations c WHERE c.tenant_id = $1 AND c.{by}"
 
-    sql = _cached(("history", page, by), build)
+    sql = _cached(page.connection, ("history", by), build)
     text: str | None = await conn.fetchval(sql, tenant_id, id if id is not None else session_id, *_page_args([values]))
     return text
