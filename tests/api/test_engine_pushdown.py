@@ -7,10 +7,11 @@ not cover must still be answered (by the level-by-level plan)."""
 from __future__ import annotations
 
 import random
+import uuid
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from starlette.applications import Starlette
 
 from db.session import Database
 from tests.api.conftest import Caller
@@ -46,7 +47,7 @@ async def _both(api: Caller, ordinary: Caller, query: str, variables: dict[str, 
     return r.json(), await ordinary.gql(query, variables), _pushed(r.text)
 
 
-async def _seed(api: Caller, db: Database, redis: Redis) -> list[str]:
+async def _seed(api: Caller, db: Database, app: Starlette) -> list[str]:
     ids = []
     for i in range(3):
         created = await api.data(
@@ -73,26 +74,39 @@ async def _seed(api: Caller, db: Database, redis: Redis) -> list[str]:
     await api.data('mutation($id: ID!) { closeSession(conversationId: $id, reason: "done") { id } }', {"id": ids[1]})
     async with db.read() as conn:
         # Whole-second instants: isoformat() drops the microseconds then, and so must the SQL.
-        await conn.execute(
-            "UPDATE messages SET created_at = date_trunc('second', created_at) WHERE tenant_id = $1 AND seq <= 2",
-            api.tenant,
+        # (Computed here: Citus refuses STABLE functions over columns in an UPDATE.)
+        rows = await conn.fetch(
+            "SELECT conversation_id, seq, created_at FROM messages WHERE tenant_id = $1 AND seq <= 2", api.tenant
         )
-        await conn.execute(
-            "UPDATE conversations SET created_at = date_trunc('second', created_at) WHERE tenant_id = $1 "
-            "AND session_id = 'p0'",
-            api.tenant,
+        for r in rows:
+            await conn.execute(
+                "UPDATE messages SET created_at = $4 WHERE tenant_id = $1 AND conversation_id = $2 AND seq = $3",
+                api.tenant,
+                r["conversation_id"],
+                r["seq"],
+                r["created_at"].replace(microsecond=0),
+            )
+        first = await conn.fetchrow(
+            "SELECT id, created_at FROM conversations WHERE tenant_id = $1 AND session_id = 'p0'", api.tenant
         )
-    # Changed behind the service's back: drop the tenant's hot-cache entries, which still hold
-    # the old instants (the ordinary path reads recent pages from them).
-    async for key in redis.scan_iter(match=f"*{api.tenant}*"):
-        await redis.delete(key)
+        assert first is not None
+        await conn.execute(
+            "UPDATE conversations SET created_at = $3 WHERE tenant_id = $1 AND id = $2",
+            api.tenant,
+            first["id"],
+            first["created_at"].replace(microsecond=0),
+        )
+    # Changed behind the service's back: drop the hot-cache entries (Redis or Redis Cluster),
+    # which still hold the old instants (the ordinary path reads recent pages from them).
+    for cid in ids:
+        await app.state.resources.cache.evict(api.tenant, uuid.UUID(cid))
     return ids
 
 
 async def test_crm_lists_and_transcripts_are_pushed_down_and_equal_the_ordinary_path(
-    api: Caller, ordinary: Caller, db: Database, redis: Redis
+    api: Caller, ordinary: Caller, db: Database, app: Starlette
 ) -> None:
-    ids = await _seed(api, db, redis)
+    ids = await _seed(api, db, app)
     cursor = (await api.data(f'{{ history(conversationId: "{ids[0]}", last: 1) {{ pageInfo {{ startCursor }} }} }}'))[
         "history"
     ]["pageInfo"]["startCursor"]
@@ -121,9 +135,9 @@ async def test_crm_lists_and_transcripts_are_pushed_down_and_equal_the_ordinary_
 
 
 async def test_other_shapes_and_bad_input_take_the_other_paths_with_the_same_answers(
-    api: Caller, ordinary: Caller, db: Database, redis: Redis
+    api: Caller, ordinary: Caller, db: Database, app: Starlette
 ) -> None:
-    ids = await _seed(api, db, redis)
+    ids = await _seed(api, db, app)
     fallbacks: list[tuple[str, dict[str, Any]]] = [
         # cursors, pageInfo, totalCount, `since` and resolver fields are not pushed down
         ("{ conversations(first: 2) { totalCount edges { cursor node { id } } } }", {}),
@@ -159,11 +173,11 @@ async def test_other_shapes_and_bad_input_take_the_other_paths_with_the_same_ans
 
 
 async def test_pushdown_keeps_tenants_apart(
-    api: Caller, ordinary: Caller, other_api: Caller, db: Database, redis: Redis
+    api: Caller, ordinary: Caller, other_api: Caller, db: Database, app: Starlette
 ) -> None:
-    ids = await _seed(api, db, redis)
+    ids = await _seed(api, db, app)
     other = Caller(http=ordinary.http, tenant=other_api.tenant, key=other_api.key)
-    await _seed(other_api, db, redis)
+    await _seed(other_api, db, app)
     planned, reference, pushed = await _both(other_api, other, CRM, {"f": None, "n": 100, "m": 1})
     assert pushed and planned == reference
     theirs = {e["node"]["id"] for e in planned["data"]["conversations"]["edges"]}
@@ -272,9 +286,9 @@ class _Shapes:
 
 
 async def test_generated_pushdown_shapes_equal_the_ordinary_path(
-    api: Caller, ordinary: Caller, db: Database, redis: Redis
+    api: Caller, ordinary: Caller, db: Database, app: Starlette
 ) -> None:
-    ids = await _seed(api, db, redis)
+    ids = await _seed(api, db, app)
     cursor = (await api.data(f'{{ history(conversationId: "{ids[0]}", first: 2) {{ pageInfo {{ endCursor }} }} }}'))[
         "history"
     ]["pageInfo"]["endCursor"]
