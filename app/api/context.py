@@ -63,8 +63,11 @@ class Loaders:
         self, conversation: models.Conversation, args: messages.HistoryArgs
     ) -> models.Page[models.Message]:
         """messages.history, its range read batched with the request's other pages."""
-        async with self.resources.db.read() as conn:
-            plan = await messages.plan_page(conn, self.tenant_id, conversation, args, self.resources.limits)
+        if args.since is None:
+            plan = messages.plan_page_at_once(conversation, args, self.resources.limits)
+        else:
+            async with self.resources.db.read() as conn:
+                plan = await messages.plan_page(conn, self.tenant_id, conversation, args, self.resources.limits)
         items = [] if plan.empty else await self.ranges.load((conversation.id, plan.lo, plan.hi))
         return messages.page_of(plan, items)
 

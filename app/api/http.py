@@ -159,7 +159,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
             return refusal("the body is not valid JSON", ErrorCode.BAD_USER_INPUT, 400)
         try:
             if isinstance(body, list):
-                return await self._post_batch(request, body)
+                return await self._post_batch(request, body, context)
             data = self._request_data(body)
         except RequestRefused as exc:
             return refusal(exc.reason, exc.code, exc.status_code)
@@ -183,7 +183,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
         response = await self.process_result(request, result)
         return Response(encode(response), status_code=http_status(response), media_type="application/json")
 
-    async def _post_batch(self, request: Request, body: list[Any]) -> Response:
+    async def _post_batch(self, request: Request, body: list[Any], caller: RequestContext) -> Response:
         """Each item answers for itself (a refused item is an error entry, never a 500); the
         items' costs are added up before any of them runs."""
         limit = self.schema.config.batching_config
@@ -209,21 +209,34 @@ class GraphQLView(GraphQL[RequestContext, None]):
         if not over and all(p is not None and not p.mutation for p in plans):
             # Queries only, all planned: read-only and independent, so they run together (their
             # order cannot matter); anything with a mutation keeps the items' order.
-            gathered = [self._batch_item(request, i, p, None) for i, p in zip(items, plans, strict=True)]
+            gathered = [self._batch_item(request, caller, i, p, None) for i, p in zip(items, plans, strict=True)]
             responses = list(await asyncio.gather(*gathered))
         else:
             refused = (total, max_cost) if over and max_cost is not None else None
-            responses = [await self._batch_item(request, i, p, refused) for i, p in zip(items, plans, strict=True)]
+            responses = [
+                await self._batch_item(request, caller, i, p, refused) for i, p in zip(items, plans, strict=True)
+            ]
         return Response(encode(responses), media_type="application/json")
 
     async def _batch_item(
         self,
         request: Request,
+        caller: RequestContext,
         item: GraphQLRequestData | RequestRefused,
         plan: OperationPlan | None,
         over_cost: tuple[int, int] | None,
     ) -> Any:
-        context = await self.get_context(request, request)  # type: ignore[arg-type]
+        # Each item has a context of its own (loaders, request id, metrics), with the principal
+        # the request was authenticated as: one key lookup per request, not one per item.
+        context = RequestContext(
+            resources=caller.resources,
+            authenticator=caller.authenticator,
+            request_id=(request.headers.get("x-request-id") or uuid.uuid4().hex)[:64],
+            principal=caller.principal,
+            auth_error=caller.auth_error,
+            started=time.perf_counter(),
+        )
+        request.state.graphql_context = context
         if isinstance(item, RequestRefused):
             return _error_entry(item.reason, item.code)
         if not item.query:

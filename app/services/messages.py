@@ -475,6 +475,14 @@ async def plan_page(
     return args.request(limits, found).plan(conversation.last_seq)
 
 
+def plan_page_at_once(conversation: Conversation, args: HistoryArgs, limits: Limits = DEFAULT_LIMITS) -> HistoryPlan:
+    """plan_page for arguments without `since`: nothing to look up, so no connection is needed
+    (a CRM list's 20 nested pages took 20 pool connections for nothing)."""
+    if args.since is not None:
+        raise ValueError("since needs plan_page")
+    return args.request(limits).plan(conversation.last_seq)
+
+
 def _seq_cursor_of(message: Message) -> str:
     return cursors.seq_cursor(message.seq)
 

@@ -6,7 +6,9 @@ plain attributes are read by generated functions, and fields with resolvers (eve
 `Conversation.messages(last: 3)`, `Message.sources`, …) are called level by level: all pending
 resolvers of one level run together, so their DataLoaders batch the level into one statement
 (the last 3 messages of 20 conversations: one range read). That skips Strawberry's
-per-operation extension machinery and graphql-core's per-field executor.
+per-operation extension machinery and graphql-core's per-field executor. Root fields whose whole
+subtree the SQL pushdown covers (app/api/engine/pushdown.py: `conversations`, `history`) are
+one statement that returns their JSON, placed in the response as bytes.
 
 Documents are parsed and validated by the same DocumentCache as every other request (limits
 included). A shape the engine cannot plan returns None (counted in /metrics by reason) and the
@@ -40,6 +42,7 @@ from app import metrics
 from app.api.documents_cache import DocumentCache
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, EngineExecutionContext, Plan, ResolverField, _Fallback, _NoPlan
+from app.api.engine.pushdown import PushdownCompiler
 from app.api.errors import shape
 
 
@@ -237,7 +240,7 @@ class Engine:
         name = operation.name.value if operation.name else None
         try:
             if not mutation:
-                root = Compiler(executor, self.schema).compile_object(root_type, None, grouped)
+                root = PushdownCompiler(executor, self.schema).compile_object(root_type, None, grouped)
                 return OperationPlan(operation=operation, operation_name=name, root=root, fragments=fragments)
             if len(grouped) != 1:
                 return "mutation_shape"

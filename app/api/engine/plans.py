@@ -221,10 +221,14 @@ class Compiler:
                 continue
             if self.schema is None:
                 raise _NoPlan("resolver")
-            plan = self.compile(field.type, field_details)
-            nodes = adapter.nodes_of(field_details)
-            fields.append((response_key, ResolverField(self.schema, field, nodes, plan), None, None))
+            fields.append((response_key, self.resolver_field(object_type, field, field_details), None, None))
         return _generate(fields, self.compile)
+
+    def resolver_field(self, object_type: GraphQLObjectType, field: GraphQLField, details: Any) -> ResolverField:
+        """The pending entry of a field with a resolver (app/api/engine/pushdown.py may answer
+        whole subtrees instead)."""
+        plan = self.compile(field.type, details)
+        return ResolverField(self.schema, field, adapter.nodes_of(details), plan)
 
 
 class EngineExecutionContext(adapter.ExecutionContextBase):
