@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,18 @@ if TYPE_CHECKING:
 
 DEFAULT_HISTORY_PAGE = 50
 _CLIENT_ID_CONSTRAINT = "uq_messages_client_message_id"
+_CONSTRAINT_IN_TEXT = re.compile(r'unique constraint "([^"]+)"')
+
+
+def _violated_constraint(exc: asyncpg.UniqueViolationError) -> str:
+    """The constraint's name. A delegated call on Citus (append_message run on the tenant's worker)
+    reaches us with the worker's message text but without the constraint field, so it is read from
+    the text then (tests/test_citus_processes.py: the same clientMessageId on two APIs at once)."""
+    if exc.constraint_name:
+        return exc.constraint_name
+    match = _CONSTRAINT_IN_TEXT.search(str(exc))
+    return match.group(1) if match else ""
+
 
 _EXECUTION_FIELDS: dict[str, type[str] | type[int]] = {
     "run_id": str,
@@ -211,7 +224,7 @@ async def append(
         )
     except asyncpg.UniqueViolationError as exc:
         # startswith: on Citus the shard's constraint carries the shard id as a suffix.
-        if (exc.constraint_name or "").startswith(_CLIENT_ID_CONSTRAINT):
+        if _violated_constraint(exc).startswith(_CLIENT_ID_CONSTRAINT):
             raise RetryTransaction from exc  # the same key committed a moment ago: a rerun returns it
         raise
     if row is not None:
