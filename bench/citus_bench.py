@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shutil
 import statistics
@@ -32,8 +33,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import psutil
 
 from app.embedded.citus import start_citus_cluster
 from app.embedded.postgres import start_postgres
@@ -44,28 +43,41 @@ from db import session as db_session
 from db.migrate import upgrade
 from db.session import Database, UnitOfWork, create_pool
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> list[str]:
+    # Fields after the command name (which may hold spaces): state is [0], ppid [1], utime [11].
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
 
 def _cpu_s(pid: int | None) -> float:
-    """CPU seconds of a process tree: live processes' own time plus what their reaped children used."""
+    """CPU seconds of a process tree (Linux /proc): live processes' own time plus their reaped
+    children's (a backend that exited during the phase is in its postmaster's cutime/cstime)."""
     if pid is None:
         return 0.0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue  # exited while listing
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
         try:
-            t = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue  # exited between listing and reading: its time is in its parent's children_*
-        total += t.user + t.system + t.children_user + t.children_system
+            fields = _stat(current)
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / _TICK  # utime, stime, cutime, cstime
+        todo.extend(parents.get(current, []))
     return total
 
 
 def _client_cpu_s() -> float:
-    t = psutil.Process().cpu_times()
+    t = os.times()
     return t.user + t.system
 
 
@@ -90,9 +102,7 @@ async def _measure(engine: Engine, total: int, concurrency: int, reads: int) -> 
     # The Citus forms are chosen per process once a connection finds the extension: rounds alternate
     # engines, so the flag is cleared for each (the pools' first connection sets it again on Citus).
     db_session._CITUS[0] = False
-    dbs = [
-        Database(await create_pool(url, min_size=concurrency, max_size=concurrency + 2)) for url in engine.urls
-    ]
+    dbs = [Database(await create_pool(url, min_size=concurrency, max_size=concurrency + 2)) for url in engine.urls]
     try:
         tenants = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(concurrency)]
         convs: list[Conversation] = []
@@ -186,7 +196,7 @@ def main() -> None:
         base = results["single Postgres"]
         print(
             f"\n{args.messages} appends by {args.concurrency} writers, {args.reads} 'last 50' reads, "
-            f"median of {args.rounds} round(s), load average {psutil.getloadavg()[0]:.1f}"
+            f"median of {args.rounds} round(s), load average {os.getloadavg()[0]:.1f}"
         )
         print("| engine | appends/s | last-50 reads/s | read p50 ms |\n|---|---|---|---|")
         for name, r in results.items():
