@@ -42,7 +42,7 @@ pytest: $(STAMP)
 ## a Redis Cluster, every test checked for multi-shard statements (docs/scaling.md; TEST_CITUS_STRICT=1 is
 ## not on yet: docs/scaling.md says what it still flags). Citus is built
 ## once per machine (~/.cache/conversation-service); without its source this prints one line and passes.
-CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/cache/test_redis_cluster.py tests/deletion tests/jobs/test_admin_replay.py tests/services/test_stats_rollups.py tests/memory/test_summaries.py tests/search
+CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/cache/test_redis_cluster.py tests/deletion tests/jobs/test_admin_replay.py tests/services/test_stats_rollups.py tests/memory/test_summaries.py tests/search tests/test_citus_any_node.py tests/test_history_page_function.py
 # The crowd test times out on Citus under load; the statement count includes an API key re-read when
 # the slower warm-up outlives the key cache (docs/scaling.md, "Known gaps").
 CLUSTER_DESELECT ?= -k 'not ten_writers_and_fifty_subscribers and not is_four_statements'

@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from app.embedded.citus import start_citus_cluster
@@ -98,13 +99,39 @@ def _per_op_ms(before: dict[str, float], after: dict[str, float], ops: int) -> d
     return {role: (after[role] - before[role]) * 1000 / ops for role in before}
 
 
+_PLACEMENT = """
+SELECT p.nodeport FROM pg_dist_shard_placement p
+WHERE p.shardid = get_shard_id_for_distribution_column('conversations', $1::text)
+"""
+
+
+async def _spread_tenants(db: Database, n: int) -> list[str]:
+    """n fresh tenants; on Citus as many on each worker as can be (random names can all hash to one
+    worker, which then does all the work while the other idles: a different measurement)."""
+    names = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(n)]
+    async with db.read() as conn:
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
+            return names
+        by_node: dict[int, list[str]] = {}
+        workers = await conn.fetchval("SELECT count(*) FROM pg_dist_node WHERE groupid > 0")
+        while sum(len(v) for v in by_node.values()) < n:
+            name = f"bench-{uuid.uuid4().hex[:8]}"
+            bucket = by_node.setdefault(await conn.fetchval(_PLACEMENT, name), [])
+            if len(bucket) < -(-n // workers):
+                bucket.append(name)
+    # Two of one node's tenants, then two of the next: writer w uses pool w mod 2 (via any node), so
+    # half the writers' tenants are on their pool's node and half are not, as with random names.
+    pairs = [[b[i : i + 2] for i in range(0, len(b), 2)] for b in by_node.values()]
+    return [t for group in zip_longest(*pairs, fillvalue=[]) for pair in group for t in pair]
+
+
 async def _measure(engine: Engine, total: int, concurrency: int, reads: int) -> dict[str, object]:
     # The Citus forms are chosen per process once a connection finds the extension: rounds alternate
     # engines, so the flag is cleared for each (the pools' first connection sets it again on Citus).
     db_session._CITUS[0] = False
     dbs = [Database(await create_pool(url, min_size=concurrency, max_size=concurrency + 2)) for url in engine.urls]
     try:
-        tenants = [f"bench-{uuid.uuid4().hex[:8]}" for _ in range(concurrency)]
+        tenants = await _spread_tenants(dbs[0], concurrency)
         convs: list[Conversation] = []
         for w, t in enumerate(tenants):
 
@@ -203,6 +230,10 @@ def main() -> None:
             a, b = float(r["append_per_s"]), float(base["append_per_s"])  # type: ignore[arg-type]
             ra, rb = float(r["reads_per_s"]), float(base["reads_per_s"])  # type: ignore[arg-type]
             print(f"| {name} | {a:.0f} ({a / b:.0%}) | {ra:.0f} ({ra / rb:.0%}) | {float(r['read_p50_ms']):.2f} |")  # type: ignore[arg-type]
+        print("\nEvery round (appends/s, reads/s):")
+        for name, rs in rounds.items():
+            cells = ", ".join(f"{float(r['append_per_s']):.0f} / {float(r['reads_per_s']):.0f}" for r in rs)  # type: ignore[arg-type]
+            print(f"- {name}: {cells}")
         print("\nCPU ms per operation (median round)\n| engine | per append | per last-50 read |\n|---|---|---|")
         for name, r in results.items():
             print(f"| {name} | {_cpu_cell(r['append_cpu'])} | {_cpu_cell(r['read_cpu'])} |")
