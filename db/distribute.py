@@ -31,8 +31,9 @@ log = logging.getLogger("conversation_service")
 #: Small global tables: a copy on every node (see the module docstring).
 REFERENCE_TABLES: tuple[str, ...] = ("tenants", "api_keys")
 #: Functions Citus delegates whole to the worker of the shard group their argument names (by name:
-#: the distribution argument). append_message is the append (migration 9e4b7c2d1f60).
-DISTRIBUTED_FUNCTIONS: dict[str, str] = {"append_message": "p_tenant_id"}
+#: the distribution argument). append_message is the append (migration 9e4b7c2d1f60), history_page
+#: the history page (1fd9a71b989d).
+DISTRIBUTED_FUNCTIONS: dict[str, str] = {"append_message": "p_tenant_id", "history_page": "p_tenant_id"}
 #: The table every tenant-scoped table is co-located with.
 ANCHOR = "conversations"
 DISTRIBUTION_COLUMN = "tenant_id"

@@ -373,13 +373,21 @@ _PAGE_BY_SESSION = _PAGE_TEMPLATE.format(
     target="SELECT id, last_seq FROM conversations WHERE tenant_id = $1 AND session_id = $2::text"
 )
 
+# On Citus: history_page() (migration 1fd9a71b989d), delegated whole to the tenant's worker; the statement
+# above is planned, deparsed and shipped by the coordinator and parsed and planned again by the worker.
+CITUS_PAGE_BY_ID = "SELECT * FROM history_page($1, $2::uuid, NULL, $3, $4, $5, $6)"
+CITUS_PAGE_BY_SESSION = "SELECT * FROM history_page($1, NULL, $2::text, $3, $4, $5, $6)"
+
 
 async def page_by_ref(
     conn: Connection, tenant_id: str, id: uuid.UUID | None, session_id: str | None, request: Any
 ) -> tuple[int, list[Message]] | None:
     """(lastSeq, messages of the page) in one statement; None when the conversation is not found.
     The bounds mirror app.services.messages.PageRequest.bounds."""
-    sql, target = (_PAGE_BY_ID, id) if id is not None else (_PAGE_BY_SESSION, session_id)
+    if on_citus():
+        sql, target = (CITUS_PAGE_BY_ID, id) if id is not None else (CITUS_PAGE_BY_SESSION, session_id)
+    else:
+        sql, target = (_PAGE_BY_ID, id) if id is not None else (_PAGE_BY_SESSION, session_id)
     rows = await conn.fetch(sql, tenant_id, target, request.forward, request.lower, request.upper_cap, request.size)
     if not rows:
         return None
