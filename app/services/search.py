@@ -14,7 +14,7 @@ from app.services import embedder as embedders
 from app.services import limits as check
 from app.services.conversations import validate_filter
 from app.services.limits import DEFAULT_LIMITS, Limits
-from db.repositories import messages as repo
+from db.repositories import message_search as repo
 from db.repositories import records, text_search
 from db.repositories import search as search_repo
 from db.session import Connection

@@ -10,7 +10,7 @@ import asyncpg
 from app.models import ConversationFilter
 from db.repositories import text_search
 from db.repositories.conversations import filtered
-from db.repositories.messages import dense_in_recent, is_common
+from db.repositories.message_search import dense_in_recent, is_common
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
 from db.session import Connection

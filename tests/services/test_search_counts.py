@@ -7,7 +7,7 @@ from typing import Any
 from app.models import ConversationFilter
 from app.services import conversations, search
 from app.services.limits import Limits
-from db.repositories import messages as messages_repo
+from db.repositories import message_search as messages_repo
 from db.session import Database
 from tests.factories import add_message, create_conversation
 
