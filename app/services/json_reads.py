@@ -24,6 +24,7 @@ from db.repositories.json_reads import (
     Edges,
     JsonObject,
     MessagePage,
+    Meta,
     Node,
     PageValues,
     SourceList,
@@ -40,9 +41,11 @@ __all__ = [
     "Edges",
     "JsonObject",
     "MessagePage",
+    "Meta",
     "Node",
     "PageValues",
     "SourceList",
+    "conversation",
     "conversation_list",
     "history",
     "page_values",
@@ -56,7 +59,13 @@ def page_values(args: HistoryArgs, limits: Limits) -> PageValues:
     if args.since is not None:
         raise ValueError("since is not pushed down")
     request = args.request(limits)
-    return PageValues(forward=request.forward, lower=request.lower, upper_cap=request.upper_cap, size=request.size)
+    return PageValues(
+        forward=request.forward,
+        lower=request.lower,
+        range_lower=request.range_lower,
+        upper_cap=request.upper_cap,
+        size=request.size,
+    )
 
 
 async def conversation_list(
@@ -71,12 +80,12 @@ async def conversation_list(
     connection: JsonObject,
     pages: list[PageValues],
 ) -> str:
-    """`conversations` as JSON text (conversations.list_'s page; edges only, no counts)."""
+    """`conversations` as JSON text (conversations.list_'s page, flags and capped count)."""
     f = validate_filter(filter or ConversationFilter(), limits)
     size = check.page_size(first if first is not None else DEFAULT_PAGE_SIZE, limits, "first")
     assert size is not None
     key = cursors.parse_conversation_cursor(after) if after else None
-    return await repo.conversation_list(conn, tenant_id, f, order, size, key, connection, pages)
+    return await repo.conversation_list(conn, tenant_id, f, order, size, key, connection, pages, limits.list_count_cap)
 
 
 async def history(
@@ -87,3 +96,11 @@ async def history(
     if text is None:
         raise NotFound("conversation not found", conversationId=str(target.id) if target.id else None)
     return text
+
+
+async def conversation(
+    conn: Connection, tenant_id: str, target: ConversationRef, row: JsonObject, pages: list[PageValues]
+) -> str | None:
+    """`conversation(id | sessionId)` as JSON text; None (null) when the tenant has no such one,
+    as conversations.find answers."""
+    return await repo.conversation(conn, tenant_id, target.id, target.session_id, row, pages)
