@@ -7,6 +7,9 @@ here always goes to Postgres, the truth: never stale, whatever the hot cache hol
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from app.errors import NotFound
 from app.models import ConversationFilter, ConversationOrder, ConversationRef
 from app.services import cursors
@@ -30,7 +33,7 @@ from db.repositories.json_reads import (
     SourceList,
     pages_of,
 )
-from db.session import Connection
+from db.session import Connection, Database
 
 __all__ = [
     "CONVERSATION_FIELDS",
@@ -44,6 +47,7 @@ __all__ = [
     "Meta",
     "Node",
     "PageValues",
+    "RoundTrip",
     "SourceList",
     "conversation",
     "conversation_list",
@@ -104,3 +108,47 @@ async def conversation(
     """`conversation(id | sessionId)` as JSON text; None (null) when the tenant has no such one,
     as conversations.find answers."""
     return await repo.conversation(conn, tenant_id, target.id, target.session_id, row, pages)
+
+
+class RoundTrip:
+    """One round trip for the pushdowns of a batch's items. Stands in for a connection (the
+    repository calls `fetchval` only): the items run together (asyncio.gather), each reaches its
+    statement in its first step, and the first one schedules the flush after those steps, so
+    the flush finds them all and sends them as one statement (repo.fetch_together) on one
+    pooled connection instead of one each. If that statement fails, every item gets the error
+    (the engine then answers each on the ordinary path, which reports it as always)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.pending: list[tuple[str, tuple[Any, ...], asyncio.Future[str | None]]] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def fetchval(self, sql: str, *args: Any) -> str | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str | None] = loop.create_future()
+        self.pending.append((sql, args, future))
+        if len(self.pending) == 1:
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self.tasks.add(task)  # a reference until done (the loop keeps only weak ones)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[str | None]]]) -> None:
+        try:
+            async with self.db.read() as conn:
+                if len(batch) == 1:
+                    values: list[str | None] = [await conn.fetchval(batch[0][0], *batch[0][1])]
+                else:
+                    values = await repo.fetch_together(conn, [(sql, args) for sql, args, _ in batch])
+        except Exception as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), value in zip(batch, values, strict=True):
+            if not future.done():
+                future.set_result(value)

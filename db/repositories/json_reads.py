@@ -15,6 +15,7 @@ every WHERE.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -380,3 +381,26 @@ async def history(
     sql = _cached(page.connection, ("history", by), build)
     text: str | None = await conn.fetchval(sql, tenant_id, id if id is not None else session_id, *_page_args([values]))
     return text
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _shift(offset: int, match: re.Match[str]) -> str:
+    return f"${int(match.group(1)) + offset}"
+
+
+async def fetch_together(conn: Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[str | None]:
+    """Several of this module's statements (each one value, or no row) as one: each becomes a
+    scalar subquery, its parameters renumbered after the ones before it, so one round trip
+    answers them all (NULL where a statement finds no row, as fetchval's None)."""
+    parts: list[str] = []
+    args: list[Any] = []
+    for sql, values in statements:
+        # Our own SQL: the only `$` in it are parameters (names and literals are GraphQL names).
+        renumbered = _PARAM.sub(functools.partial(_shift, len(args)), sql)
+        parts.append(f"({renumbered}) AS r{len(parts)}")
+        args.extend(values)
+    row = await conn.fetchrow(f"SELECT {', '.join(parts)}", *args)
+    assert row is not None
+    return [row[i] for i in range(len(statements))]

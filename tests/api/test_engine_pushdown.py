@@ -470,3 +470,31 @@ async def test_generated_pushdown_shapes_equal_the_ordinary_path(
         assert "errors" in planned or pushed or planned == {"data": {"conversation": None}}, text
         answered += "errors" not in planned
     assert answered > 120, answered
+
+
+async def test_a_round_trip_sends_the_items_statements_as_one(db: Database) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from app.services.json_reads import RoundTrip
+
+    # Started together, as a batch's items are: one statement on one connection (one backend
+    # answers all; separately, two concurrent reads would hold two connections), parameters
+    # renumbered per statement, no row -> None as fetchval says it.
+    shared = RoundTrip(db)
+    answers = await asyncio.gather(
+        shared.fetchval("SELECT $1::text || ':' || pg_backend_pid()::text", "a"),
+        shared.fetchval("SELECT $1::text || ':' || pg_backend_pid()::text WHERE $2::bool", "b", True),
+        shared.fetchval("SELECT $1::text WHERE $2::bool", "c", False),
+    )
+    assert answers[2] is None
+    assert answers[0] is not None and answers[1] is not None
+    (a, pid_a), (b, pid_b) = answers[0].split(":"), answers[1].split(":")
+    assert (a, b) == ("a", "b") and pid_a == pid_b
+    # One failing statement fails them all (the engine then answers each the ordinary way).
+    results = await asyncio.gather(
+        shared.fetchval("SELECT $1::text", "ok"), shared.fetchval("SELECT 1/$1::int", 0), return_exceptions=True
+    )
+    assert all(isinstance(r, asyncpg.DivisionByZeroError) for r in results), results
+    assert await shared.fetchval("SELECT $1::text", "alone") == "alone"

@@ -128,8 +128,12 @@ class _Pushdown(ResolverField):
         variables = kwargs["variables"]
         # The nested pages' arguments, validated as their resolvers validate them.
         pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
-        async with context.resources.db.read() as conn:
-            text = await self.read(conn, tenant, limits, kwargs["root"], pages)
+        shared = context.round_trip
+        if shared is not None:  # a batch's item: its statement goes with the other items'
+            text = await self.read(shared, tenant, limits, kwargs["root"], pages)
+        else:
+            async with context.resources.db.read() as conn:
+                text = await self.read(conn, tenant, limits, kwargs["root"], pages)
         return orjson.Fragment(text) if text is not None else None
 
     async def read(
