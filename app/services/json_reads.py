@@ -111,8 +111,9 @@ async def conversation(
 
 
 class RoundTrip:
-    """One round trip for the pushdowns of a batch's items. Stands in for a connection (the
-    repository calls `fetchval` only): the items run together (asyncio.gather), each reaches its
+    """One round trip for the pushdowns of a batch's items (one caller: one tenant, every
+    statement's `$1`). Stands in for a connection (the repository calls `fetchval` only): the
+    items run together (asyncio.gather), each reaches its
     statement in its first step, and the first one schedules the flush after those steps, so
     the flush finds them all and sends them as one statement (repo.fetch_together) on one
     pooled connection instead of one each. If that statement fails, every item gets the error
@@ -140,10 +141,11 @@ class RoundTrip:
     async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[str | None]]]) -> None:
         try:
             async with self.db.read() as conn:
-                if len(batch) == 1:
-                    values: list[str | None] = [await conn.fetchval(batch[0][0], *batch[0][1])]
+                tenant = batch[0][1][0] if batch[0][1] else None
+                if len(batch) == 1 or not isinstance(tenant, str) or any(a[:1] != (tenant,) for _, a, _ in batch):
+                    values: list[str | None] = [await conn.fetchval(sql, *a) for sql, a, _ in batch]
                 else:
-                    values = await repo.fetch_together(conn, [(sql, args) for sql, args, _ in batch])
+                    values = await repo.fetch_together(conn, tenant, [(sql, a) for sql, a, _ in batch])
         except Exception as exc:
             for _, _, future in batch:
                 if not future.done():

@@ -387,20 +387,27 @@ _PARAM = re.compile(r"\$(\d+)")
 
 
 def _shift(offset: int, match: re.Match[str]) -> str:
-    return f"${int(match.group(1)) + offset}"
+    number = int(match.group(1))
+    return "$1" if number == 1 else f"${number + offset}"
 
 
-async def fetch_together(conn: Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> list[str | None]:
-    """Several of this module's statements (each one value, or no row) as one: each becomes a
-    scalar subquery, its parameters renumbered after the ones before it, so one round trip
-    answers them all (NULL where a statement finds no row, as fetchval's None)."""
+async def fetch_together(
+    conn: Connection, tenant_id: str, statements: list[tuple[str, tuple[Any, ...]]]
+) -> list[str | None]:
+    """Several of this module's statements of one tenant (each one value, or no row) as one:
+    each becomes a scalar subquery, its parameters renumbered after the ones before it, so one
+    round trip answers them all (NULL where a statement finds no row, as fetchval's None). The
+    tenant stays `$1` in all of them: on Citus every subquery then names the same shard, and
+    the router planner sends the whole statement to it."""
     parts: list[str] = []
-    args: list[Any] = []
+    args: list[Any] = [tenant_id]
     for sql, values in statements:
+        if not values or values[0] != tenant_id:
+            raise ValueError("statements of one tenant only")
         # Our own SQL: the only `$` in it are parameters (names and literals are GraphQL names).
-        renumbered = _PARAM.sub(functools.partial(_shift, len(args)), sql)
+        renumbered = _PARAM.sub(functools.partial(_shift, len(args) - 1), sql)
         parts.append(f"({renumbered}) AS r{len(parts)}")
-        args.extend(values)
+        args.extend(values[1:])
     row = await conn.fetchrow(f"SELECT {', '.join(parts)}", *args)
     assert row is not None
     return [row[i] for i in range(len(statements))]

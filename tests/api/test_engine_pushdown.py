@@ -479,22 +479,25 @@ async def test_a_round_trip_sends_the_items_statements_as_one(db: Database) -> N
 
     from app.services.json_reads import RoundTrip
 
-    # Started together, as a batch's items are: one statement on one connection (one backend
-    # answers all; separately, two concurrent reads would hold two connections), parameters
-    # renumbered per statement, no row -> None as fetchval says it.
+    # Started together, as a batch's items are: one statement (one statement_timestamp for
+    # all), parameters renumbered per statement with the tenant `$1` shared, no row -> None as
+    # fetchval says it.
     shared = RoundTrip(db)
+    stamp = "SELECT $1::text || $2::text || statement_timestamp()::text"
     answers = await asyncio.gather(
-        shared.fetchval("SELECT $1::text || ':' || pg_backend_pid()::text", "a"),
-        shared.fetchval("SELECT $1::text || ':' || pg_backend_pid()::text WHERE $2::bool", "b", True),
-        shared.fetchval("SELECT $1::text WHERE $2::bool", "c", False),
+        shared.fetchval(stamp, "t:", "a:"),
+        shared.fetchval(stamp + " WHERE $3::bool", "t:", "b:", True),
+        shared.fetchval("SELECT $1::text WHERE $2::bool", "t:", False),
     )
     assert answers[2] is None
     assert answers[0] is not None and answers[1] is not None
-    (a, pid_a), (b, pid_b) = answers[0].split(":"), answers[1].split(":")
-    assert (a, b) == ("a", "b") and pid_a == pid_b
+    (t, a, at_a), (_, b, at_b) = answers[0].split(":", 2), answers[1].split(":", 2)
+    assert (t, a, b) == ("t", "a", "b") and at_a == at_b
     # One failing statement fails them all (the engine then answers each the ordinary way).
     results = await asyncio.gather(
-        shared.fetchval("SELECT $1::text", "ok"), shared.fetchval("SELECT 1/$1::int", 0), return_exceptions=True
+        shared.fetchval("SELECT $1::text", "t"), shared.fetchval("SELECT 1/$2::int", "t", 0), return_exceptions=True
     )
     assert all(isinstance(r, asyncpg.DivisionByZeroError) for r in results), results
-    assert await shared.fetchval("SELECT $1::text", "alone") == "alone"
+    # Other tenants' statements are never merged (each keeps its own `$1`).
+    apart = await asyncio.gather(shared.fetchval("SELECT $1::text", "x"), shared.fetchval("SELECT $1::text", "y"))
+    assert list(apart) == ["x", "y"]

@@ -2,14 +2,17 @@
 their JSON in Postgres (json_build_object / json_agg, nested connections as correlated
 subqueries), and Python splices the bytes into the response (orjson.Fragment).
 
-Today: `Query.conversations(filter, first, after, orderBy)` selecting `edges { node { … } }`
-where the node selects column scalars of Conversation and `messages(first/last/after/before/
-afterSeq) { edges { node { <Message column scalars> } } }`, `__typename` anywhere, aliases and
-fragments as the document says. Anything else in the subtree (cursors, pageInfo, totalCount,
-`since`, fields with resolvers) makes the compiler fall back to the level-by-level plan
-(plans.ResolverField). At run time the same checks as the resolvers run first (the caller's
-tenant and scope, the filter, page sizes, cursors); any error raises, and the engine sends the
-query to the ordinary path, which reports it exactly as it always does.
+Today: `Query.conversations(filter, first, after, orderBy)`, `Query.history(…)` and
+`Query.conversation(id | sessionId)` (null when not found) whose selection holds column scalars
+of Conversation / Message / Source, `messages(first/last/after/before/afterSeq)` connections,
+and on every connection `edges { cursor node }`, `pageInfo { hasNextPage hasPreviousPage
+startCursor endCursor }`, `totalCount` and `totalCountCapped`, computed in SQL as the resolvers
+compute them; `__typename` anywhere, aliases and fragments as the document says. Anything else
+in the subtree (`since`, fields with resolvers) makes the compiler fall back to the
+level-by-level plan (plans.ResolverField). At run time the same checks as the resolvers run
+first (the caller's tenant and scope, the filter, page sizes, cursors); any error raises, and
+the engine sends the query to the ordinary path, which reports it exactly as it always does.
+A batch's items that run together send their statements as one (json_reads.RoundTrip).
 
 The formatting rules that keep the output equal to Strawberry's path live with the SQL
 (db/repositories/json_reads.py); tests/api/test_engine_pushdown.py and the differential corpus
