@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 
 from db.session import Database
 from tests.api.conftest import Caller
+from tests.api.test_engine_corpus import _unplanned
 
 CRM = """query($f: ConversationFilter, $n: Int, $m: Int) {
   conversations(filter: $f, first: $n) { __typename edges { node { id sessionId userId agentId channel title
@@ -220,9 +221,13 @@ async def test_counts_page_info_cursors_and_the_conversation_root_are_pushed_dow
     for variables in ({"c": ids[0], "m": 2}, {"s": "p1", "m": 0}, {"s": "p2", "m": 3}, {"c": ids[1]}):
         data = await _same(api, ordinary, DETAIL, variables)
     assert data["conversation"]["lastSeq"] == 4 and len(data["conversation"]["recent"]["edges"]) == 4
-    for variables in ({"c": str(uuid.uuid4())}, {"s": "nobody"}):
+    # Not found is null, even with nested page arguments its resolver would refuse (it never
+    # runs without a parent): answered here, not by the fallback.
+    for variables in ({"c": str(uuid.uuid4())}, {"s": "nobody"}, {"s": "nobody", "m": 500}):
+        unplanned = _unplanned()
         planned, reference, _ = await _both(api, ordinary, DETAIL, variables)
         assert planned == reference == {"data": {"conversation": None}}
+        assert _unplanned() == unplanned, variables
     # The count stops at LIST_COUNT_CAP as the resolver's does.
     saved = app.state.resources.limits
     try:

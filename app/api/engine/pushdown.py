@@ -42,6 +42,7 @@ from graphql import (
 from app import models
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, ResolverField, _NoPlan
+from app.errors import DomainError
 from app.services import conversations, json_reads
 from app.services.json_reads import (
     Column,
@@ -57,6 +58,8 @@ from app.services.json_reads import (
 from app.services.messages import HistoryArgs
 
 _CONVERSATION_COLUMNS = json_reads.CONVERSATION_FIELDS
+#: Whether a conversation exists: its id, or null.
+_EXISTS = JsonObject((("id", Column("id")),))
 _MESSAGE_COLUMNS = json_reads.MESSAGE_FIELDS
 
 
@@ -129,15 +132,25 @@ class _Pushdown(ResolverField):
         tenant = context.tenant()  # the resolver's scope check: UNAUTHENTICATED / FORBIDDEN
         limits = context.resources.limits
         variables = kwargs["variables"]
-        # The nested pages' arguments, validated as their resolvers validate them.
-        pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
         shared = context.round_trip
+        try:
+            # The nested pages' arguments, validated as their resolvers validate them.
+            pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
+        except DomainError:
+            # Their resolvers run only under a parent that exists: no parent, no error.
+            if await self.absent(shared or context.resources.db, tenant, limits, kwargs["root"]):
+                return None
+            raise
         if shared is not None:  # a batch's item: its statement goes with the other items'
             text = await self.read(shared, tenant, limits, kwargs["root"], pages)
         else:
             async with context.resources.db.read() as conn:
                 text = await self.read(conn, tenant, limits, kwargs["root"], pages)
         return orjson.Fragment(text) if text is not None else None
+
+    async def absent(self, source: Any, tenant: str, limits: Any, root: dict[str, Any]) -> bool:
+        """Whether the field's answer is null without reading its nested pages."""
+        return False
 
     async def read(
         self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]
@@ -202,6 +215,13 @@ class ConversationPushdown(_Pushdown):
     ) -> str | None:
         target = conversations.ref(root.get("id"), root.get("session_id"), limits)
         return await json_reads.conversation(conn, tenant, target, self.connection, pages)
+
+    async def absent(self, source: Any, tenant: str, limits: Any, root: dict[str, Any]) -> bool:
+        target = conversations.ref(root.get("id"), root.get("session_id"), limits)
+        if isinstance(source, json_reads.RoundTrip):
+            return await json_reads.conversation(source, tenant, target, _EXISTS, []) is None  # type: ignore[arg-type]
+        async with source.read() as conn:
+            return await json_reads.conversation(conn, tenant, target, _EXISTS, []) is None
 
 
 def _conversation_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
