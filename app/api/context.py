@@ -14,6 +14,7 @@ from app.errors import DomainError
 from app.resources import Resources
 from app.services import crm, messages, state, windows
 from app.services.context import ContextWindow
+from app.services.json_reads import RoundTrip
 from app.services.tenants import Scope
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ class RequestContext:
     #: The WebSocket connection this context belongs to (its credentials, caps and close).
     live: LiveConnection | None = None
     _loaders: Loaders | None = field(default=None, repr=False)
+    #: A batch's items that run together share it: their pushed-down reads go as one statement.
+    round_trip: RoundTrip | None = None
 
     def tenant(self, scope: Scope = Scope.READ) -> str:
         """The caller's tenant, after checking it may do `scope` (raises UNAUTHENTICATED / FORBIDDEN)."""

@@ -39,6 +39,7 @@ from app.api.ws_connections import ConnectionRegistry, LiveConnection, auth_head
 from app.auth import Authenticator, Principal
 from app.errors import DomainError, ErrorCode
 from app.resources import Resources
+from app.services import json_reads
 
 log = logging.getLogger("conversation_service.api")
 
@@ -209,7 +210,11 @@ class GraphQLView(GraphQL[RequestContext, None]):
         if not over and all(p is not None and not p.mutation for p in plans):
             # Queries only, all planned: read-only and independent, so they run together (their
             # order cannot matter); anything with a mutation keeps the items' order.
-            gathered = [self._batch_item(request, caller, i, p, None) for i, p in zip(items, plans, strict=True)]
+            # Their pushed-down reads go to Postgres as one statement (json_reads.RoundTrip).
+            shared = json_reads.RoundTrip(caller.resources.db)
+            gathered = [
+                self._batch_item(request, caller, i, p, None, shared) for i, p in zip(items, plans, strict=True)
+            ]
             responses = list(await asyncio.gather(*gathered))
         else:
             refused = (total, max_cost) if over and max_cost is not None else None
@@ -225,6 +230,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
         item: GraphQLRequestData | RequestRefused,
         plan: OperationPlan | None,
         over_cost: tuple[int, int] | None,
+        round_trip: json_reads.RoundTrip | None = None,
     ) -> Any:
         # Each item has a context of its own (loaders, request id, metrics), with the principal
         # the request was authenticated as: one key lookup per request, not one per item.
@@ -235,6 +241,7 @@ class GraphQLView(GraphQL[RequestContext, None]):
             principal=caller.principal,
             auth_error=caller.auth_error,
             started=time.perf_counter(),
+            round_trip=round_trip,
         )
         request.state.graphql_context = context
         if isinstance(item, RequestRefused):

@@ -15,6 +15,7 @@ every WHERE.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class MessagePage:
 class PageValues:
     forward: bool
     lower: int
+    range_lower: int
     upper_cap: int | None
     size: int
 
@@ -99,6 +101,15 @@ class Node:
     node: JsonObject
 
 
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """A value the connection computes, as its resolver computes it: on the connection
+    `totalCount` / `totalCountCapped`, in its `pageInfo` (a `Node` of Metas) `hasNextPage`,
+    `hasPreviousPage`, `startCursor`, `endCursor`, and on an edge `cursor`."""
+
+    name: str
+
+
 def pages_of(obj: JsonObject) -> list[MessagePage]:
     """The pages of a selection in the order their parameters appear in its SQL."""
     found: list[MessagePage] = []
@@ -111,6 +122,34 @@ def pages_of(obj: JsonObject) -> list[MessagePage]:
         elif isinstance(value, Edges):
             found.extend(pages_of(value.edge))
     return found
+
+
+def uses_meta(obj: JsonObject) -> bool:
+    """Whether the connection object (not its nested pages) selects computed values."""
+    for _, value in obj.entries:
+        if isinstance(value, Meta) or (isinstance(value, Node | Edges) and uses_meta(_inner(value))):
+            return True
+    return False
+
+
+def _inner(value: Node | Edges) -> JsonObject:
+    return value.node if isinstance(value, Node) else value.edge
+
+
+def _base64(raw: str) -> str:
+    # Python's urlsafe_b64encode(...).rstrip("="); Postgres breaks base64 lines at 76
+    # characters: translate drops the newlines (no counterpart in the target set).
+    return f"rtrim(translate(encode(convert_to({raw}, 'UTF8'), 'base64'), '+/' || chr(10), '-_'), '=')"
+
+
+def seq_cursor(seq: str) -> str:
+    """cursors.seq_cursor in SQL (NULL for a NULL seq)."""
+    return _base64(f"'s|' || ({seq})::text")
+
+
+def conversation_cursor(alias: str, column: str) -> str:
+    """cursors.conversation_cursor(row.<column>, row.id) in SQL."""
+    return _base64(f"'c|' || {_datetime(f'{alias}.{column}')} || '|' || {alias}.id::text")
 
 
 def _key(name: str) -> str:
@@ -154,10 +193,18 @@ class _Builder:
             return f"(CASE {expr} {cases} END)"
         return expr
 
-    def object(self, obj: JsonObject, alias: str, allowed: frozenset[str], rows: tuple[str, str] | None = None) -> str:
+    def object(
+        self,
+        obj: JsonObject,
+        alias: str,
+        allowed: frozenset[str],
+        rows: tuple[str, str, dict[str, str]] | None = None,
+        meta: dict[str, str] | None = None,
+    ) -> str:
         """`alias` is the row the object's columns read; `rows` (a template over the rows of the
-        connection's edges with `{edge}` per row, and the rows' alias) is given for a connection
-        object."""
+        connection's edges with `{edge}` per row, the rows' alias, and the edge's computed values)
+        is given for a connection object, `meta` (name -> SQL) for the objects with computed
+        values."""
         if len(obj.entries) > MAX_KEYS:
             raise ValueError("too many keys")
         parts: list[str] = []
@@ -168,10 +215,14 @@ class _Builder:
             elif isinstance(value, Column):
                 parts.append(self.column(alias, value, allowed))
             elif isinstance(value, Node):
-                parts.append(self.object(value.node, alias, allowed))
+                parts.append(self.object(value.node, alias, allowed, meta=meta))
+            elif isinstance(value, Meta):
+                if meta is None or value.name not in meta:
+                    raise ValueError(f"cannot compute {value.name!r} here")
+                parts.append(meta[value.name])
             elif isinstance(value, Edges):
                 assert rows is not None
-                parts.append(rows[0].format(edge=self.object(value.edge, rows[1], allowed)))
+                parts.append(rows[0].format(edge=self.object(value.edge, rows[1], allowed, meta=rows[2])))
             elif isinstance(value, MessagePage):
                 parts.append(self.messages(value))
             elif isinstance(value, SourceList):
@@ -185,17 +236,30 @@ class _Builder:
         return f"json_build_object({', '.join(parts)})"
 
     def messages(self, page: MessagePage) -> str:
-        """The page's connection object for the conversation `c` of the enclosing row; its four
-        parameters are PageValues' fields (the bounds of _PAGE_TEMPLATE in messages.py)."""
-        forward, lower, cap, size = (self.param() for _ in range(4))
+        """The page's connection object for the conversation `c` of the enclosing row; its five
+        parameters are PageValues' fields. The bounds `b` mirror PageRequest.bounds, the flags
+        and count PageRequest.plan (an empty page answers the flags from where it stands)."""
+        forward, lower, range_lower, cap, size = (self.param() for _ in range(5))
+        fwd, low = f"{forward}::bool", f"{lower}::int"
         upper = f"LEAST(c.last_seq + 1, COALESCE({cap}::int, c.last_seq + 1))"
-        lo = f"CASE WHEN {forward}::bool THEN {lower}::int + 1 ELSE GREATEST({lower}::int + 1, {upper} - {size}::int) END"
-        hi = f"CASE WHEN {forward}::bool THEN LEAST({upper} - 1, {lower}::int + {size}::int) ELSE {upper} - 1 END"
-        rows = (
-            "(SELECT coalesce(json_agg({edge} ORDER BY m.seq), '[]'::json) FROM messages m "
-            f"WHERE m.tenant_id = $1 AND m.conversation_id = c.id AND m.seq BETWEEN {lo} AND {hi})"
-        )
-        return self.object(page.connection, "", MESSAGE_FIELDS, (rows, "m"))
+        lo = f"CASE WHEN {fwd} THEN {low} + 1 ELSE GREATEST({low} + 1, {upper} - {size}::int) END"
+        hi = f"CASE WHEN {fwd} THEN LEAST({upper} - 1, {low} + {size}::int) ELSE {upper} - 1 END"
+        in_page = "m.tenant_id = $1 AND m.conversation_id = c.id AND m.seq BETWEEN b.lo AND b.hi"
+        rows = "(SELECT coalesce(json_agg({edge} ORDER BY m.seq), '[]'::json) FROM messages m WHERE " + in_page + ")"
+        plo = f"(CASE WHEN b.hi >= b.lo THEN b.lo WHEN {fwd} THEN {low} + 1 ELSE b.up END)"
+        phi = f"(CASE WHEN b.hi >= b.lo THEN b.hi WHEN {fwd} THEN {low} ELSE b.up - 1 END)"
+        meta = {
+            "hasNextPage": f"({phi} < CASE WHEN {fwd} THEN b.up - 1 ELSE c.last_seq END)",
+            "hasPreviousPage": f"({plo} > b.range_lower + 1)",
+            "totalCount": "GREATEST(0, c.last_seq - b.range_lower)",
+            "totalCountCapped": "false",
+            "startCursor": f"(SELECT {seq_cursor('min(m.seq)')} FROM messages m WHERE {in_page})",
+            "endCursor": f"(SELECT {seq_cursor('max(m.seq)')} FROM messages m WHERE {in_page})",
+        }
+        body = self.object(page.connection, "", MESSAGE_FIELDS, (rows, "m", {"cursor": seq_cursor("m.seq")}), meta)
+        # Every parameter is typed here, selected or not (asyncpg must know each one's type).
+        bounds = f"SELECT {lo} AS lo, {hi} AS hi, {upper} AS up, {range_lower}::int AS range_lower"
+        return f"(SELECT {body} FROM ({bounds}) b)"
 
 
 _SQL: dict[tuple[Any, ...], tuple[JsonObject | MessagePage, str]] = {}
@@ -217,7 +281,7 @@ def _cached(selection: JsonObject | MessagePage, key: tuple[Any, ...], build: An
 
 
 def _page_args(pages: list[PageValues]) -> list[Any]:
-    return [v for p in pages for v in (p.forward, p.lower, p.upper_cap, p.size)]
+    return [v for p in pages for v in (p.forward, p.lower, p.range_lower, p.upper_cap, p.size)]
 
 
 async def conversation_list(
@@ -229,32 +293,73 @@ async def conversation_list(
     after: tuple[datetime, uuid.UUID] | None,
     connection: JsonObject,
     pages: list[PageValues],
+    count_cap: int,
 ) -> str:
     """The `conversations` connection as JSON text: the page of list_page (same WHERE, order
     and keyset), each conversation's nested message pages (`pages`, in pages_of order) in the
-    same statement."""
+    same statement. With computed values selected, the page reads one row more (hasNextPage,
+    as conversations.list_) and the count stops after count_cap + 1 rows (repo.count)."""
     column, direction = _ORDER[order]
     where = filtered(tenant_id, f)
+    count_where = where.sql  # the filter alone: the count ignores the cursor
     if after is not None:
         op = "<" if direction == "DESC" else ">"
         where.add(f"({column}, id) {op} ({{}}, {{}})", *after)
-    limit_param = where.param(limit)
+    computed = uses_meta(connection)
+    limit_param = where.param(limit + 1 if computed and limit else limit)
+    size_param = where.param(limit) if computed else ""
+    before_param = where.param(after is not None) if computed else ""
+    cap_param = where.param(count_cap) if computed else ""
 
     def build() -> str:
-        page = (
-            f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {where.sql} "
-            f"ORDER BY {column} {direction}, id {direction} LIMIT {limit_param}"
-        )
+        ordered = f"ORDER BY {column} {direction}, id {direction}"
+        page = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE {where.sql} {ordered} LIMIT {limit_param}"
+        shown = "(SELECT * FROM page " + ordered + " LIMIT (SELECT size FROM args))" if computed else "page"
         # The page rows are `c`: nested message pages read c.id and c.last_seq.
         rows = (
             "(SELECT coalesce(json_agg({edge}"
-            + f" ORDER BY c.{column} {direction}, c.id {direction}), '[]'::json) FROM page c)"
+            + f" ORDER BY c.{column} {direction}, c.id {direction}), '[]'::json) FROM {shown} c)"
         )
-        body = _Builder(len(where.args) + 1).object(connection, "", CONVERSATION_FIELDS, (rows, "c"))
-        return f"WITH page AS MATERIALIZED ({page}) SELECT ({body})::text"
+        reverse = "ASC" if direction == "DESC" else "DESC"
+        cap = "(SELECT cap FROM args)"
+        counted = f"(SELECT count(*) FROM (SELECT 1 FROM conversations WHERE {count_where} LIMIT {cap} + 1) n)"
+        meta = {
+            "hasNextPage": "((SELECT count(*) FROM page) > (SELECT size FROM args))",
+            "hasPreviousPage": "(SELECT after FROM args)",
+            "totalCount": f"LEAST({counted}, {cap})::int",
+            "totalCountCapped": f"({counted} > {cap})",
+            "startCursor": f"(SELECT {conversation_cursor('c', column)} FROM {shown} c {ordered} LIMIT 1)",
+            "endCursor": f"(SELECT {conversation_cursor('c', column)} FROM {shown} c "
+            f"ORDER BY {column} {reverse}, id {reverse} LIMIT 1)",
+        }
+        edge = {"cursor": conversation_cursor("c", column)}
+        body = _Builder(len(where.args) + 1).object(connection, "", CONVERSATION_FIELDS, (rows, "c", edge), meta)
+        # Every parameter is typed in `args`, selected or not (asyncpg must know each one's type).
+        args = f"args AS (SELECT {size_param}::int AS size, {before_param}::bool AS after, {cap_param}::int AS cap), "
+        return f"WITH {args if computed else ''}page AS MATERIALIZED ({page}) SELECT ({body})::text"
 
-    sql = _cached(connection, ("list", where.sql, order), build)
+    sql = _cached(connection, ("list", where.sql, order, computed), build)
     text: str = await conn.fetchval(sql, *where.args, *_page_args(pages))
+    return text
+
+
+async def conversation(
+    conn: Connection,
+    tenant_id: str,
+    id: uuid.UUID | None,
+    session_id: str | None,
+    row: JsonObject,
+    pages: list[PageValues],
+) -> str | None:
+    """`conversation(id | sessionId)` as JSON text, or None when the tenant has no such conversation."""
+    by = "id = $2::uuid" if id is not None else "session_id = $2::text"
+
+    def build() -> str:
+        body = _Builder(3).object(row, "c", CONVERSATION_FIELDS)
+        return f"SELECT ({body})::text FROM conversations c WHERE c.tenant_id = $1 AND c.{by}"
+
+    sql = _cached(row, ("conversation", by), build)
+    text: str | None = await conn.fetchval(sql, tenant_id, id if id is not None else session_id, *_page_args(pages))
     return text
 
 
@@ -276,3 +381,33 @@ async def history(
     sql = _cached(page.connection, ("history", by), build)
     text: str | None = await conn.fetchval(sql, tenant_id, id if id is not None else session_id, *_page_args([values]))
     return text
+
+
+_PARAM = re.compile(r"\$(\d+)")
+
+
+def _shift(offset: int, match: re.Match[str]) -> str:
+    number = int(match.group(1))
+    return "$1" if number == 1 else f"${number + offset}"
+
+
+async def fetch_together(
+    conn: Connection, tenant_id: str, statements: list[tuple[str, tuple[Any, ...]]]
+) -> list[str | None]:
+    """Several of this module's statements of one tenant (each one value, or no row) as one:
+    each becomes a scalar subquery, its parameters renumbered after the ones before it, so one
+    round trip answers them all (NULL where a statement finds no row, as fetchval's None). The
+    tenant stays `$1` in all of them: on Citus every subquery then names the same shard, and
+    the router planner sends the whole statement to it."""
+    parts: list[str] = []
+    args: list[Any] = [tenant_id]
+    for sql, values in statements:
+        if not values or values[0] != tenant_id:
+            raise ValueError("statements of one tenant only")
+        # Our own SQL: the only `$` in it are parameters (names and literals are GraphQL names).
+        renumbered = _PARAM.sub(functools.partial(_shift, len(args) - 1), sql)
+        parts.append(f"({renumbered}) AS r{len(parts)}")
+        args.extend(values[1:])
+    row = await conn.fetchrow(f"SELECT {', '.join(parts)}", *args)
+    assert row is not None
+    return [row[i] for i in range(len(statements))]

@@ -178,7 +178,11 @@ async def test_a_partitioned_writer_repairs_what_it_could_not_write(
 async def test_graphql_with_redis_down_is_degraded_but_right(
     db: Database, servers: Servers, tenant: str, private_redis: list[EmbeddedServer], redis_dir: Path
 ) -> None:
-    settings = Settings(_env_file=None, readiness_timeout_s=0.5, cache_retry_s=0.05, cache_timeout_s=0.3)
+    # The ordinary path: it reads recent pages from the hot store. (The engine's SQL pushdown
+    # answers this shape from Postgres alone, Redis up or down: tests/api/test_engine_pushdown.py.)
+    settings = Settings(
+        _env_file=None, readiness_timeout_s=0.5, cache_retry_s=0.05, cache_timeout_s=0.3, graphql_engine=False
+    )
     app = create_app(settings, database_url=servers.database_url, redis_url=private_redis[0].url)
     history = """query($id: ID!) { history(conversationId: $id, last: 4) {
         totalCount edges { node { seq content tokenCount } } } }"""

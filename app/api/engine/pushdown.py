@@ -2,14 +2,17 @@
 their JSON in Postgres (json_build_object / json_agg, nested connections as correlated
 subqueries), and Python splices the bytes into the response (orjson.Fragment).
 
-Today: `Query.conversations(filter, first, after, orderBy)` selecting `edges { node { … } }`
-where the node selects column scalars of Conversation and `messages(first/last/after/before/
-afterSeq) { edges { node { <Message column scalars> } } }`, `__typename` anywhere, aliases and
-fragments as the document says. Anything else in the subtree (cursors, pageInfo, totalCount,
-`since`, fields with resolvers) makes the compiler fall back to the level-by-level plan
-(plans.ResolverField). At run time the same checks as the resolvers run first (the caller's
-tenant and scope, the filter, page sizes, cursors); any error raises, and the engine sends the
-query to the ordinary path, which reports it exactly as it always does.
+Today: `Query.conversations(filter, first, after, orderBy)`, `Query.history(…)` and
+`Query.conversation(id | sessionId)` (null when not found) whose selection holds column scalars
+of Conversation / Message / Source, `messages(first/last/after/before/afterSeq)` connections,
+and on every connection `edges { cursor node }`, `pageInfo { hasNextPage hasPreviousPage
+startCursor endCursor }`, `totalCount` and `totalCountCapped`, computed in SQL as the resolvers
+compute them; `__typename` anywhere, aliases and fragments as the document says. Anything else
+in the subtree (`since`, fields with resolvers) makes the compiler fall back to the
+level-by-level plan (plans.ResolverField). At run time the same checks as the resolvers run
+first (the caller's tenant and scope, the filter, page sizes, cursors); any error raises, and
+the engine sends the query to the ordinary path, which reports it exactly as it always does.
+A batch's items that run together send their statements as one (json_reads.RoundTrip).
 
 The formatting rules that keep the output equal to Strawberry's path live with the SQL
 (db/repositories/json_reads.py); tests/api/test_engine_pushdown.py and the differential corpus
@@ -39,11 +42,24 @@ from graphql import (
 from app import models
 from app.api.engine import adapter
 from app.api.engine.plans import Compiler, ResolverField, _NoPlan
+from app.errors import DomainError
 from app.services import conversations, json_reads
-from app.services.json_reads import Column, Const, Edges, JsonObject, MessagePage, Node, PageValues, SourceList
+from app.services.json_reads import (
+    Column,
+    Const,
+    Edges,
+    JsonObject,
+    MessagePage,
+    Meta,
+    Node,
+    PageValues,
+    SourceList,
+)
 from app.services.messages import HistoryArgs
 
 _CONVERSATION_COLUMNS = json_reads.CONVERSATION_FIELDS
+#: Whether a conversation exists: its id, or null.
+_EXISTS = JsonObject((("id", Column("id")),))
 _MESSAGE_COLUMNS = json_reads.MESSAGE_FIELDS
 
 
@@ -111,18 +127,34 @@ class _Pushdown(ResolverField):
     def kwargs(self, variable_values: Any) -> dict[str, Any]:
         return {"root": super().kwargs(variable_values), "variables": variable_values}
 
-    async def run(self, info: Any, kwargs: dict[str, Any]) -> orjson.Fragment:
+    async def run(self, info: Any, kwargs: dict[str, Any]) -> orjson.Fragment | None:
         context = info.context
         tenant = context.tenant()  # the resolver's scope check: UNAUTHENTICATED / FORBIDDEN
         limits = context.resources.limits
         variables = kwargs["variables"]
-        # The nested pages' arguments, validated as their resolvers validate them.
-        pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
-        async with context.resources.db.read() as conn:
-            text = await self.read(conn, tenant, limits, kwargs["root"], pages)
-        return orjson.Fragment(text)
+        shared = context.round_trip
+        try:
+            # The nested pages' arguments, validated as their resolvers validate them.
+            pages = [json_reads.page_values(HistoryArgs(**p.source.kwargs(variables)), limits) for p in self.pages]
+        except DomainError:
+            # Their resolvers run only under a parent that exists: no parent, no error.
+            if await self.absent(shared or context.resources.db, tenant, limits, kwargs["root"]):
+                return None
+            raise
+        if shared is not None:  # a batch's item: its statement goes with the other items'
+            text = await self.read(shared, tenant, limits, kwargs["root"], pages)
+        else:
+            async with context.resources.db.read() as conn:
+                text = await self.read(conn, tenant, limits, kwargs["root"], pages)
+        return orjson.Fragment(text) if text is not None else None
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
+    async def absent(self, source: Any, tenant: str, limits: Any, root: dict[str, Any]) -> bool:
+        """Whether the field's answer is null without reading its nested pages."""
+        return False
+
+    async def read(
+        self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]
+    ) -> str | None:
         raise NotImplementedError
 
 
@@ -134,7 +166,9 @@ class ConversationsPushdown(_Pushdown):
     def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
         return compiler.connection(field, details, _conversation_row)
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
+    async def read(
+        self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]
+    ) -> str | None:
         filter_, order_by = root.get("filter"), root.get("order_by")
         return await json_reads.conversation_list(
             conn,
@@ -159,11 +193,35 @@ class HistoryPushdown(_Pushdown):
             raise _NoPlan("pushdown")  # since needs a lookup first
         return compiler.connection(field, details, _message_row)
 
-    async def read(self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]) -> str:
+    async def read(
+        self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]
+    ) -> str | None:
         target = conversations.ref(root.get("conversation_id"), root.get("session_id"), limits)
         paging = {k: v for k, v in root.items() if k not in ("conversation_id", "session_id")}
         values = json_reads.page_values(HistoryArgs(**paging), limits)
         return await json_reads.history(conn, tenant, target, MessagePage(self.connection), values)
+
+
+class ConversationPushdown(_Pushdown):
+    """`Query.conversation(id | sessionId) { <columns> messages(…) { … } }`: null when not found."""
+
+    __slots__ = ()
+
+    def compile_selection(self, compiler: PushdownCompiler, field: GraphQLField, details: Any) -> JsonObject:
+        return _conversation_row(compiler, _named(field.type), details)
+
+    async def read(
+        self, conn: Any, tenant: str, limits: Any, root: dict[str, Any], pages: list[PageValues]
+    ) -> str | None:
+        target = conversations.ref(root.get("id"), root.get("session_id"), limits)
+        return await json_reads.conversation(conn, tenant, target, self.connection, pages)
+
+    async def absent(self, source: Any, tenant: str, limits: Any, root: dict[str, Any]) -> bool:
+        target = conversations.ref(root.get("id"), root.get("session_id"), limits)
+        if isinstance(source, json_reads.RoundTrip):
+            return await json_reads.conversation(source, tenant, target, _EXISTS, []) is None  # type: ignore[arg-type]
+        async with source.read() as conn:
+            return await json_reads.conversation(conn, tenant, target, _EXISTS, []) is None
 
 
 def _conversation_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: Any) -> JsonObject:
@@ -174,7 +232,13 @@ def _message_row(compiler: PushdownCompiler, type_: GraphQLObjectType, details: 
     return compiler.row(type_, details, _MESSAGE_COLUMNS, nested=False)
 
 
-_ROOTS: dict[str, type[_Pushdown]] = {"conversations": ConversationsPushdown, "history": HistoryPushdown}
+_ROOTS: dict[str, type[_Pushdown]] = {
+    "conversations": ConversationsPushdown,
+    "history": HistoryPushdown,
+    "conversation": ConversationPushdown,
+}
+_COMPUTED = frozenset({"totalCount", "totalCountCapped"})
+_PAGE_INFO = frozenset({"hasNextPage", "hasPreviousPage", "startCursor", "endCursor"})
 
 
 class PushdownCompiler(Compiler):
@@ -191,7 +255,8 @@ class PushdownCompiler(Compiler):
         return super().resolver_field(object_type, field, details)
 
     def connection(self, field: GraphQLField, details: Any, row: Any) -> JsonObject:
-        """A connection selecting `edges { node }` and `__typename` only."""
+        """A connection selecting `edges { cursor node }`, `pageInfo`, `totalCount(Capped)` and
+        `__typename`."""
         conn_type = _named(field.type)
         out: list[tuple[str, Any]] = []
         for key, fds in self._collect(conn_type, details).items():
@@ -208,9 +273,25 @@ class PushdownCompiler(Compiler):
                     elif edge_name == "node":
                         node_type = _named(edge_type.fields["node"].type)
                         edge.append((edge_key, Node(row(self, node_type, efds))))
+                    elif edge_name == "cursor":
+                        edge.append((edge_key, Meta("cursor")))
                     else:
                         raise _NoPlan("pushdown")
                 out.append((key, Edges(JsonObject(tuple(edge)))))
+            elif name in _COMPUTED:
+                out.append((key, Meta(name)))
+            elif name == "pageInfo":
+                info_type = _named(conn_type.fields["pageInfo"].type)
+                info: list[tuple[str, Any]] = []
+                for info_key, ifds in self._collect(info_type, fds).items():
+                    info_name = ifds[0].node.name.value
+                    if info_name == "__typename":
+                        info.append((info_key, Const(info_type.name)))
+                    elif info_name in _PAGE_INFO:
+                        info.append((info_key, Meta(info_name)))
+                    else:
+                        raise _NoPlan("pushdown")
+                out.append((key, Node(JsonObject(tuple(info)))))
             else:
                 raise _NoPlan("pushdown")
         return JsonObject(tuple(out))
