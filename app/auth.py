@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from app.errors import BadUserInput, Forbidden, ServiceUnavailable, Unauthenticated
 from app.services import limits as check
 from app.services import tenants
 from app.services.tenants import Scope
 from app.settings import AuthMode
-from db.session import Database, is_unreachable
+from db.session import Connection, Database, is_unreachable
 
 #: Revocation must take effect within 5 s (DESIGN.md); keys are re-read at least this often.
 KEY_CACHE_SECONDS = 2.0
@@ -22,6 +23,7 @@ KEY_CACHE_SECONDS = 2.0
 LAST_USED_INTERVAL_S = 60.0
 
 log = logging.getLogger("conversation_service.auth")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +79,23 @@ class Authenticator:
         cached = self._cache.get(secret)
         if cached is not None and cached[0] > now:
             return cached[1]
-        try:
-            async with self.db.read() as conn:
-                key = await tenants.key_for_secret(conn, secret)
-        except Exception as exc:
-            if is_unreachable(exc):
-                raise ServiceUnavailable("the database cannot be reached to check the API key; retry later") from exc
-            raise
+        key = await self._read(lambda conn: tenants.key_for_secret(conn, secret))
         if len(self._cache) > 10_000:  # a flood of bad keys must not grow memory without bound
             self._cache.clear()
         self._cache[secret] = (now + KEY_CACHE_SECONDS, key)
         if key is not None and key.revoked_at is None:
             self._touch_if_due(key)
         return key
+
+    async def _read(self, read: Callable[[Connection], Awaitable[T]]) -> T:
+        """A read of the key store; unreachable: SERVICE_UNAVAILABLE (the client may retry)."""
+        try:
+            async with self.db.read() as conn:
+                return await read(conn)
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise ServiceUnavailable("the database cannot be reached to check the API key; retry later") from exc
+            raise
 
     def _touch_if_due(self, key: tenants.ApiKey) -> None:
         """Record the use in the background, at most once a minute per key: the database is
@@ -115,13 +121,7 @@ class Authenticator:
         WebSocket re-check of thousands of live keys costs one query, not thousands."""
         if not secrets:
             return
-        try:
-            async with self.db.read() as conn:
-                keys = await tenants.keys_for_secrets(conn, secrets)
-        except Exception as exc:
-            if is_unreachable(exc):
-                raise ServiceUnavailable("the database cannot be reached to check the API keys; retry later") from exc
-            raise
+        keys = await self._read(lambda conn: tenants.keys_for_secrets(conn, secrets))
         expires = time.monotonic() + KEY_CACHE_SECONDS
         if len(self._cache) + len(keys) > 10_000:
             self._cache.clear()
