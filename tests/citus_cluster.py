@@ -149,10 +149,15 @@ def _split_context(lines: list[str], i: int) -> str:
     pid = _PID.search(lines[i])
     if pid is None:
         return ""
+    # Far enough back for a busy test's log (a background key-use record can sit behind hundreds of
+    # other backends' lines), and the coordinator's own placement of a reference table runs its
+    # command locally rather than "issuing" it.
     before = [
-        line.split("issuing", 1)[1].strip()[:160]
-        for line in lines[max(0, i - 200) : i]
-        if f"[{pid.group(1)}]" in line and "issuing" in line and not _BOOKKEEPING.search(line)
+        re.split(r"issuing|executing the command locally:", line, maxsplit=1)[1].strip()[:160]
+        for line in lines[max(0, i - 5000) : i]
+        if f"[{pid.group(1)}]" in line
+        and ("issuing" in line or "executing the command locally:" in line)
+        and not _BOOKKEEPING.search(line)
     ]
     return f" (after: {' | '.join(before[-2:])})" if before else ""
 
@@ -220,6 +225,7 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
         _psql_coordinator(
             cluster.url,
             "ALTER DATABASE conversations SET citus.log_remote_commands = on;"
+            "ALTER DATABASE conversations SET citus.log_local_commands = on;"
             "ALTER DATABASE conversations SET log_min_messages = notice;",
         )
     install_guard(cluster.coordinator.data_dir / "postgres.log")
