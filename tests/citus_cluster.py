@@ -145,21 +145,25 @@ _BOOKKEEPING = re.compile(r"issuing (?:BEGIN|PREPARE|COMMIT|ROLLBACK|SELECT assi
 
 
 def _split_context(lines: list[str], i: int) -> str:
-    """The remote commands the same backend issued before a split line: what caused it."""
+    """The commands the same backend ran in the transaction a split line belongs to (back to its
+    previous COMMIT or ROLLBACK): what caused it. Remote ones are "issuing", and the coordinator's
+    own placement of a reference table runs its command locally ("executing the command locally")."""
     pid = _PID.search(lines[i])
     if pid is None:
         return ""
-    # Far enough back for a busy test's log (a background key-use record can sit behind hundreds of
-    # other backends' lines), and the coordinator's own placement of a reference table runs its
-    # command locally rather than "issuing" it.
-    before = [
-        re.split(r"issuing|executing the command locally:", line, maxsplit=1)[1].strip()[:160]
-        for line in lines[max(0, i - 5000) : i]
-        if f"[{pid.group(1)}]" in line
-        and ("issuing" in line or "executing the command locally:" in line)
-        and not _BOOKKEEPING.search(line)
-    ]
-    return f" (after: {' | '.join(before[-2:])})" if before else ""
+    tag = f"[{pid.group(1)}]"
+    commands: list[str] = []
+    for line in reversed(lines[max(0, i - 5000) : i]):
+        if tag not in line:
+            continue
+        if _TRANSACTION_END.search(line):
+            break  # the backend's previous transaction (a pooled connection is reused)
+        if ("issuing" in line or "executing the command locally:" in line) and not _BOOKKEEPING.search(line):
+            commands.append(re.split(r"issuing|executing the command locally:", line, maxsplit=1)[1].strip()[:160])
+    return f" (after: {' | '.join(reversed(commands))})" if commands else ""
+
+
+_TRANSACTION_END = re.compile(r"issuing (?:COMMIT|ROLLBACK)")
 
 
 #: The session's guard (one per session: the plugin module is imported once).
