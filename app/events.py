@@ -12,6 +12,11 @@ Channels (the tenant is in every name):
 Pub/sub is at-most-once: a message published while our connection is down is lost. That is
 why subscribers track seqs and backfill from storage (Postgres, the truth) whenever they see
 a gap or are told the hub reconnected (RESYNC): delivery is exactly once, in order, anyway.
+A loss with no later event to reveal it (the last message of a conversation) is closed three ways:
+the publisher retries a failed pipeline and, if it must give up, publishes a resync marker on
+the channels it dropped once Redis answers again; a SUBSCRIBE that fails makes the reader
+reconnect (which re-subscribes everything and sends RESYNC); and a subscriber that hears nothing
+for a while asks storage itself (IDLE, app/api/subscriptions.py).
 """
 
 from __future__ import annotations
@@ -89,6 +94,20 @@ class _Resync:
 RESYNC = _Resync()
 
 
+class _Idle:
+    """Returned by `Subscriber.get` when nothing came within its timeout: time to ask storage."""
+
+
+IDLE = _Idle()
+
+#: Published on a channel whose events were given up: its subscribers re-read storage (RESYNC).
+#: Never valid codec output (every encoded event is a JSON object), so never taken for an event.
+RESYNC_MARKER = b"cs:resync"
+
+#: How long the publisher retries a failed pipeline before it gives the batch up (seconds).
+PUBLISH_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
 class SubscriberOverflow(Exception):
     pass
 
@@ -98,10 +117,19 @@ class Subscriber:
     queue: asyncio.Queue[DomainEvent | _Resync]
     overflowed: bool = False
 
-    async def get(self) -> DomainEvent | _Resync:
+    async def get(self, idle_after: float | None = None) -> DomainEvent | _Resync | _Idle:
+        """The next item; IDLE when `idle_after` seconds pass without one."""
         if self.overflowed:
             raise SubscriberOverflow
-        item = await self.queue.get()
+        if idle_after is None or idle_after <= 0:
+            item = await self.queue.get()
+        else:
+            try:
+                # Not wait_for: on 3.11 it can swallow a cancellation (see EventHub.subscribe).
+                async with asyncio.timeout(idle_after):
+                    item = await self.queue.get()
+            except TimeoutError:
+                return IDLE
         if self.overflowed:
             raise SubscriberOverflow
         return item
@@ -143,6 +171,10 @@ class EventHub:
         self._resync_handlers: list[ResyncHandler] = []
         #: Completes events before they are published (Resources adds conversation headers).
         self.enrich: Callable[[list[DomainEvent]], Awaitable[None]] | None = None
+        #: Channels whose events were given up: a resync marker goes to each with the next publish.
+        self._lost_channels: set[str] = set()
+        #: Set when the pub/sub connection may have missed a SUBSCRIBE: the reader reconnects.
+        self._reconnect_requested = False
 
     # publishing -----------------------------------------------------------------------------
 
@@ -162,13 +194,34 @@ class EventHub:
         """Publish now, in one pipeline (the background publisher's step; also for tools)."""
         if self.enrich is not None:
             await self.enrich(events)
+        lost = set(self._lost_channels)
         async with self._publisher.pipeline(transaction=False) as pipe:
+            for channel in sorted(lost):
+                pipe.publish(channel, RESYNC_MARKER)
             for event in events:
                 data = encode(event)
                 pipe.publish(conversation_channel(event.tenant_id, event.conversation_id), data)
                 pipe.publish(tenant_channel(event.tenant_id), data)
             await pipe.execute()
+        self._lost_channels -= lost
         metrics.EVENTS_PUBLISHED.inc(len(events))
+
+    async def _publish_retrying(self, batch: list[DomainEvent]) -> None:
+        """Publish, retrying a failure (a Redis blip, a failover) with backoff for ~3 s; then give
+        the batch up and remember its conversation channels for a resync marker."""
+        for delay in (*PUBLISH_RETRY_DELAYS, None):
+            try:
+                await self.publish(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if delay is None:
+                    metrics.EVENTS_DROPPED.inc(len(batch))
+                    self._lost_channels.update(conversation_channel(e.tenant_id, e.conversation_id) for e in batch)
+                    log.warning("could not publish %d events (%s); subscribers will resync", len(batch), exc)
+                    return
+                await asyncio.sleep(delay)
 
     async def _publish_forever(self) -> None:
         while True:
@@ -178,13 +231,7 @@ class EventHub:
                 batch = batch + self._outbox.get_nowait()
                 taken += 1
             try:
-                await self.publish(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                metrics.EVENTS_DROPPED.inc(len(batch))
-                log.warning("could not publish %d events (%s); subscribers will backfill", len(batch), exc)
-                await asyncio.sleep(0.05)
+                await self._publish_retrying(batch)
             finally:
                 for _ in range(taken):
                     self._outbox.task_done()
@@ -225,8 +272,10 @@ class EventHub:
             if entry is None:
                 entry = self._channels[channel] = _Channel()
                 if self._pubsub is not None and self._connected.is_set():
-                    with contextlib.suppress(RedisError, OSError):
+                    try:
                         await self._pubsub.subscribe(channel)
+                    except (RedisError, OSError):
+                        self._reconnect_requested = True  # the reconnect subscribes it
             entry.subscribers.add(subscriber)
         metrics.SUBSCRIBERS.inc()
         try:
@@ -236,6 +285,8 @@ class EventHub:
                 # completes, and the subscriber (and its connection) would never end.
                 async with asyncio.timeout(confirm_timeout):
                     await entry.confirmed.wait()
+            if not entry.confirmed.is_set() and self._connected.is_set():
+                self._reconnect_requested = True  # connected yet unconfirmed: the SUBSCRIBE may be lost
             yield subscriber
         finally:
             metrics.SUBSCRIBERS.dec()
@@ -295,6 +346,9 @@ class EventHub:
         assert self._pubsub is not None
         resynced = False
         while not self._closing:
+            if self._reconnect_requested:
+                self._reconnect_requested = False
+                raise ConnectionError("a subscription was not confirmed: reconnecting to re-subscribe")
             message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
                 continue
@@ -322,6 +376,10 @@ class EventHub:
                 continue
             entry = self._channels.get(channel)
             if entry is None or not entry.subscribers:
+                continue
+            if message["data"] == RESYNC_MARKER:
+                for subscriber in entry.subscribers:
+                    subscriber.offer(RESYNC)
                 continue
             try:
                 event = decode(message["data"])

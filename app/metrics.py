@@ -39,6 +39,12 @@ EVENTS_DROPPED = Counter(
 )
 EVENTS_DELIVERED = Counter("events_delivered_total", "Subscription payloads sent.", ["subscription"], registry=REGISTRY)
 BACKFILLS = Counter("subscription_backfills_total", "Storage reads to close a gap or resync.", registry=REGISTRY)
+IDLE_CHECKS = Counter(
+    "subscription_idle_checks_total",
+    "Idle messageAdded streams that asked storage for lastSeq; 'behind' means an event had been lost.",
+    ["result"],
+    registry=REGISTRY,
+)
 EVENT_EXECUTIONS = Counter(
     "subscription_event_executions_total", "Subscription selection sets executed for an event.", registry=REGISTRY
 )

@@ -229,6 +229,10 @@ class Settings(BaseSettings):
     embeddings_batch: int = Field(default=64, ge=1, le=2048)
     #: How long a query's vector is reused by the same process (repeated and paged searches).
     embeddings_query_cache_s: float = Field(default=300.0, ge=0)
+    # Subscriptions' net for an event lost with nothing after it (app/api/subscriptions.py): a
+    # messageAdded stream silent this long reads its conversation's lastSeq (one single-row read)
+    # and catches up. The longest a lost last message can be late; 0 turns the check off.
+    subscription_idle_check_s: float = Field(default=15.0, ge=0)
 
     @model_validator(mode="after")
     def _refuse_dev_defaults_in_production(self) -> Settings:

@@ -35,8 +35,7 @@ ADD = """mutation($id: ID!, $c: String!, $k: String) {
   addMessage(input: {conversationId: $id, role: USER, content: $c, clientMessageId: $k}) { created message { seq } } }"""
 
 
-async def follow(ws: WS, count: int) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
+async def follow(ws: WS, count: int, out: list[tuple[int, str]]) -> list[tuple[int, str]]:
     while len(out) < count:
         msg = await ws.recv(wait=60)  # a writer may wait for the move; the stream with it
         assert msg["type"] == "next", msg
@@ -90,7 +89,8 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
             assert (await ws.init(keys[w]))["type"] == "connection_ack"
             await ws.subscribe("1", SUB, {"id": convs[w], "after": 0})
             sockets.append((w, ws))
-        followers = [asyncio.create_task(follow(ws, PER_WRITER)) for _, ws in sockets]
+        progress_of: list[list[tuple[int, str]]] = [[] for _ in sockets]
+        followers = [asyncio.create_task(follow(ws, PER_WRITER, progress_of[n])) for n, (_, ws) in enumerate(sockets)]
         new_node = add_worker(cluster, root / f"worker{len(cluster.workers) + 1}", fsync=False)
         started.append(new_node)
         pauses: list[tuple[float, float]] = []  # (start, duration) of every write
@@ -140,7 +140,17 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
         results = await asyncio.gather(move(), *(writer(w) for w in range(WRITERS)))
         move_s = results[0]
         written_s = time.monotonic() - began
-        streams = await asyncio.wait_for(asyncio.gather(*followers), 120)
+        try:
+            streams = await asyncio.wait_for(asyncio.gather(*followers), 120)
+        except TimeoutError:
+            behind = [
+                (n, len(got), got[-1][0] if got else 0) for n, got in enumerate(progress_of) if len(got) < PER_WRITER
+            ]
+            raise AssertionError(
+                f"subscribers behind 120 s after the last write (socket, received, last seq): {behind}; "
+                f"hub counters: {await hub_counters(http, apis)}; API logs: "
+                + " | ".join(api.output()[-2000:] for api in apis)
+            ) from None
         for w, conv in enumerate(convs):
             async with db.read() as conn:
                 rows = await conn.fetch(
@@ -160,6 +170,7 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
                 await ws.recv(wait=0.3)  # and nothing after
 
         await asyncio.gather(*(quiet(ws) for _, ws in sockets))
+        counters = await hub_counters(http, apis)
         await asyncio.gather(*(ws.close() for _, ws in sockets))
     # A write overlapping the move may have waited for it; the others show the box's own noise.
     during = [d for s, d in pauses if s < window[1] and s + d > window[0]]
@@ -169,5 +180,24 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
         f"longest write {max(d for _, d in pauses) * 1000:.0f} ms over {len(pauses)} writes "
         f"(overlapping the move: {max(during, default=0) * 1000:.0f} ms, "
         f"outside it: {max(outside, default=0) * 1000:.0f} ms, median {statistics.median(outside) * 1000:.0f} ms); "
-        f"written in {written_s:.1f}s, all delivered in {time.monotonic() - began:.1f}s"
+        f"written in {written_s:.1f}s, all delivered in {time.monotonic() - began:.1f}s; hub counters: {counters}"
     )
+
+
+async def hub_counters(http: httpx.AsyncClient, apis: list[ApiProcess]) -> dict[str, float]:
+    """What the APIs' event hubs went through (Prometheus): reconnects, drops, backfills, idle checks."""
+    wanted = (
+        "event_hub_connects_total",
+        "events_dropped_total",
+        "subscription_backfills_total",
+        "subscription_idle_checks_total",
+    )
+    totals: dict[str, float] = {}
+    for api in apis:
+        text = (await http.get(f"{api.url}/metrics")).text
+        for line in text.splitlines():
+            name = line.split("{")[0].split(" ")[0]
+            if name in wanted:
+                label = line.split(" ")[0]
+                totals[label] = totals.get(label, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals

@@ -5,6 +5,9 @@ from storage everything after `afterSeq`, then go live. Every message is deliver
 it is the next seq; a jump is filled from storage first, a duplicate is dropped, and a hub
 reconnect (RESYNC) re-reads storage up to the current lastSeq. So the seam between replay and
 live, a lost pub/sub message and a Redis restart all end the same way: seq N+1 after seq N.
+A lost event that no later one reveals (a conversation's last message) is found by the idle check:
+a stream that hears nothing for SUBSCRIPTION_IDLE_CHECK_S reads the conversation's lastSeq (one
+single-row read) and catches up. It bounds how late any loss is delivered, whatever its cause.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from app.api.domains.common import Ctx
 from app.api.domains.conversations import Conversation
 from app.api.domains.message_types import Message
 from app.errors import DomainError, ErrorCode, NotFound
-from app.events import RESYNC, EventHub, SubscriberOverflow, conversation_channel, tenant_channel
+from app.events import IDLE, RESYNC, EventHub, SubscriberOverflow, conversation_channel, tenant_channel
 from app.models import ConversationRef, DomainEvent, EventType
 from app.services import conversations, messages
 
@@ -67,8 +70,8 @@ async def _wait_for_session(hub: EventHub, info: Ctx, tenant: str, session_id: s
             if found is not None:
                 return found
             while True:
-                item = await sub.get()
-                if item is RESYNC:
+                item = await sub.get(info.context.resources.settings.subscription_idle_check_s)
+                if item is RESYNC or item is IDLE:
                     break  # look in storage again
                 event = cast(DomainEvent, item)
                 if event.type is EventType.DELETED:
@@ -124,20 +127,24 @@ class Subscription:
             async for message in catch_up(current.last_seq):
                 metrics.EVENTS_DELIVERED.labels("messageAdded").inc()
                 yield cast(Message, message)
+            idle_after = resources.settings.subscription_idle_check_s
             while not closed:
                 try:
-                    item = await sub.get()
+                    item = await sub.get(idle_after)
                 except SubscriberOverflow:
                     raise SlowSubscriber(
                         f"subscriber too slow; resubscribe with afterSeq: {last}", afterSeq=last
                     ) from None
-                if item is RESYNC:
+                if item is RESYNC or item is IDLE:
                     async with resources.db.read() as conn:
                         found = await conversations.find(conn, tenant, ConversationRef(id=cid))
                     if found is None:
                         return  # deleted while the hub was away: the stream is over
                     current = found
+                    if item is IDLE:
+                        metrics.IDLE_CHECKS.labels("behind" if current.last_seq > last else "current").inc()
                     async for message in catch_up(current.last_seq):
+                        metrics.EVENTS_DELIVERED.labels("messageAdded").inc()
                         yield cast(Message, message)
                     closed = current.status is not models.Status.ACTIVE
                     continue
