@@ -23,6 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 from app.errors import RetryTransaction, ServiceUnavailable
 from app.metrics import REGISTRY
 from app.models import DomainEvent
+from db.type_cache import SharedTypesConnection, prime
 
 T = TypeVar("T")
 log = logging.getLogger("conversation_service.db")
@@ -291,6 +292,7 @@ async def create_pool(
     async def connect() -> asyncpg.Connection:
         conn = await asyncpg.connect(
             dsn,
+            connection_class=SharedTypesConnection,
             statement_cache_size=statement_cache_size,
             timeout=connect_timeout_s,
             server_settings={
@@ -309,6 +311,8 @@ async def create_pool(
 
     pool = LeanPool(connect, min_size, max_size, acquire_timeout_s)
     await pool.start()
+    async with pool.acquire() as conn:
+        await prime(conn)  # off the request path: no request waits for asyncpg's type query
     return pool
 
 

@@ -173,11 +173,12 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
         counters = await hub_counters(http, apis)
         await asyncio.gather(*(ws.close() for _, ws in sockets))
     # A write overlapping the move may have waited for it; the others show the box's own noise.
+    longest = max(pauses, key=lambda p: p[1])
     during = [d for s, d in pauses if s < window[1] and s + d > window[0]]
     outside = [d for s, d in pauses if not (s < window[1] and s + d > window[0])]
     print(
         f"\n{WRITERS} x {PER_WRITER} writes, {SUBSCRIBERS} subscribers: shard group moved in {move_s:.2f}s; "
-        f"longest write {max(d for _, d in pauses) * 1000:.0f} ms over {len(pauses)} writes "
+        f"longest write {longest[1] * 1000:.0f} ms at {longest[0] - window[0]:+.1f}s from the move's start, over {len(pauses)} writes "
         f"(overlapping the move: {max(during, default=0) * 1000:.0f} ms, "
         f"outside it: {max(outside, default=0) * 1000:.0f} ms, median {statistics.median(outside) * 1000:.0f} ms); "
         f"written in {written_s:.1f}s, all delivered in {time.monotonic() - began:.1f}s; hub counters: {counters}"
