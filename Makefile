@@ -54,7 +54,7 @@ REBALANCE_MESSAGES ?= 500
 # default until its guard attributes every reference-table write's two-phase commit (in three CI
 # runs it flagged one it could not explain, in a different test each time: docs/scaling.md). The
 # request paths' one-phase, one-connection commits are asserted by tests/test_citus.py either way.
-CITUS_STRICT ?= 0
+CITUS_STRICT ?= 1
 pytest-cluster: $(STAMP)
 	@if $(BIN)/python -c 'from app.embedded.citus import citus_source; citus_source()' 2>/dev/null; then \
 		TEST_CITUS_STRICT=$(CITUS_STRICT) REBALANCE_MESSAGES=$(REBALANCE_MESSAGES) $(BIN)/python -m pytest --cluster citus -p no:cacheprovider -q $(CLUSTER_DESELECT) $(CLUSTER_TESTS); \
