@@ -139,10 +139,8 @@ class ShardGuard:
                 # A write to a reference table commits on every node by design (two-phase commit):
                 # rare admin writes and the throttled record of an API key's last use. A cron's
                 # transaction that ran an allowed multi-shard statement commits on many nodes too.
-                # A listed Citus background worker's commit is maintenance, not a request.
                 if (
-                    _background_reason(line) is None
-                    and not _REFERENCE_WRITE.search(context)
+                    not _REFERENCE_WRITE.search(context)
                     and not (pid and pid.group(1) in allowed_backends)
                     and not any(fragment in context for fragment in ALLOWED_SPLITS)
                 ):
@@ -171,32 +169,11 @@ class ShardGuard:
         return found
 
 
-#: Citus background workers (log_line_prefix' %b: their bgw_type, by default the name Citus gives
-#: them) whose two-phase commits strict mode allows without a client command to attribute them to:
-#: none runs a request. A client backend's two-phase commit must be attributed by its commands.
-#: Checked against Citus 14.0.1's source and a strict run's log (docs/scaling.md): the maintenance
-#: daemon prepares nothing (2PC recovery commits or rolls back others' prepared transactions; the
-#: deferred drop of a moved shard's old placement runs outside any transaction), and in that run
-#: every PREPARE TRANSACTION came from a client backend. So only the one that does is listed.
-ALLOWED_BACKGROUND: dict[str, str] = {
-    # metadata/metadata_sync.c (SyncNodeMetadataToNodesMain): syncs node metadata to nodes marked
-    # unsynced in one coordinated transaction over those nodes (Use2PCForCoordinatedTransaction).
-    "Citus Metadata Sync": "maintenance: node metadata sync to a node that lacks it",
-}
-
-# log_line_prefix of the test cluster (start()): "<time> [<pid>] <backend type>|<application name>: ".
+#: log_line_prefix of the test cluster (start()): "<time> [<pid>] <backend type>|<application name>: ".
+#: A flagged line then says whether a client (and which: the service's pools, psql, Citus' own
+#: rebalancer) or a Citus background process committed; in the strict runs every two-phase commit
+#: came from a client backend (docs/scaling.md), so no background process is allow-listed.
 LOG_LINE_PREFIX = "%m [%p] %b|%a: "
-_BACKEND = re.compile(r"^\d{4}-\d\d-\d\d [^[]*\[\d+\] ([^|]*)\|")
-
-
-def _background_reason(line: str) -> str | None:
-    """Why a log line's backend may commit on many nodes without a client command, or None: a
-    client backend (or a line without the backend type) has to be attributed by its commands."""
-    match = _BACKEND.search(line)
-    if match is None:
-        return None
-    backend = match.group(1)
-    return next((why for name, why in ALLOWED_BACKGROUND.items() if backend.startswith(name)), None)
 
 
 _REFERENCE_WRITE = re.compile(r"(?:INSERT INTO|UPDATE|DELETE FROM) public\.(?:tenants|api_keys)_\d+")
@@ -273,8 +250,8 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
             "ALTER DATABASE conversations SET citus.log_local_commands = on;"
             "ALTER DATABASE conversations SET log_min_messages = notice;",
         )
-    # Every line names its backend's type and application: a two-phase commit of a Citus background
-    # worker is told from a client's (ALLOWED_BACKGROUND). A reload applies it to running processes.
+    # Every line names its backend's type and application (a flagged commit says which process made
+    # it). A reload applies it to running processes.
     for server in [cluster.coordinator, *cluster.workers]:
         _psql_coordinator(server.url, f"ALTER SYSTEM SET log_line_prefix = '{LOG_LINE_PREFIX}'")
         _psql_coordinator(server.url, "SELECT pg_reload_conf()")
