@@ -226,7 +226,8 @@ async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: D
                 conversation.id,
             )
     seen = await _eventually_seen(guard)
-    assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s for s in seen), seen
+    # Named with its cause and its process (a client backend: log_line_prefix' %b).
+    assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s and "client backend" in s for s in seen), seen
 
 
 async def test_a_reference_write_that_began_before_the_test_is_attributed_by_its_commands(
