@@ -40,7 +40,7 @@ pytest: $(STAMP)
 
 ## The cluster suite: a representative subset on Citus (coordinator + 2 workers) with the hot store on
 ## a Redis Cluster, every test checked for multi-shard statements outside the allow-list of
-## tests/citus_cluster.py (and, with CITUS_STRICT=1, split statements and two-phase commits; docs/scaling.md,
+## tests/citus_cluster.py (and, strict by default, split statements and two-phase commits; docs/scaling.md,
 ## "Every request is a single-shard statement"). Citus is built
 ## once per machine (~/.cache/conversation-service); without its source this prints one line and passes.
 CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/subscriptions/test_lost_events.py tests/cache/test_redis_cluster.py tests/deletion tests/jobs/test_admin_replay.py tests/services/test_stats_rollups.py tests/memory/test_summaries.py tests/search tests/jobs/test_failures.py tests/e2e/test_tracing.py tests/test_citus_processes.py tests/test_citus_any_node.py tests/test_history_page_function.py
@@ -50,11 +50,9 @@ CLUSTER_DESELECT ?= -k 'not is_four_statements'
 # Messages per writer in the rebalance test: 500 is the issue's full size (~90 s of the subset here);
 # `make test REBALANCE_MESSAGES=100` trades it for ~70 s less.
 REBALANCE_MESSAGES ?= 500
-# Strict mode (`make test CITUS_STRICT=1`) also fails two-phase commits and split statements; off by
-# default until its guard attributes every reference-table write's two-phase commit (in three CI
-# runs it flagged one it could not explain, in a different test each time: docs/scaling.md). The
-# request paths' one-phase, one-connection commits are asserted by tests/test_citus.py either way.
-CITUS_STRICT ?= 0
+# Strict mode also fails two-phase commits and split statements that no allowed cause explains
+# (docs/scaling.md, "Strict mode"). `make test CITUS_STRICT=0` runs the multi-shard check alone.
+CITUS_STRICT ?= 1
 pytest-cluster: $(STAMP)
 	@if $(BIN)/python -c 'from app.embedded.citus import citus_source; citus_source()' 2>/dev/null; then \
 		TEST_CITUS_STRICT=$(CITUS_STRICT) REBALANCE_MESSAGES=$(REBALANCE_MESSAGES) $(BIN)/python -m pytest --cluster citus -p no:cacheprovider -q $(CLUSTER_DESELECT) $(CLUSTER_TESTS); \

@@ -87,25 +87,54 @@ class ShardGuard:
     log_path: Path
     offset: int = 0
     seen: list[str] = field(default_factory=list)
+    #: Per backend pid: the commands of its open transaction (across reads and skipped lines).
+    open_commands: dict[str, list[str]] = field(default_factory=dict)
 
     def skip_to_end(self) -> None:
-        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # The skipped lines are still followed for the transactions they open: one that began before
+        # the test (the session app's background record of a key's last use, from the previous test
+        # or a fixture) may commit inside it, and its commands are its cause (docs/scaling.md).
+        for line in self._read_new_lines():
+            self._follow(line)
 
-    def new_multi_shard_statements(self) -> list[str]:
+    def _read_new_lines(self) -> list[str]:
         if not self.log_path.exists():
             return []
         with open(self.log_path, "rb") as f:
             f.seek(self.offset)
-            text = f.read().decode(errors="replace")
+            raw = f.read()
         # Only complete lines: a statement being written now belongs to the next read.
-        end = text.rfind("\n") + 1
-        self.offset += len(text[:end].encode())
-        lines = text[:end].splitlines()
+        end = raw.rfind(b"\n") + 1
+        self.offset += end
+        return raw[:end].decode(errors="replace").splitlines()
+
+    def _follow(self, line: str) -> None:
+        """Keep each backend's commands since its last commit or rollback (remote ones are "issuing";
+        the coordinator's own placement of a reference table runs its command locally)."""
+        pid = _PID.search(line)
+        if pid is None:
+            return
+        if _TRANSACTION_END.search(line):
+            self.open_commands.pop(pid.group(1), None)  # a pooled connection's next transaction starts clean
+        elif ("issuing" in line or "executing the command locally:" in line) and not _BOOKKEEPING.search(line):
+            command = re.split(r"issuing|executing the command locally:", line, maxsplit=1)[1].strip()[:160]
+            commands = self.open_commands.setdefault(pid.group(1), [])
+            commands.append(command)
+            del commands[:-200]  # a long transaction (an import) keeps its latest commands
+
+    def _context(self, line: str) -> str:
+        """The commands the backend of a split line ran in its transaction so far: what caused it."""
+        pid = _PID.search(line)
+        commands = self.open_commands.get(pid.group(1), []) if pid else []
+        return f" (after: {' | '.join(commands)})" if commands else ""
+
+    def new_multi_shard_statements(self) -> list[str]:
+        lines = self._read_new_lines()
         found: list[str] = []
         allowed_backends: set[str] = set()  # ran an allow-listed multi-shard statement (a cron's transaction)
         for i, line in enumerate(lines):
             if _SPLIT.search(line):
-                context = _split_context(lines, i)
+                context = self._context(line)
                 pid = _PID.search(line)
                 # A write to a reference table commits on every node by design (two-phase commit):
                 # rare admin writes and the throttled record of an API key's last use. A cron's
@@ -117,6 +146,7 @@ class ShardGuard:
                 ):
                     found.append(line.strip()[:200] + context)
                 continue
+            self._follow(line)
             if not _MULTI_TASK.search(line):
                 continue
             statement = ""
@@ -139,28 +169,16 @@ class ShardGuard:
         return found
 
 
+#: log_line_prefix of the test cluster (start()): "<time> [<pid>] <backend type>|<application name>: ".
+#: A flagged line then says whether a client (and which: the service's pools, psql, Citus' own
+#: rebalancer) or a Citus background process committed; in the strict runs every two-phase commit
+#: came from a client backend (docs/scaling.md), so no background process is allow-listed.
+LOG_LINE_PREFIX = "%m [%p] %b|%a: "
+
+
 _REFERENCE_WRITE = re.compile(r"(?:INSERT INTO|UPDATE|DELETE FROM) public\.(?:tenants|api_keys)_\d+")
 _PID = re.compile(r"\[(\d+)\]")
 _BOOKKEEPING = re.compile(r"issuing (?:BEGIN|PREPARE|COMMIT|ROLLBACK|SELECT assign_distributed)")
-
-
-def _split_context(lines: list[str], i: int) -> str:
-    """The commands the same backend ran in the transaction a split line belongs to (back to its
-    previous COMMIT or ROLLBACK): what caused it. Remote ones are "issuing", and the coordinator's
-    own placement of a reference table runs its command locally ("executing the command locally")."""
-    pid = _PID.search(lines[i])
-    if pid is None:
-        return ""
-    tag = f"[{pid.group(1)}]"
-    commands: list[str] = []
-    for line in reversed(lines[max(0, i - 5000) : i]):
-        if tag not in line:
-            continue
-        if _TRANSACTION_END.search(line):
-            break  # the backend's previous transaction (a pooled connection is reused)
-        if ("issuing" in line or "executing the command locally:" in line) and not _BOOKKEEPING.search(line):
-            commands.append(re.split(r"issuing|executing the command locally:", line, maxsplit=1)[1].strip()[:160])
-    return f" (after: {' | '.join(reversed(commands))})" if commands else ""
 
 
 _TRANSACTION_END = re.compile(r"issuing (?:COMMIT|ROLLBACK)")
@@ -232,6 +250,11 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
             "ALTER DATABASE conversations SET citus.log_local_commands = on;"
             "ALTER DATABASE conversations SET log_min_messages = notice;",
         )
+    # Every line names its backend's type and application (a flagged commit says which process made
+    # it). A reload applies it to running processes.
+    for server in [cluster.coordinator, *cluster.workers]:
+        _psql_coordinator(server.url, f"ALTER SYSTEM SET log_line_prefix = '{LOG_LINE_PREFIX}'")
+        _psql_coordinator(server.url, "SELECT pg_reload_conf()")
     install_guard(cluster.coordinator.data_dir / "postgres.log")
     # The hot store on a 3-master Redis Cluster too (pub/sub and arq stay on the single Redis, as in
     # production: docs/scaling.md). Every Settings() the suites build reads it from the environment.

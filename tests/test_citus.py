@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 
 from app.models import NewMessage, Role, Source
@@ -23,6 +24,7 @@ from db.repositories.messages import CITUS_APPEND_BY_ID
 from db.repositories.transfer import ImportedMessage
 from db.session import Connection, Database
 from tests import citus_cluster
+from tests.conftest import Servers
 from tests.factories import create_conversation
 
 
@@ -224,7 +226,38 @@ async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: D
                 conversation.id,
             )
     seen = await _eventually_seen(guard)
-    assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s for s in seen), seen
+    # Named with its cause and its process (a client backend: log_line_prefix' %b).
+    assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s and "client backend" in s for s in seen), seen
+
+
+async def test_a_reference_write_that_began_before_the_test_is_attributed_by_its_commands(
+    db: Database, servers: Servers, tenant: str
+) -> None:
+    """What strict mode flagged in CI (docs/scaling.md): the session app records a key's last use
+    in the background, so its reference-table write can start before a test's window (the previous
+    test, a fixture) and commit, with two-phase commit, inside it. The guard finds its commands
+    before the window and allows it; a client's two-phase commit without a cause still fails (the
+    test above)."""
+    await _citus_or_skip(db)
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    # A connection of its own, so the remote commands are logged without strict mode too (and
+    # nothing leaks into the pool).
+    conn = await asyncpg.connect(servers.database_url)
+    try:
+        await conn.execute("SET citus.log_remote_commands = on; SET log_min_messages = notice")
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", tenant)
+        pid = conn.get_server_pid()
+        async with conn.transaction():
+            await conn.execute("UPDATE tenants SET name = $2 WHERE tenant_id = $1", tenant, "renamed")
+            window = guard.log_path.stat().st_size
+            guard.skip_to_end()  # the test's window opens mid-transaction
+    finally:
+        await conn.close()
+    # The backend logs before it answers: its two-phase commit is in the window by now.
+    logged = guard.log_path.read_bytes()[window:].decode(errors="replace")
+    assert f"[{pid}]" in logged and "PREPARE TRANSACTION" in logged, logged[-2000:]
+    assert guard.new_multi_shard_statements() == []
 
 
 async def _eventually_seen(guard: citus_cluster.ShardGuard) -> list[str]:
