@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +15,8 @@ import pytest
 import uvicorn
 import websockets
 
-from app.embedded.process import free_port
+from app.embedded.process import EmbeddedServer, free_port
+from app.embedded.redis import start_redis
 from app.main import create_app
 from app.settings import Settings
 from db.session import Database
@@ -66,6 +69,14 @@ async def server(servers: Servers) -> AsyncIterator[Server]:
 async def server_b(servers: Servers) -> AsyncIterator[Server]:
     async for s in serve(settings_for(servers)):
         yield s
+
+
+@pytest.fixture
+async def redis_of_its_own() -> AsyncIterator[EmbeddedServer]:
+    """A Redis this test may stop and restart."""
+    server = start_redis(Path(tempfile.mkdtemp(prefix="cs-ws-redis-")), persist=False)
+    yield server
+    server.stop()
 
 
 @pytest.fixture

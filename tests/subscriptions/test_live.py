@@ -4,9 +4,6 @@ reconnects, processes and a Redis restart."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -190,13 +187,6 @@ async def test_conversation_events_filter_by_agent(server: Server, writer: Calle
         assert events[1]["message"] == {"seq": 1} and events[2]["stateKey"] == "mood"
     finally:
         await ws.close()
-
-
-@pytest.fixture
-async def redis_of_its_own() -> AsyncIterator[EmbeddedServer]:
-    server = start_redis(Path(tempfile.mkdtemp(prefix="cs-ws-redis-")), persist=False)
-    yield server
-    server.stop()
 
 
 async def test_a_redis_restart_loses_nothing(

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +16,6 @@ from redis.asyncio import Redis
 
 from app import metrics
 from app.embedded.process import EmbeddedServer
-from app.embedded.redis import start_redis
 from app.events import RESYNC_MARKER, EventHub, conversation_channel
 from app.models import ConversationRef, DomainEvent, EventType, Role
 from app.services import messages
@@ -110,13 +107,6 @@ async def test_a_resync_marker_makes_subscribers_read_storage(
             await ws.close()
 
 
-@pytest.fixture
-async def own_redis() -> AsyncIterator[EmbeddedServer]:
-    server = start_redis(Path(tempfile.mkdtemp(prefix="cs-lost-redis-")), persist=False)
-    yield server
-    server.stop()
-
-
 def _event(tenant: str, cid: uuid.UUID) -> DomainEvent:
     return DomainEvent(EventType.STATE_CHANGED, tenant, cid, datetime.now(UTC), state_key="k")
 
@@ -160,18 +150,18 @@ async def _publishing(url: str, allowed: bool) -> None:
         await admin.aclose()
 
 
-async def test_the_publisher_retries_a_blip_instead_of_dropping(own_redis: EmbeddedServer) -> None:
+async def test_the_publisher_retries_a_blip_instead_of_dropping(redis_of_its_own: EmbeddedServer) -> None:
     tenant = f"lost-{uuid.uuid4().hex[:8]}"
     cid = uuid.uuid4()
-    hub = EventHub(own_redis.url)
+    hub = EventHub(redis_of_its_own.url)
     await hub.start()
     try:
-        async with _Listener(own_redis.url, conversation_channel(tenant, cid)) as listener:
+        async with _Listener(redis_of_its_own.url, conversation_channel(tenant, cid)) as listener:
             dropped = metrics.EVENTS_DROPPED._value.get()
-            await _publishing(own_redis.url, allowed=False)
+            await _publishing(redis_of_its_own.url, allowed=False)
             hub.enqueue([_event(tenant, cid)])
             await asyncio.sleep(0.4)  # a few attempts fail
-            await _publishing(own_redis.url, allowed=True)
+            await _publishing(redis_of_its_own.url, allowed=True)
             data = await listener.next(5)  # a later attempt lands: the event itself, late
             assert data != RESYNC_MARKER and b"state_changed" in data
             assert metrics.EVENTS_DROPPED._value.get() == dropped
@@ -179,19 +169,19 @@ async def test_the_publisher_retries_a_blip_instead_of_dropping(own_redis: Embed
         await hub.close()
 
 
-async def test_a_batch_given_up_is_followed_by_a_resync_marker_on_its_channel(own_redis: EmbeddedServer) -> None:
+async def test_a_batch_given_up_is_followed_by_a_resync_marker_on_its_channel(redis_of_its_own: EmbeddedServer) -> None:
     tenant = f"lost-{uuid.uuid4().hex[:8]}"
     lost, other = uuid.uuid4(), uuid.uuid4()
-    hub = EventHub(own_redis.url)
+    hub = EventHub(redis_of_its_own.url)
     await hub.start()
     try:
-        async with _Listener(own_redis.url, conversation_channel(tenant, lost)) as listener:
+        async with _Listener(redis_of_its_own.url, conversation_channel(tenant, lost)) as listener:
             dropped = metrics.EVENTS_DROPPED._value.get()
-            await _publishing(own_redis.url, allowed=False)
+            await _publishing(redis_of_its_own.url, allowed=False)
             hub.enqueue([_event(tenant, lost)])
             await hub.flush(timeout_s=10)  # every retry failed (~3 s): given up
             assert metrics.EVENTS_DROPPED._value.get() == dropped + 1
-            await _publishing(own_redis.url, allowed=True)
+            await _publishing(redis_of_its_own.url, allowed=True)
             with pytest.raises(TimeoutError):
                 await listener.next(0.3)  # nothing until the publisher has something to send
             hub.enqueue([_event(tenant, other)])  # another conversation's event carries the marker
