@@ -148,7 +148,8 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
             ]
             raise AssertionError(
                 f"subscribers behind 120 s after the last write (socket, received, last seq): {behind}; "
-                f"hub counters: {await hub_counters(http, apis)}; API logs: "
+                f"hub counters: {await hub_counters(http, apis)}; where the rows are: "
+                f"{await where_rows_are(cluster, new_node, tenants, convs)}; API logs: "
                 + " | ".join(api.output()[-2000:] for api in apis)
             ) from None
         for w, conv in enumerate(convs):
@@ -183,6 +184,39 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
         f"outside it: {max(outside, default=0) * 1000:.0f} ms, median {statistics.median(outside) * 1000:.0f} ms); "
         f"written in {written_s:.1f}s, all delivered in {time.monotonic() - began:.1f}s; hub counters: {counters}"
     )
+
+
+async def where_rows_are(cluster: Any, new_node: Any, tenants: list[str], convs: list[str]) -> list[str]:
+    """Every node's shard tables, read directly: which placement holds each conversation's rows and
+    counter (a write that landed on a moved-away placement shows here and nowhere else)."""
+    out: list[str] = []
+    for port in sorted({node.port for node in [cluster.coordinator, *cluster.workers, new_node]}):
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/conversations")
+        try:
+            await conn.execute("SET citus.override_table_visibility = off")
+            shards = await conn.fetch(
+                "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND (c.relname ~ '^messages_[0-9]+$' OR c.relname ~ '^conversations_[0-9]+$')"
+            )
+            for shard in shards:
+                name = shard["relname"]
+                for w, conv in enumerate(convs):
+                    if name.startswith("messages_"):
+                        row = await conn.fetchrow(
+                            f"SELECT count(*) AS n, max(seq) AS top FROM {name} WHERE tenant_id = $1 AND conversation_id = $2",
+                            tenants[w],
+                            uuid.UUID(conv),
+                        )
+                    else:
+                        row = await conn.fetchrow(
+                            f"SELECT message_count AS n, last_seq AS top FROM {name} WHERE tenant_id = $1 AND id = $2",
+                            tenants[w],
+                            uuid.UUID(conv),
+                        )
+                    if row is not None and row["n"]:
+                        out.append(f"port {port} {name} w{w}: n={row['n']} top={row['top']}")
+        finally:
+            await conn.close()
+    return out
 
 
 async def hub_counters(http: httpx.AsyncClient, apis: list[ApiProcess]) -> dict[str, float]:
