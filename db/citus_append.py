@@ -1,0 +1,169 @@
+"""The append on Citus without Citus re-planning it: per-shard-group static functions (Citus only).
+
+Why: ``append_message()`` (migration 9e4b7c2d1f60) is delegated whole to the worker of the tenant's
+shard group, but each statement inside it still goes through Citus' planner there (deparsed, parsed
+and planned again on every call: its local plan cache does not hold in 14.0.1 on Postgres 18), and
+the messages insert fires the shard rollup trigger, whose dynamic ``EXECUTE`` is planned at every
+firing (db/citus_triggers.py). Measured on a worker: ~0.5 ms of real work, ~0.7-0.9 ms of Citus
+planning, ~0.6-0.9 ms of trigger planning per append (docs/scaling.md, "Where the time goes").
+
+What this builds, after ``distribute()``:
+
+- ``append_message_routed(…)``: the migration's body unchanged (every statement Citus-routed): the
+  fallback, correct wherever it runs;
+- ``append_message_s<shard id>(…)`` for every shard group (named by the ``conversations`` shard):
+  the same body on that group's shard tables, so PL/pgSQL caches its plans for the session, plus
+  the stats_daily rollup of the one message as a static upsert on the group's ``stats_daily`` shard,
+  with the marker of db/repositories/append_rollup.py set so the shard trigger skips that statement
+  (as on plain Postgres). Created on the coordinator, Citus propagates them to every node (and to a
+  node added later): a shard move changes where a group lives, never its shard names;
+- ``append_message()`` itself becomes a dispatcher (still delegated by tenant).
+
+Why the shard-direct path is safe during a shard move: a move's final switch blocks writes with
+``ExclusiveLock`` on the shard-metadata lock of every shard of the group, on every node
+(``BlockWritesToShardList``); a Citus-routed write takes ``ShareLock`` on its anchor shard's one
+(``AcquireMetadataLocks``). The dispatcher takes that same ``ShareLock`` itself
+(``lock_shard_metadata(5, …)``, the UDF Citus uses to take it remotely), then checks, with a fresh
+snapshot, that the group's placement is on this node: a call routed here just before a switch
+either holds the lock first (the switch waits for its commit; logical replication carries the
+write) or sees the placement gone and takes the routed fallback. It also falls back outside READ
+COMMITTED (a transaction snapshot could show stale placements) and when the group has no function
+(a split's new shards until ``migrate`` runs again: docs/scaling.md, runbook).
+"""
+
+from __future__ import annotations
+
+import re
+
+import asyncpg
+
+#: Marks the dispatcher's body: rebuild everything when a migration replaced append_message again.
+DISPATCHER_TAG = "-- shard dispatcher (db/citus_append.py)"
+PREFIX = "append_message_s"
+_TABLES = ("conversations", "messages", "message_sources", "stats_daily")
+_ARGS = ", ".join(f"${i}" for i in range(1, 16))
+_PARAMS = (
+    "p_tenant_id, p_conversation_id, p_session_id, p_client_message_id, p_id, p_role, p_content, p_name, "
+    "p_token_count, p_tool_call_id, p_tool_calls, p_metadata, p_execution, p_expected_seq, p_sources"
+)
+
+_FUNCTION_OID = "SELECT to_regproc($1)::oid"
+_DEFINITION = "SELECT pg_get_functiondef($1::oid) AS def, prosrc AS body FROM pg_proc WHERE oid = $1::oid"
+_EXISTING = f"SELECT proname FROM pg_proc WHERE proname LIKE '{PREFIX}%'"
+# Every shard group with the shard names of the tables the append writes (co-located: same ranges).
+_GROUPS = """
+SELECT a.shardid AS anchor, array_agg(t.logicalrelid::regclass::text ORDER BY t.logicalrelid) AS tables,
+       array_agg(shard_name(t.logicalrelid, t.shardid) ORDER BY t.logicalrelid) AS shards
+FROM pg_dist_shard a
+JOIN pg_dist_shard t ON t.shardminvalue = a.shardminvalue AND t.shardmaxvalue = a.shardmaxvalue
+WHERE a.logicalrelid = 'conversations'::regclass AND t.logicalrelid = ANY($1::regclass[])
+GROUP BY a.shardid ORDER BY a.shardid
+"""
+
+_MARK = "PERFORM set_config('conversation_service.rolled_up', statement_timestamp()::text, true);\n    "
+
+# The two facts of the trigger bodies (migration 3b7d9e1f6a24, _MESSAGE_FACTS) for the one message
+# `m` of conversation `c` after its bump, in primary-key order like db/repositories/append_rollup.py.
+_ROLLUP = """
+    INSERT INTO {stats_daily} AS s (tenant_id, day, agent_id, role, status, shard, conversations,
+                                  conversation_messages, closed, duration_seconds, messages, tokens)
+    SELECT p_tenant_id, v.day, coalesce(c.agent_id, ''), v.role, v.status,
+           abs(hashtext(target::text)) % 16, 0, v.conversation_messages, 0, 0.0::float8, v.messages, v.tokens
+    FROM (VALUES
+        ((m.created_at AT TIME ZONE 'UTC')::date, m.role, '', 0, 1, m.token_count::bigint),
+        ((c.created_at AT TIME ZONE 'UTC')::date, '', c.status, 1, 0, 0::bigint)
+    ) AS v(day, role, status, conversation_messages, messages, tokens)
+    ORDER BY v.day, v.role, v.status
+    ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
+        conversation_messages = s.conversation_messages + excluded.conversation_messages,
+        messages = s.messages + excluded.messages,
+        tokens = s.tokens + excluded.tokens;"""
+
+_DISPATCHER_BODY = f"""
+{DISPATCHER_TAG}
+DECLARE
+    sid bigint := get_shard_id_for_distribution_column('conversations', p_tenant_id);
+BEGIN
+    IF current_setting('transaction_isolation') = 'read committed'
+       AND to_regproc('public.{PREFIX}' || sid) IS NOT NULL THEN
+        -- The lock a Citus-routed write takes; a shard move's switch takes it exclusively.
+        PERFORM lock_shard_metadata(5, ARRAY[sid]);
+        IF EXISTS (SELECT 1 FROM pg_dist_placement p JOIN pg_dist_local_group g ON g.groupid = p.groupid
+                   WHERE p.shardid = sid) THEN
+            RETURN QUERY EXECUTE 'SELECT * FROM public.{PREFIX}' || sid || '({_ARGS})'
+                USING {_PARAMS};
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM public.append_message_routed({_PARAMS});
+END
+"""
+
+
+def _with_body(definition: str, body: str, name: str) -> str:
+    """pg_get_functiondef's CREATE OR REPLACE with another name and body (same signature/columns)."""
+    head = definition.split("$function$", 1)[0]
+    head = head.replace("public.append_message(", f"public.{name}(", 1)
+    return f"{head}$fn${body}$fn$"
+
+
+def shard_body(body: str, shards: dict[str, str]) -> str | None:
+    """The routed body on one group's shard tables with the rollup inline; None if not the expected
+    shape (then no fast path: the dispatcher falls back to the routed body)."""
+    insert = "INSERT INTO messages ("
+    returning = "RETURNING * INTO m;"
+    if body.count(insert) != 1 or body.count(returning) != 1 or "#variable_conflict use_column" not in body:
+        return None
+    out = body.replace(insert, _MARK + insert, 1)
+    out = out.replace(returning, returning + _ROLLUP.format(stats_daily="{stats_daily}"), 1)
+    for table in _TABLES:
+        out = re.sub(rf"\b(FROM|UPDATE|INTO|JOIN) {table}\b", rf"\1 {{{table}}}", out)
+    return out.format(**shards) if "{" not in body else None
+
+
+async def _definition(conn: asyncpg.Connection, oid: int) -> tuple[str, str]:
+    row = await conn.fetchrow(_DEFINITION, oid)
+    assert row is not None  # the oid was just looked up by name
+    return str(row["def"]), str(row["body"])
+
+
+async def build(conn: asyncpg.Connection) -> list[str]:
+    """Create the routed copy, the per-group functions and the dispatcher; returns what it created.
+
+    Idempotent: with the dispatcher in place it only adds the groups that have no function yet
+    (after a split); when a migration replaced append_message, it rebuilds everything from it.
+    """
+    oid = await conn.fetchval(_FUNCTION_OID, "public.append_message")
+    if oid is None:
+        return []
+    definition, body = await _definition(conn, oid)
+    rebuild = DISPATCHER_TAG not in body
+    if not rebuild:
+        routed_oid = await conn.fetchval(_FUNCTION_OID, "public.append_message_routed")
+        if routed_oid is None:
+            return []  # a dispatcher without its fallback: not ours to repair
+        body = (await _definition(conn, routed_oid))[1]
+    existing = {r["proname"] for r in await conn.fetch(_EXISTING)}
+    statements: list[str] = []
+    created: list[str] = []
+    if rebuild:
+        statements.append(_with_body(definition, body, "append_message_routed"))
+        created.append("append_message_routed()")
+    for group in await conn.fetch(_GROUPS, list(_TABLES)):
+        name = f"{PREFIX}{group['anchor']}"
+        shards = dict(zip(group["tables"], group["shards"], strict=True))
+        if (name in existing and not rebuild) or set(shards) != set(_TABLES):
+            continue
+        shard_local = shard_body(body, shards)
+        if shard_local is None:
+            return []  # an append of another shape: keep the routed one everywhere
+        statements.append(_with_body(definition, shard_local, name))
+        created.append(f"{name}()")
+    if rebuild:
+        statements.append(_with_body(definition, _DISPATCHER_BODY, "append_message"))
+        created.append("append_message() (shard dispatcher)")
+    # One transaction: Citus propagates the functions to every node with one commit.
+    async with conn.transaction():
+        for statement in statements:
+            await conn.execute(statement)
+    return created
