@@ -13,9 +13,10 @@ import uuid
 from typing import Literal
 
 import pytest
+from asyncpg import Record
 
-from db.citus_append import PREFIX
-from db.repositories.messages import CITUS_APPEND_BY_ID
+from db.citus_shard_functions import APPEND, PAGE, SPECS, Spec
+from db.repositories.messages import CITUS_APPEND_BY_ID, CITUS_PAGE_BY_ID
 from db.session import Connection, Database, create_pool
 from tests import citus_cluster
 from tests.factories import create_conversation
@@ -24,25 +25,42 @@ _SHARD = "SELECT get_shard_id_for_distribution_column('conversations', $1::text)
 _PORT = "SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = $1"
 _CALLS = "SELECT coalesce(pg_stat_get_xact_function_calls(to_regproc($1)), 0)"
 _STATS = "SELECT coalesce(sum(messages), 0) FROM stats_daily WHERE tenant_id = $1"
+_COUNT = (
+    "SELECT result FROM run_command_on_all_nodes($$SELECT count(*) FROM pg_proc WHERE starts_with(proname, '{}')$$)"
+)
+
+Isolation = Literal["read_committed", "repeatable_read"]
 
 
 def _args(tenant: str, conversation: uuid.UUID, content: str) -> list[object]:
     return [tenant, conversation, None, None, "user", content, None, 2, None, None, {}, None, None, None]
 
 
-async def _append_counting(
-    conn: Connection, args: list[object], shard: int, isolation: Literal["read_committed", "repeatable_read"]
-) -> tuple[int, int, int]:
-    """(seq, shard-path calls, routed calls) of one append in its own transaction."""
+async def _counting(
+    conn: Connection, spec: Spec, sql: str, args: list[object], shard: int, isolation: Isolation
+) -> tuple[list[Record], int, int]:
+    """(rows, shard-path calls, routed calls) of one call in its own transaction."""
     async with conn.transaction(isolation=isolation):
         await conn.execute("SET LOCAL track_functions = 'pl'")
         # The counters hold the backend's calls not yet flushed to the stats system: a difference.
-        names = (f"public.{PREFIX}{shard}", "public.append_message_routed")
+        names = (f"public.{spec.prefix}{shard}", f"public.{spec.routed}")
         before = [await conn.fetchval(_CALLS, name) for name in names]
-        row = await conn.fetchrow(CITUS_APPEND_BY_ID, *args)
+        rows = await conn.fetch(sql, *args)
         after = [await conn.fetchval(_CALLS, name) for name in names]
-    assert row is not None
-    return row["seq"], after[0] - before[0], after[1] - before[1]
+    return rows, after[0] - before[0], after[1] - before[1]
+
+
+async def _append(conn: Connection, args: list[object], shard: int, isolation: Isolation) -> tuple[int, int, int]:
+    """(seq, shard-path calls, routed calls) of one append."""
+    rows, fast, routed = await _counting(conn, APPEND, CITUS_APPEND_BY_ID, args, shard, isolation)
+    return rows[0]["seq"], fast, routed
+
+
+async def _page(conn: Connection, tenant: str, conv: uuid.UUID, shard: int) -> tuple[list[str], int, int]:
+    """(contents of the last 50, shard-path calls, routed calls) of one page read."""
+    args: list[object] = [tenant, conv, False, 0, None, 50]
+    rows, fast, routed = await _counting(conn, PAGE, CITUS_PAGE_BY_ID, args, shard, "read_committed")
+    return [r["content"] for r in rows], fast, routed
 
 
 async def test_the_shard_path_runs_where_the_group_lives_and_the_routed_body_elsewhere(
@@ -55,15 +73,24 @@ async def test_the_shard_path_runs_where_the_group_lives_and_the_routed_body_els
     async with db.read() as conn:
         shard = await conn.fetchval(_SHARD, tenant)
         port = await conn.fetchval(_PORT, shard)
-        # Every node has every group's function (a move needs it on the target), none missing.
-        per_node = await conn.fetch(
-            "SELECT result FROM run_command_on_all_nodes($$SELECT count(*) FROM pg_proc "
-            f"WHERE proname LIKE '{PREFIX}%'$$)"
-        )
         groups = await conn.fetchval(
             "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'conversations'::regclass"
         )
-    assert [int(r["result"]) for r in per_node] == [groups] * (len(workers) + 1)
+        # Every node has every group's functions (a move needs them on the target), none missing.
+        for spec in SPECS:
+            per_node = [int(r["result"]) for r in await conn.fetch(_COUNT.format(spec.prefix))]
+            assert per_node == [groups] * (len(workers) + 1), spec.name
+        # Distributed objects: Citus creates them on a node added later too (citus_add_node).
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_dist_object o JOIN pg_proc p ON p.oid = o.objid "
+                "WHERE o.classid = 'pg_proc'::regclass AND starts_with(p.proname, $1)",
+                APPEND.prefix,
+            )
+            == groups
+        )
+        # A STABLE dispatcher would check the placement with its caller's (pre-lock) snapshot.
+        assert await conn.fetchval("SELECT provolatile FROM pg_proc WHERE proname = 'history_page'") == b"v"
     conv = await create_conversation(db, tenant, session_id="shard-path")
     home = next(w for w in workers if w.port == port)
     other = next(w for w in workers if w.port != port)
@@ -71,13 +98,20 @@ async def test_the_shard_path_runs_where_the_group_lives_and_the_routed_body_els
     try:
         async with pools[home.port].acquire() as conn:
             # On the node holding the group, READ COMMITTED: the static per-group function.
-            assert await _append_counting(conn, _args(tenant, conv.id, "a"), shard, "read_committed") == (1, 1, 0)
+            assert await _append(conn, _args(tenant, conv.id, "a"), shard, "read_committed") == (1, 1, 0)
             # A transaction snapshot could show a placement a move has switched since: routed.
-            assert await _append_counting(conn, _args(tenant, conv.id, "b"), shard, "repeatable_read") == (2, 0, 1)
+            assert await _append(conn, _args(tenant, conv.id, "b"), shard, "repeatable_read") == (2, 0, 1)
         async with pools[other.port].acquire() as conn:
             # In a transaction block the call is not delegated: it runs on the node without the group,
             # whose copy of the shard function must not be used (its shard tables are elsewhere).
-            assert await _append_counting(conn, _args(tenant, conv.id, "c"), shard, "read_committed") == (3, 0, 1)
+            assert await _append(conn, _args(tenant, conv.id, "c"), shard, "read_committed") == (3, 0, 1)
+            assert await _page(conn, tenant, conv.id, shard) == (["a", "b", "c"], 0, 1)
+        async with pools[home.port].acquire() as conn:
+            assert await _page(conn, tenant, conv.id, shard) == (["a", "b", "c"], 1, 0)
+            missing = await _counting(
+                conn, PAGE, CITUS_PAGE_BY_ID, [tenant, uuid.uuid4(), False, 0, None, 50], shard, "read_committed"
+            )
+            assert missing == ([], 1, 0)
         async with db.read() as conn:
             # One rollup per message whichever path wrote it (the shard path's inline upsert skips the trigger).
             assert await conn.fetchval(_STATS, tenant) == 3
@@ -102,9 +136,7 @@ async def test_the_shard_path_waits_for_a_shard_moves_write_block(db: Database, 
             tx = mover.transaction()
             await tx.start()
             await mover.execute("SELECT lock_shard_metadata(7, ARRAY[$1::bigint])", shard)
-            append = asyncio.ensure_future(
-                _append_counting(writer, _args(tenant, conv.id, "x"), shard, "read_committed")
-            )
+            append = asyncio.ensure_future(_append(writer, _args(tenant, conv.id, "x"), shard, "read_committed"))
             await asyncio.sleep(0.5)
             blocked = not append.done()
             await tx.rollback()
