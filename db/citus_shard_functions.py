@@ -123,10 +123,14 @@ def dispatcher_body(spec: Spec) -> str:
 DECLARE
     sid bigint := get_shard_id_for_distribution_column('conversations', p_tenant_id);
 BEGIN
+    -- Not on a node without the group (the coordinator, in a transaction block): no lock held there.
     IF current_setting('transaction_isolation') = 'read committed'
+       AND EXISTS (SELECT 1 FROM pg_dist_placement p JOIN pg_dist_local_group g ON g.groupid = p.groupid
+                   WHERE p.shardid = sid)
        AND to_regproc('public.{spec.prefix}' || sid) IS NOT NULL THEN
         -- The lock a Citus-routed write takes; a shard move's switch takes it exclusively.
         PERFORM lock_shard_metadata(5, ARRAY[sid]);
+        -- Still here once the lock is ours (a fresh snapshot: a switch may have committed meanwhile)?
         IF EXISTS (SELECT 1 FROM pg_dist_placement p JOIN pg_dist_local_group g ON g.groupid = p.groupid
                    WHERE p.shardid = sid) THEN
             RETURN QUERY EXECUTE 'SELECT * FROM public.{spec.prefix}' || sid || '({args})' USING {params};
