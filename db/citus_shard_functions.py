@@ -25,17 +25,19 @@ were re-planned by Citus too (~0.3 ms of the ~0.65 ms a read costs the worker). 
 VOLATILE (the function was STABLE): a STABLE function reads with its caller's snapshot, and the
 placement check must see the metadata as of after the lock.
 
-Why the shard-direct path is safe during a shard move (reads take the lock too, so a page read just
-as a move switches cannot miss a message already written on the new node): a move's final switch blocks writes with
+Why the shard-direct path is safe during a shard move: a move's final switch blocks writes with
 ``ExclusiveLock`` on the shard-metadata lock of every shard of the group, on every node
 (``BlockWritesToShardList``); a Citus-routed write takes ``ShareLock`` on its anchor shard's one
-(``AcquireMetadataLocks``). The dispatcher takes that same ``ShareLock`` itself
-(``lock_shard_metadata(5, …)``, the UDF Citus uses to take it remotely), then checks, with a fresh
-snapshot, that the group's placement is on this node: a call routed here just before a switch
+(``AcquireMetadataLocks``). On the node holding the group only (no lock elsewhere), the dispatcher
+takes that same ``ShareLock`` itself (``lock_shard_metadata(5, …)``, the UDF Citus uses to take it
+remotely), then checks again, with a fresh snapshot, that the group's placement is still on this
+node: a call routed here just before a switch
 either holds the lock first (the switch waits for its commit; logical replication carries the
 write) or sees the placement gone and takes the routed fallback. It also falls back outside READ
 COMMITTED (a transaction snapshot could show stale placements) and when the group has no function
-(a split's new shards until ``migrate`` runs again: docs/scaling.md, runbook).
+(a split's new shards until ``migrate`` runs again: docs/scaling.md, runbook). Reads take the lock
+too, so a page read as a move switches cannot run on the old shard and miss a message already
+written on the new one.
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ async def _build_one(conn: asyncpg.Connection, spec: Spec) -> list[str]:
     statements: list[str] = []
     created: list[str] = []
     if rebuild:
+        # Dropped first: CREATE OR REPLACE cannot change the columns (a new Message field's migration).
+        for old in sorted(existing | ({spec.routed} if await conn.fetchval(_FUNCTION_OID, spec.routed) else set())):
+            statements.append(f"DROP FUNCTION IF EXISTS public.{old}")
         statements.append(_with_body(definition, spec, body, spec.routed))
         created.append(f"{spec.routed}()")
     for group in await conn.fetch(_GROUPS, list(spec.tables)):

@@ -16,6 +16,7 @@ import pytest
 from asyncpg import Record
 
 from db.citus_shard_functions import APPEND, PAGE, SPECS, Spec
+from db.distribute import distribute
 from db.repositories.messages import CITUS_APPEND_BY_ID, CITUS_PAGE_BY_ID
 from db.session import Connection, Database, create_pool
 from tests import citus_cluster
@@ -142,5 +143,37 @@ async def test_the_shard_path_waits_for_a_shard_moves_write_block(db: Database, 
             await tx.rollback()
             assert blocked
             assert await asyncio.wait_for(append, 30) == (1, 1, 0)
+    finally:
+        await pool.close()
+
+
+async def test_a_migration_replacing_the_append_gets_its_shard_functions_rebuilt(db: Database, tenant: str) -> None:
+    current = citus_cluster.current_cluster()
+    if current is None:
+        pytest.skip("needs the Citus cluster: pytest --cluster citus")
+    async with db.pool.acquire() as conn:
+        shard = await conn.fetchval(_SHARD, tenant)
+        port = await conn.fetchval(_PORT, shard)
+        # What a later migration does (CREATE OR REPLACE append_message with its new body): the
+        # dispatcher is gone until migrate's distribute() rebuilds the routed copy, groups, dispatcher.
+        definition = await conn.fetchval("SELECT pg_get_functiondef('public.append_message_routed'::regproc)")
+        await conn.execute(definition.replace("public.append_message_routed(", "public.append_message(", 1))
+        changed = await distribute(conn)
+        groups = await conn.fetchval(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'conversations'::regclass"
+        )
+        assert "append_message() (shard dispatcher)" in changed
+        assert len([c for c in changed if c.startswith(APPEND.prefix)]) == groups
+        assert not [c for c in changed if c.startswith(PAGE.name)]  # untouched
+        assert await distribute(conn) == []
+    guard = citus_cluster.current_guard()
+    if guard is not None:  # DDL commits on every node (2PC), as migrations do
+        guard.skip_to_end()
+    conv = await create_conversation(db, tenant, session_id="rebuilt")
+    home = next(w for w in current[0].workers if w.port == port)
+    pool = await create_pool(home.url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert await _append(conn, _args(tenant, conv.id, "a"), shard, "read_committed") == (1, 1, 0)
     finally:
         await pool.close()
