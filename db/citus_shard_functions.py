@@ -34,7 +34,8 @@ remotely), then checks again, with a fresh snapshot, that the group's placement 
 node: a call routed here just before a switch
 either holds the lock first (the switch waits for its commit; logical replication carries the
 write) or sees the placement gone and takes the routed fallback. It also falls back outside READ
-COMMITTED (a transaction snapshot could show stale placements) and when the group has no function
+COMMITTED (a transaction snapshot could show stale placements), for a role that does not own the
+tables (the UDF checks ownership) and when the group has no function
 (a split's new shards until ``migrate`` runs again: docs/scaling.md, runbook). Reads take the lock
 too, so a page read as a move switches cannot run on the old shard and miss a message already
 written on the new one.
@@ -125,10 +126,12 @@ def dispatcher_body(spec: Spec) -> str:
 DECLARE
     sid bigint := get_shard_id_for_distribution_column('conversations', p_tenant_id);
 BEGIN
-    -- Not on a node without the group (the coordinator, in a transaction block): no lock held there.
+    -- Not on a node without the group (the coordinator, in a transaction block): no lock held there;
+    -- nor for a role that does not own the tables (lock_shard_metadata would refuse it).
     IF current_setting('transaction_isolation') = 'read committed'
        AND EXISTS (SELECT 1 FROM pg_dist_placement p JOIN pg_dist_local_group g ON g.groupid = p.groupid
-                   WHERE p.shardid = sid)
+                   JOIN pg_class c ON c.oid = 'public.conversations'::regclass
+                   WHERE p.shardid = sid AND pg_has_role(c.relowner, 'USAGE'))
        AND to_regproc('public.{spec.prefix}' || sid) IS NOT NULL THEN
         -- The lock a Citus-routed write takes; a shard move's switch takes it exclusively.
         PERFORM lock_shard_metadata(5, ARRAY[sid]);
@@ -182,6 +185,7 @@ async def _build_one(conn: asyncpg.Connection, spec: Spec) -> list[str]:
         return []
     definition, body = await _definition(conn, oid)
     rebuild = DISPATCHER_TAG not in body
+    refresh = not rebuild and body.strip() != dispatcher_body(spec).strip()  # an older dispatcher
     if not rebuild:
         routed_oid = await conn.fetchval(_FUNCTION_OID, f"public.{spec.routed}")
         if routed_oid is None:
@@ -206,7 +210,7 @@ async def _build_one(conn: asyncpg.Connection, spec: Spec) -> list[str]:
             return []  # a body of another shape: keep the routed one everywhere
         statements.append(_with_body(definition, spec, shard_local, name))
         created.append(f"{name}()")
-    if rebuild:
+    if rebuild or refresh:
         statements.append(_with_body(definition, spec, dispatcher_body(spec), spec.name, volatile=True))
         created.append(f"{spec.name}() (shard dispatcher)")
     # One transaction: Citus propagates the functions to every node with one commit.

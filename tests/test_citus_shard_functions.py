@@ -42,7 +42,10 @@ async def _counting(
 ) -> tuple[list[Record], int, int]:
     """(rows, shard-path calls, routed calls) of one call in its own transaction."""
     async with conn.transaction(isolation=isolation):
-        await conn.execute("SET LOCAL track_functions = 'pl'")
+        # (already on for a session that SET ROLE to a role that may not change it)
+        await conn.execute(
+            "SELECT set_config('track_functions', 'pl', true) WHERE current_setting('track_functions') <> 'pl'"
+        )
         # The counters hold the backend's calls not yet flushed to the stats system: a difference.
         names = (f"public.{spec.prefix}{shard}", f"public.{spec.routed}")
         before = [await conn.fetchval(_CALLS, name) for name in names]
@@ -177,3 +180,36 @@ async def test_a_migration_replacing_the_append_gets_its_shard_functions_rebuilt
             assert await _append(conn, _args(tenant, conv.id, "a"), shard, "read_committed") == (1, 1, 0)
     finally:
         await pool.close()
+
+
+async def test_a_role_that_does_not_own_the_tables_takes_the_routed_body(db: Database, tenant: str) -> None:
+    current = citus_cluster.current_cluster()
+    if current is None:
+        pytest.skip("needs the Citus cluster: pytest --cluster citus")
+    role = f"cs_app_{uuid.uuid4().hex[:8]}"
+    async with db.read() as conn:
+        shard = await conn.fetchval(_SHARD, tenant)
+        port = await conn.fetchval(_PORT, shard)
+    conv = await create_conversation(db, tenant, session_id="not-owner")
+    home = next(w for w in current[0].workers if w.port == port)
+    pool = await create_pool(home.url, min_size=1, max_size=1)
+    try:
+        async with db.pool.acquire() as conn:
+            # An application role with the rights it needs but not the owner's (lock_shard_metadata
+            # checks ownership): the shard path must not be tried, the append must still work.
+            await conn.execute(f"CREATE ROLE {role} NOLOGIN")
+            await conn.fetch(f"SELECT run_command_on_all_nodes('GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}')")
+        async with pool.acquire() as conn:
+            await conn.execute(f"SET track_functions = 'pl'; SET ROLE {role}")
+            try:
+                assert await _append(conn, _args(tenant, conv.id, "a"), shard, "read_committed") == (1, 0, 1)
+            finally:
+                await conn.execute("RESET ROLE; RESET track_functions")
+    finally:
+        await pool.close()
+        async with db.pool.acquire() as conn:
+            await conn.fetch(f"SELECT run_command_on_all_nodes('DROP OWNED BY {role}')")
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        guard = citus_cluster.current_guard()
+        if guard is not None:  # role DDL commits on every node (2PC)
+            guard.skip_to_end()
