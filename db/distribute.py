@@ -23,6 +23,7 @@ import logging
 
 import asyncpg
 
+from db import citus_shard_functions
 from db.citus_triggers import rewrite_for_shards
 from db.session import Connection
 
@@ -143,6 +144,8 @@ async def distribute(conn: asyncpg.Connection) -> list[str]:
                 ANCHOR,
             )
             changed.append(f"{function}() (delegated by {argument})")
+    # After delegation: the dispatcher replaces append_message in place (db/citus_shard_functions.py).
+    changed.extend(await citus_shard_functions.build(conn))
     if changed:
         log.info("citus: distributed %s", ", ".join(changed))
     return changed
