@@ -3,7 +3,10 @@ the seq it was answered with, and each conversation's seqs are gap-free (Citus o
 
 The rebalance test moves one group once, with subscribers and two API processes around it; this one
 moves the same group back and forth between the workers while writers hammer it through the
-service layer, to put as many appends as possible into the moves' switch windows."""
+service layer, to put as many appends as possible into the moves' switch windows. It found that a
+move with logical replication (`force_logical`) can lose appends answered just after its switch
+(found on the moved-away placement, which the deferred cleanup then drops); with `block_writes` none
+is lost. The runbook (docs/scaling.md) moves with `block_writes` until that is understood."""
 
 from __future__ import annotations
 
@@ -24,7 +27,21 @@ MOVES = int(os.environ.get("MOVE_WRITES_MOVES", "4"))
 WRITERS = 6
 
 
-async def test_appends_racing_shard_moves_are_all_kept(db: Database) -> None:
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "block_writes",
+        pytest.param(
+            "force_logical",
+            marks=pytest.mark.xfail(
+                reason="known, not diagnosed (docs/scaling.md, Known gaps): with logical replication some appends "
+                "committed on the moved-away placement just after the switch are lost (about 1 run in 3 of 8 moves)",
+                strict=False,
+            ),
+        ),
+    ],
+)
+async def test_appends_racing_shard_moves_are_all_kept(db: Database, mode: str) -> None:
     current = citus_cluster.current_cluster()
     if current is None:
         pytest.skip("needs the Citus cluster: pytest --cluster citus")
@@ -81,7 +98,7 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database) -> None:
                 began = time.monotonic()
                 await conn.execute(
                     "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, "
-                    "shard_transfer_mode => 'force_logical')",
+                    f"shard_transfer_mode => '{mode}')",
                     shard,
                     here["nodename"],
                     here["nodeport"],
@@ -108,6 +125,9 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database) -> None:
                 "SELECT last_seq FROM conversations WHERE tenant_id = $1 AND id = $2", tenant, cid
             )
             stored = [(r["seq"], r["content"]) for r in rows]
+            if stored != answered[cid]:
+                lost = sorted(set(answered[cid]) - set(stored))
+                print("LOST", lost[:5], "FOUND AT", await _find(cluster, [k for _, k in lost[:5]]))
             assert stored == answered[cid], (
                 f"{cid}: answered {len(answered[cid])}, stored {len(stored)}, last_seq {last_seq}; first difference "
                 f"{next(((a, b) for a, b in zip(answered[cid], stored, strict=False) if a != b), None)}"
@@ -117,3 +137,25 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database) -> None:
         f"\n{sum(len(v) for v in answered.values())} appends by {WRITERS} writers over {len(took)} moves "
         f"({', '.join(f'{t:.1f}' for t in took)} s): all kept"
     )
+
+
+async def _find(cluster: object, contents: list[str]) -> list[str]:
+    """Where messages with these contents are, shard table by node (read directly, old copies too)."""
+    out: list[str] = []
+    ports = [cluster.coordinator.port, *(w.port for w in cluster.workers)]  # type: ignore[attr-defined]
+    for port in sorted(set(ports)):
+        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/conversations")
+        try:
+            await conn.execute("SET citus.override_table_visibility = off")
+            for shard in await conn.fetch(
+                "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ '^messages_[0-9]+$'"
+            ):
+                for row in await conn.fetch(
+                    f"SELECT seq, content, created_at FROM {shard['relname']} WHERE content = ANY($1)", contents
+                ):
+                    out.append(f"{port} {shard['relname']} seq {row['seq']} {row['content']} at {row['created_at']}")
+            cleanup = await conn.fetch("SELECT * FROM pg_dist_cleanup") if port == ports[0] else []
+            out.extend(f"cleanup {dict(r)}" for r in cleanup)
+        finally:
+            await conn.close()
+    return out

@@ -120,10 +120,11 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
                 node = await conn.fetchrow("SELECT nodename, nodeport FROM citus_shards WHERE shardid = $1", shard)
                 assert node is not None
                 move_began = time.monotonic()
-                # A new node needs the reference tables (tenants, api_keys) before it can take shards.
-                await conn.execute("SELECT replicate_reference_tables('force_logical')")
+                # A new node needs the reference tables (tenants, api_keys) before it can take shards. block_writes:
+                # a logical-replication move can lose writes made just after its switch (tests/test_citus_move_writes.py).
+                await conn.execute("SELECT replicate_reference_tables('block_writes')")
                 await conn.execute(
-                    "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, shard_transfer_mode => 'force_logical')",
+                    "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, shard_transfer_mode => 'block_writes')",
                     shard,
                     node["nodename"],
                     node["nodeport"],
