@@ -155,6 +155,12 @@ async def _find(cluster: object, contents: list[str]) -> list[str]:
                 ):
                     out.append(f"{port} {shard['relname']} seq {row['seq']} {row['content']} at {row['created_at']}")
             cleanup = await conn.fetch("SELECT * FROM pg_dist_cleanup") if port == ports[0] else []
+            nodes = [cluster.coordinator, *cluster.workers]  # type: ignore[attr-defined]
+            log = next((n.data_dir / "postgres.log" for n in nodes if n.port == port), None)
+            if log is not None and log.exists():
+                for line in log.read_text(errors="replace").splitlines():
+                    if contents[0] in line:
+                        out.append(f"log {port}: {line[:400]}")
             out.extend(f"cleanup {dict(r)}" for r in cleanup)
         finally:
             await conn.close()
