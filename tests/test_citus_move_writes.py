@@ -58,6 +58,7 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database, mode: str) 
         convs.append(await db.run(create))
     answered: dict[uuid.UUID, list[tuple[int, str]]] = {c: [] for c in convs}
     stop = asyncio.Event()
+    when: dict[str, tuple[float, float]] = {}  # key -> the append's start and answer (wall clock)
 
     async def writer(cid: uuid.UUID) -> None:
         i = 0
@@ -73,9 +74,11 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database, mode: str) 
                 )
                 return result.message.seq, result.created
 
+            began = time.time()
             seq, created = await db.run(work)
             assert created
             answered[cid].append((seq, key))
+            when[key] = (began, time.time())
             i += 1
 
     async def mover() -> list[float]:
@@ -127,7 +130,12 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database, mode: str) 
             stored = [(r["seq"], r["content"]) for r in rows]
             if stored != answered[cid]:
                 lost = sorted(set(answered[cid]) - set(stored))
-                print("LOST", lost[:5], "FOUND AT", await _find(cluster, [k for _, k in lost[:5]]))
+                times = [
+                    f"{k}: {time.strftime('%H:%M:%S', time.gmtime(when[k][0]))}.{int(when[k][0] % 1 * 1000):03d}"
+                    f"+{(when[k][1] - when[k][0]) * 1000:.0f}ms"
+                    for _, k in lost[:5]
+                ]
+                print("LOST", lost[:5], times, "FOUND AT", await _find(cluster, [k for _, k in lost[:5]]))
             assert stored == answered[cid], (
                 f"{cid}: answered {len(answered[cid])}, stored {len(stored)}, last_seq {last_seq}; first difference "
                 f"{next(((a, b) for a, b in zip(answered[cid], stored, strict=False) if a != b), None)}"
@@ -160,7 +168,9 @@ async def _find(cluster: object, contents: list[str]) -> list[str]:
             if log is not None and log.exists():
                 for line in log.read_text(errors="replace").splitlines():
                     if contents[0] in line:
-                        out.append(f"log {port}: {line[:400]}")
+                        out.append(f"log {port}: {line[:120]} … {line[-160:]}")
+                    elif "caught up with the source LSN" in line or "citus_move_shard_placement" in line[:300]:
+                        out.append(f"log {port}: {line[:200]}")
             out.extend(f"cleanup {dict(r)}" for r in cleanup)
         finally:
             await conn.close()
