@@ -97,16 +97,25 @@ async def test_appends_racing_shard_moves_are_all_kept(db: Database, mode: str) 
                     "AND nodeport <> $1 AND groupid <> 0 ORDER BY random() LIMIT 1",
                     here["nodeport"],
                 )
-                await conn.execute("CALL citus_cleanup_orphaned_resources()")  # the target may hold an old copy
                 began = time.monotonic()
-                await conn.execute(
-                    "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, "
-                    f"shard_transfer_mode => '{mode}')",
-                    shard,
-                    here["nodename"],
-                    here["nodeport"],
-                    there,
-                )
+                for attempt in range(20):
+                    # The target may still hold the group's copy from the move before; Citus drops it
+                    # only when no transaction is using it, else it refuses the move: try again.
+                    await conn.execute("CALL citus_cleanup_orphaned_resources()")
+                    try:
+                        await conn.execute(
+                            "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, "
+                            f"shard_transfer_mode => '{mode}')",
+                            shard,
+                            here["nodename"],
+                            here["nodeport"],
+                            there,
+                        )
+                        break
+                    except asyncpg.InternalServerError as exc:
+                        if "could not be cleaned up" not in str(exc) or attempt == 19:
+                            raise
+                        await asyncio.sleep(0.25)
                 took.append(time.monotonic() - began)
             await asyncio.sleep(0.5)
             return took
