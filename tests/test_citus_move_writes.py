@@ -4,9 +4,9 @@ the seq it was answered with, and each conversation's seqs are gap-free (Citus o
 The rebalance test moves one group once, with subscribers and two API processes around it; this one
 moves the same group back and forth between the workers while writers hammer it through the
 service layer, to put as many appends as possible into the moves' switch windows. It found that a
-move with logical replication (`force_logical`) can lose appends answered just after its switch
-(found on the moved-away placement, which the deferred cleanup then drops); with `block_writes` none
-is lost. The runbook (docs/scaling.md) moves with `block_writes` until that is understood."""
+move with logical replication (`force_logical`) can lose appends answered while it replicates, before
+it blocks writes (found on the moved-away placement, which the deferred cleanup then drops); with
+`block_writes` none is lost. The runbook (docs/scaling.md) moves with `block_writes` until that is understood."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ WRITERS = 6
         pytest.param(
             "force_logical",
             marks=pytest.mark.xfail(
-                reason="known, not diagnosed (docs/scaling.md, Known gaps): with logical replication some appends "
-                "committed on the moved-away placement just after the switch are lost (about 1 run in 3 of 8 moves)",
+                reason="known, not diagnosed (docs/scaling.md, Known gaps): appends committed on the source while the "
+                "move's logical replication runs (before writes block) can miss the target (about 1 run in 3 of 8 moves)",
                 strict=False,
             ),
         ),
