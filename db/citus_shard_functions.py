@@ -48,6 +48,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from db.repositories import append_rollup
+
 #: Marks a dispatcher's body: rebuild everything when a migration replaced the function again.
 DISPATCHER_TAG = "-- shard dispatcher (db/citus_shard_functions.py)"
 
@@ -98,24 +100,17 @@ WHERE a.logicalrelid = 'conversations'::regclass AND t.logicalrelid = ANY($1::re
 GROUP BY a.shardid ORDER BY a.shardid
 """
 
-_MARK = "PERFORM set_config('conversation_service.rolled_up', statement_timestamp()::text, true);\n    "
+_MARK = f"PERFORM set_config('{append_rollup.MARKER}', statement_timestamp()::text, true);\n    "
 
-# The two facts of the trigger bodies (migration 3b7d9e1f6a24, _MESSAGE_FACTS) for the one message
-# `m` of conversation `c` after its bump, in primary-key order like db/repositories/append_rollup.py.
-_ROLLUP = """
-    INSERT INTO {stats_daily} AS s (tenant_id, day, agent_id, role, status, shard, conversations,
-                                  conversation_messages, closed, duration_seconds, messages, tokens)
-    SELECT p_tenant_id, v.day, coalesce(c.agent_id, ''), v.role, v.status,
-           abs(hashtext(target::text)) % 16, 0, v.conversation_messages, 0, 0.0::float8, v.messages, v.tokens
-    FROM (VALUES
-        ((m.created_at AT TIME ZONE 'UTC')::date, m.role, '', 0, 1, m.token_count::bigint),
-        ((c.created_at AT TIME ZONE 'UTC')::date, '', c.status, 1, 0, 0::bigint)
-    ) AS v(day, role, status, conversation_messages, messages, tokens)
-    ORDER BY v.day, v.role, v.status
-    ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
-        conversation_messages = s.conversation_messages + excluded.conversation_messages,
-        messages = s.messages + excluded.messages,
-        tokens = s.tokens + excluded.tokens;"""
+# The append's two facts (db/repositories/append_rollup.py) for the one message `m` of conversation
+# `c` after its bump, upserted into the group's stats_daily shard.
+_ROLLUP = (
+    "\n    "
+    + append_rollup.upsert(
+        "{stats_daily}", tenant="p_tenant_id", conversation="target", message="m", header="c", source="FROM"
+    )
+    + ";"
+)
 
 
 def dispatcher_body(spec: Spec) -> str:

@@ -25,7 +25,7 @@ import asyncpg
 
 from db import citus_shard_functions
 from db.citus_triggers import rewrite_for_shards
-from db.session import Connection
+from db.session import has_citus
 
 log = logging.getLogger("conversation_service")
 
@@ -39,7 +39,6 @@ DISTRIBUTED_FUNCTIONS: dict[str, str] = {"append_message": "p_tenant_id", "histo
 ANCHOR = "conversations"
 DISTRIBUTION_COLUMN = "tenant_id"
 
-_HAS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
 # Tables of the schema (public) that Citus does not manage yet, with whether they have tenant_id.
 _UNMANAGED = """
@@ -72,10 +71,6 @@ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
                   WHERE p.logicalrelid = c.oid AND (p.partmethod = 'h' OR c.relname = ANY($1::text[])))
 ORDER BY 1
 """
-
-
-async def has_citus(conn: Connection) -> bool:
-    return bool(await conn.fetchval(_HAS_CITUS))
 
 
 def _parents_first(names: list[str], edges: list[tuple[str, str]]) -> list[str]:

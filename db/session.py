@@ -123,10 +123,18 @@ def on_citus() -> bool:
     return _CITUS[0]
 
 
+_HAS_CITUS = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+
+
+async def has_citus(conn: Connection) -> bool:
+    """Whether this database has the citus extension (asked now, not the process-wide flag)."""
+    return bool(await conn.fetchval(_HAS_CITUS))
+
+
 async def _init_connection(conn: Connection) -> None:
     for typename in ("jsonb", "json"):
         await conn.set_type_codec(typename, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
-    if not _CITUS[0] and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"):
+    if not _CITUS[0] and await has_citus(conn):
         _CITUS[0] = True
     conn.add_query_logger(STATEMENTS)  # after: the statements counted are the service's own
 

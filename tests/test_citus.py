@@ -15,14 +15,14 @@ import asyncpg
 import pytest
 
 from app.models import NewMessage, Role, Source
-from db.distribute import ANCHOR, REFERENCE_TABLES, UNDISTRIBUTED_TENANT_TABLES, distribute, has_citus
+from db.distribute import ANCHOR, REFERENCE_TABLES, UNDISTRIBUTED_TENANT_TABLES, distribute
 from db.repositories import bulk_import as bulk_import_repo
 from db.repositories import crm as crm_repo
 from db.repositories import embeddings as embeddings_repo
 from db.repositories import messages as messages_repo
 from db.repositories.messages import CITUS_APPEND_BY_ID
 from db.repositories.transfer import ImportedMessage
-from db.session import Connection, Database
+from db.session import Connection, Database, has_citus
 from tests import citus_cluster
 from tests.conftest import Servers
 from tests.factories import create_conversation

@@ -24,25 +24,47 @@ fires on the shard as before.
 
 from __future__ import annotations
 
-#: Joined into `ins` (`FROM bump b, mark`): set before the first message row exists.
-MARK = "mark AS (SELECT set_config('conversation_service.rolled_up', statement_timestamp()::text, true) AS v),\n"
+#: The setting the messages insert trigger's WHEN compares with `statement_timestamp()`.
+MARKER = "conversation_service.rolled_up"
 
-#: The trigger body's two facts for the one message of `ins` (same shard, agent and day rules).
-ROLLUP = """roll AS (
-    INSERT INTO stats_daily AS s (tenant_id, day, agent_id, role, status, shard, conversations,
+#: Joined into `ins` (`FROM bump b, mark`): set before the first message row exists.
+MARK = f"mark AS (SELECT set_config('{MARKER}', statement_timestamp()::text, true) AS v),\n"
+
+
+def upsert(table: str, *, tenant: str, conversation: str, message: str, header: str, source: str) -> str:
+    """The trigger body's two facts for one message (same shard, agent and day rules), as one upsert.
+
+    `message` and `header` name the message row and its conversation after the bump (rows of the
+    statement, or PL/pgSQL records); `source` is what comes before the VALUES list. The Citus
+    per-shard-group append (db/citus_shard_functions.py) uses it too, on its group's shard.
+    """
+    return f"""INSERT INTO {table} AS s (tenant_id, day, agent_id, role, status, shard, conversations,
                                   conversation_messages, closed, duration_seconds, messages, tokens)
-    SELECT i.tenant_id, v.day, coalesce(b.agent_id, ''), v.role, v.status,
-           abs(hashtext(i.conversation_id::text)) % 16, 0, v.conversation_messages, 0, 0.0::float8,
+    SELECT {tenant}, v.day, coalesce({header}.agent_id, ''), v.role, v.status,
+           abs(hashtext({conversation}::text)) % 16, 0, v.conversation_messages, 0, 0.0::float8,
            v.messages, v.tokens
-    FROM ins i, bump b
-    CROSS JOIN LATERAL (VALUES
-        ((i.created_at AT TIME ZONE 'UTC')::date, i.role, '', 0, 1, i.token_count::bigint),
-        ((b.created_at AT TIME ZONE 'UTC')::date, '', b.status, 1, 0, 0::bigint)
+    {source} (VALUES
+        (({message}.created_at AT TIME ZONE 'UTC')::date, {message}.role, '', 0, 1, {message}.token_count::bigint),
+        (({header}.created_at AT TIME ZONE 'UTC')::date, '', {header}.status, 1, 0, 0::bigint)
     ) AS v(day, role, status, conversation_messages, messages, tokens)
     ORDER BY v.day, v.role, v.status
     ON CONFLICT (tenant_id, day, agent_id, role, status, shard) DO UPDATE SET
         conversation_messages = s.conversation_messages + excluded.conversation_messages,
         messages = s.messages + excluded.messages,
-        tokens = s.tokens + excluded.tokens
-),
-"""
+        tokens = s.tokens + excluded.tokens"""
+
+
+#: The append statement's CTE: the facts of the one message of `ins` (in primary-key order, so
+#: concurrent appends lock rows in one order).
+ROLLUP = (
+    "roll AS (\n    "
+    + upsert(
+        "stats_daily",
+        tenant="i.tenant_id",
+        conversation="i.conversation_id",
+        message="i",
+        header="b",
+        source="FROM ins i, bump b\n    CROSS JOIN LATERAL",
+    )
+    + "\n),\n"
+)

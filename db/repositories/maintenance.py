@@ -10,8 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from db.distribute import has_citus
-from db.session import Connection
+from db.session import Connection, has_citus
 
 #: A loose index scan over a primary key that leads with tenant_id: one index probe per distinct
 #: tenant, not a scan of every row.
