@@ -12,11 +12,14 @@ reference and CTE).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from app.embedded.citus import CitusCluster
@@ -282,3 +285,17 @@ def _psql_coordinator(url: str, sql: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def shards_on(port: int, *tables: str) -> AsyncIterator[tuple[asyncpg.Connection, list[str]]]:
+    """A connection to one node with its shard tables visible, and the names of its shards of
+    `tables` (old copies a move left behind included): to see where rows physically are."""
+    conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/conversations")
+    try:
+        await conn.execute("SET citus.override_table_visibility = off")
+        pattern = "^(" + "|".join(tables) + ")_[0-9]+$"
+        rows = await conn.fetch("SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ $1", pattern)
+        yield conn, [row["relname"] for row in rows]
+    finally:
+        await conn.close()

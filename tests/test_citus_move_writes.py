@@ -161,26 +161,20 @@ async def _find(cluster: object, contents: list[str]) -> list[str]:
     out: list[str] = []
     ports = [cluster.coordinator.port, *(w.port for w in cluster.workers)]  # type: ignore[attr-defined]
     for port in sorted(set(ports)):
-        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/conversations")
-        try:
-            await conn.execute("SET citus.override_table_visibility = off")
-            for shard in await conn.fetch(
-                "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname ~ '^messages_[0-9]+$'"
-            ):
+        async with citus_cluster.shards_on(port, "messages") as (conn, shards):
+            for name in shards:
                 for row in await conn.fetch(
-                    f"SELECT seq, content, created_at FROM {shard['relname']} WHERE content = ANY($1)", contents
+                    f"SELECT seq, content, created_at FROM {name} WHERE content = ANY($1)", contents
                 ):
-                    out.append(f"{port} {shard['relname']} seq {row['seq']} {row['content']} at {row['created_at']}")
+                    out.append(f"{port} {name} seq {row['seq']} {row['content']} at {row['created_at']}")
             cleanup = await conn.fetch("SELECT * FROM pg_dist_cleanup") if port == ports[0] else []
-            nodes = [cluster.coordinator, *cluster.workers]  # type: ignore[attr-defined]
-            log = next((n.data_dir / "postgres.log" for n in nodes if n.port == port), None)
-            if log is not None and log.exists():
-                for line in log.read_text(errors="replace").splitlines():
-                    if contents[0] in line:
-                        out.append(f"log {port}: {line[:120]} … {line[-160:]}")
-                    elif "caught up with the source LSN" in line or "citus_move_shard_placement" in line[:300]:
-                        out.append(f"log {port}: {line[:200]}")
-            out.extend(f"cleanup {dict(r)}" for r in cleanup)
-        finally:
-            await conn.close()
+        nodes = [cluster.coordinator, *cluster.workers]  # type: ignore[attr-defined]
+        log = next((n.data_dir / "postgres.log" for n in nodes if n.port == port), None)
+        if log is not None and log.exists():
+            for line in log.read_text(errors="replace").splitlines():
+                if contents[0] in line:
+                    out.append(f"log {port}: {line[:120]} … {line[-160:]}")
+                elif "caught up with the source LSN" in line or "citus_move_shard_placement" in line[:300]:
+                    out.append(f"log {port}: {line[:200]}")
+        out.extend(f"cleanup {dict(r)}" for r in cleanup)
     return out

@@ -192,14 +192,8 @@ async def where_rows_are(cluster: Any, new_node: Any, tenants: list[str], convs:
     counter (a write that landed on a moved-away placement shows here and nowhere else)."""
     out: list[str] = []
     for port in sorted({node.port for node in [cluster.coordinator, *cluster.workers, new_node]}):
-        conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/conversations")
-        try:
-            await conn.execute("SET citus.override_table_visibility = off")
-            shards = await conn.fetch(
-                "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND (c.relname ~ '^messages_[0-9]+$' OR c.relname ~ '^conversations_[0-9]+$')"
-            )
-            for shard in shards:
-                name = shard["relname"]
+        async with citus_cluster.shards_on(port, "messages", "conversations") as (conn, shards):
+            for name in shards:
                 for w, conv in enumerate(convs):
                     if name.startswith("messages_"):
                         row = await conn.fetchrow(
@@ -215,8 +209,6 @@ async def where_rows_are(cluster: Any, new_node: Any, tenants: list[str], convs:
                         )
                     if row is not None and row["n"]:
                         out.append(f"port {port} {name} w{w}: n={row['n']} top={row['top']}")
-        finally:
-            await conn.close()
     return out
 
 
