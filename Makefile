@@ -43,7 +43,7 @@ pytest: $(STAMP)
 ## tests/citus_cluster.py (and, strict by default, split statements and two-phase commits; docs/scaling.md,
 ## "Every request is a single-shard statement"). Citus is built
 ## once per machine (~/.cache/conversation-service); without its source this prints one line and passes.
-CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/test_citus_move_writes.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/subscriptions/test_lost_events.py tests/cache/test_redis_cluster.py tests/deletion tests/jobs/test_admin_replay.py tests/services/test_stats_rollups.py tests/memory/test_summaries.py tests/search tests/jobs/test_failures.py tests/e2e/test_tracing.py tests/test_citus_processes.py tests/test_citus_any_node.py tests/test_history_page_function.py tests/test_citus_shard_functions.py
+CLUSTER_TESTS ?= tests/test_citus.py tests/test_citus_rebalance.py tests/test_citus_move_writes.py tests/api tests/jobs/test_actions.py tests/jobs/test_idempotency_actions.py tests/subscriptions/test_live.py tests/subscriptions/test_lost_events.py tests/cache/test_redis_cluster.py tests/deletion tests/jobs/test_admin_replay.py tests/services/test_stats_rollups.py tests/memory/test_summaries.py tests/search tests/jobs/test_failures.py tests/e2e/test_tracing.py tests/test_citus_processes.py tests/test_citus_any_node.py tests/test_history_page_function.py tests/test_citus_shard_functions.py tests/test_citus_async_commit.py
 # The statement count includes an API key re-read when the slower warm-up outlives the key cache
 # (docs/scaling.md, "Known gaps").
 CLUSTER_DESELECT ?= -k 'not is_four_statements'

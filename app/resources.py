@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from app.services import conversations
 from app.services.crm import USER_AGENT, CrmOptions
 from app.services.limits import Limits
 from app.settings import Settings
-from db.session import Database, create_pool
+from db.repositories import cluster
+from db.session import Database, create_pool, on_citus
+
+log = logging.getLogger("conversation_service")
 
 
 @dataclass(slots=True)
@@ -53,6 +57,8 @@ class Resources:
             health_check_interval=30,
         )
         db = Database(pool)
+        if on_citus():
+            await _warn_async_commit(db)
         hub = EventHub(redis_url, queue_size=settings.subscriber_queue_size)
         cache = (
             HotCache(redis_url, CacheOptions.from_settings(settings), cluster_nodes=settings.redis_cluster_nodes)
@@ -130,6 +136,24 @@ class Resources:
 
     async def _ping_redis(self) -> None:
         await self.redis.ping()
+
+
+async def _warn_async_commit(db: Database) -> None:
+    """Say loudly, once per process, when a Citus node commits asynchronously.
+
+    Not a refusal: synchronous_commit=off is a legitimate durability trade on one Postgres; on
+    Citus it also makes the default (logical) shard move drop writes acknowledged just before its
+    switch, which no client would expect (docs/scaling.md, "Moves need synchronous_commit").
+    """
+    async with db.read() as conn:
+        nodes = await cluster.nodes_with_async_commit(conn)
+    if nodes:
+        log.warning(
+            "synchronous_commit=off on Citus node(s) %s: a shard move with logical replication (Citus' "
+            "default transfer mode) can lose writes acknowledged just before it switches; set it on, or "
+            "move with shard_transfer_mode => 'block_writes' (docs/scaling.md)",
+            ", ".join(nodes),
+        )
 
 
 async def _probe(check: Any, limit_s: float) -> dict[str, Any]:

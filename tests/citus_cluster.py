@@ -60,6 +60,10 @@ ALLOWED_SPLITS: dict[str, str] = {
     "CREATE  INDEX  IF NOT EXISTS ix_message_embeddings_hnsw_": "DDL: the backfill's index for a new vector length",
     # tests/api/test_search_language.py refreshes the planner's statistics; ANALYZE runs on every shard.
     "ANALYZE public.messages_": "test: ANALYZE of a distributed table",
+    # Once per process at start (app/resources.py): every node's synchronous_commit, asked on every node.
+    "SHOW synchronous_commit": "start-up: the check that no node commits asynchronously",
+    # tests/test_citus_async_commit.py: a role (propagated to every node) that commits asynchronously.
+    "ROLE async_": "test: DDL of a role on every node",
 }
 
 _MULTI_TASK = re.compile(r"(?:WARNING|NOTICE):\s+multi-task query about to be executed")

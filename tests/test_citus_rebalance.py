@@ -120,11 +120,12 @@ async def run_rebalance(db: Database, cluster: Any, root: Path, started: list[An
                 node = await conn.fetchrow("SELECT nodename, nodeport FROM citus_shards WHERE shardid = $1", shard)
                 assert node is not None
                 move_began = time.monotonic()
-                # A new node needs the reference tables (tenants, api_keys) before it can take shards. block_writes:
-                # a logical-replication move can lose writes made just after its switch (tests/test_citus_move_writes.py).
-                await conn.execute("SELECT replicate_reference_tables('block_writes')")
+                # A new node needs the reference tables (tenants, api_keys) before it can take shards. Both
+                # calls as an operator types them: Citus' default transfer mode (`auto`: logical replication,
+                # writes blocked only for the final catch-up and the switch; every table has a replica identity).
+                await conn.execute("SELECT replicate_reference_tables()")
                 await conn.execute(
-                    "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int, shard_transfer_mode => 'block_writes')",
+                    "SELECT citus_move_shard_placement($1::bigint, $2::text, $3::int, '127.0.0.1', $4::int)",
                     shard,
                     node["nodename"],
                     node["nodeport"],

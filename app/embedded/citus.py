@@ -192,7 +192,18 @@ def _build(source: Path, wheel_site: Path, root: Path) -> None:
 
 
 #: Every node: Citus loaded; logical WAL so shards move without blocking writes (online growth).
-NODE_OPTIONS = ["shared_preload_libraries=citus", "wal_level=logical", "max_replication_slots=20", "max_wal_senders=20"]
+#: synchronous_commit stays on even in throwaway test clusters (fsync=False): a shard move with
+#: logical replication waits for the target to reach the source's `pg_current_wal_lsn()`, the WAL
+#: *write* position, and an asynchronous commit can still be in the WAL buffers past it, so the move
+#: switches over without it and the acknowledged write stays behind on the old placement
+#: (docs/scaling.md, "Moves need synchronous_commit"; tests/test_citus_move_writes.py).
+NODE_OPTIONS = [
+    "shared_preload_libraries=citus",
+    "wal_level=logical",
+    "max_replication_slots=20",
+    "max_wal_senders=20",
+    "synchronous_commit=on",
+]
 
 
 @dataclass

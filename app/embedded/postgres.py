@@ -53,7 +53,7 @@ def start_postgres(
 
     ``fsync=False`` trades crash safety for speed; meant for throwaway test clusters only.
     ``install`` runs another pginstall (the Citus copy, app/embedded/citus.py); ``options`` are extra
-    ``-c name=value`` server settings.
+    ``-c name=value`` server settings, applied last (they override what ``fsync=False`` sets).
     """
     _require_main_thread()
     data_dir = data_dir.resolve()
@@ -96,10 +96,11 @@ def start_postgres(
             # stderr already goes to postgres.log; the collector would add a process and a log dir.
             "-c", "logging_collector=off",
         ]  # fmt: skip
-        for option in options or []:
-            args += ["-c", option]
         if not fsync:
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        # After the fsync trio, so a caller's option overrides it (the Citus nodes keep synchronous_commit).
+        for option in options or []:
+            args += ["-c", option]
         log_offset = _file_size(log_path)
         proc = _spawn(args, log_path, run_as)
         try:
