@@ -301,6 +301,28 @@ async def _seen_until(guard: citus_cluster.ShardGuard, found: Callable[[str], bo
     return seen
 
 
+async def test_the_guard_reads_every_nodes_log_and_every_node_logs_what_it_reads(db: Database) -> None:
+    """The guard follows each node the cluster lists (a worker added later too), and each node has the
+    settings and the line prefix its rules read: a worker's session logs multi-task statements with
+    their text (and, strict, its remote commands) like the coordinator's."""
+    await _citus_or_skip(db)
+    current, guard = citus_cluster.current_cluster(), citus_cluster.current_guard()
+    assert current is not None and guard is not None
+    guard.skip_to_end()  # takes in any worker added since the last test
+    nodes = [current[0].coordinator, *current[0].workers]
+    assert [n.log_path for n in guard.nodes] == [n.data_dir / "postgres.log" for n in nodes]
+    strict = os.environ.get("TEST_CITUS_STRICT") == "1"
+    for node in nodes:
+        conn = await asyncpg.connect(node.url)
+        try:
+            assert await conn.fetchval("SHOW log_line_prefix") == citus_cluster.LOG_LINE_PREFIX
+            assert await conn.fetchval("SHOW citus.multi_task_query_log_level") == "warning"
+            assert await conn.fetchval("SHOW log_min_error_statement") == "warning"
+            assert await conn.fetchval("SHOW citus.log_remote_commands") == ("on" if strict else "off")
+        finally:
+            await conn.close()
+
+
 async def test_the_guard_reads_the_workers_logs_for_a_pool_on_a_worker(db: Database, tenant: str) -> None:
     """Querying from any node: a multi-shard statement whose client is on a worker is logged only
     there (the coordinator never sees it), and the guard names it with the worker."""
