@@ -2,12 +2,15 @@
 
 The session's Postgres is then a local Citus cluster (coordinator + 2 workers, app/embedded/citus.py)
 instead of the single embedded server, the hot store a Redis Cluster (3 masters + 3 replicas,
-REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: the
-coordinator logs each statement that runs as more than one task (Citus'
-``citus.multi_task_query_log_level``, with the statement itself via ``log_min_error_statement``), and
-after each test the new lines are read. A statement that is not on the allow-list below fails the
-test that ran it: every request path must route to one shard (``tenant_id = $n`` on every table
-reference and CTE).
+REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: every node logs each
+statement that runs as more than one task (Citus' ``citus.multi_task_query_log_level``, with the
+statement itself via ``log_min_error_statement``), and after each test the new lines of **every
+node's log** are read: the coordinator's and each worker's (a worker added later too), because a
+statement also runs on a worker, through a pool pointed at it (querying from any node) or in the
+body of a distributed function delegated to the worker of its tenant's shard group. A statement
+that is not on the allow-list below fails the test that ran it: every request path must route to
+one shard (``tenant_id = $n`` on every table reference and CTE). Strict mode (TEST_CITUS_STRICT=1)
+also fails intermediate results and two-phase commits a node issues (docs/scaling.md, "Strict mode").
 """
 
 from __future__ import annotations
