@@ -254,8 +254,10 @@ _guards: list[ShardGuard] = []
 
 
 def install_guard(cluster: CitusCluster) -> ShardGuard:
-    guard = ShardGuard([NodeLog(COORDINATOR, cluster.coordinator.data_dir / "postgres.log")], cluster)
-    guard._add_new_workers()
+    # The nodes present now (start() configured them); one added later is configured when first seen.
+    nodes = [NodeLog(COORDINATOR, cluster.coordinator.data_dir / "postgres.log")]
+    nodes += [NodeLog(worker.data_dir.name, worker.data_dir / "postgres.log") for worker in cluster.workers]
+    guard = ShardGuard(nodes, cluster)
     guard.skip_to_end()
     _guards[:] = [guard]
     return guard
