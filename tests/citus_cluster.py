@@ -2,16 +2,20 @@
 
 The session's Postgres is then a local Citus cluster (coordinator + 2 workers, app/embedded/citus.py)
 instead of the single embedded server, the hot store a Redis Cluster (3 masters + 3 replicas,
-REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: the
-coordinator logs each statement that runs as more than one task (Citus'
-``citus.multi_task_query_log_level``, with the statement itself via ``log_min_error_statement``), and
-after each test the new lines are read. A statement that is not on the allow-list below fails the
-test that ran it: every request path must route to one shard (``tenant_id = $n`` on every table
-reference and CTE).
+REDIS_CLUSTER_NODES), and every test is checked for multi-shard statements: every node logs each
+statement that runs as more than one task (Citus' ``citus.multi_task_query_log_level``, with the
+statement itself via ``log_min_error_statement``), and after each test the new lines of **every
+node's log** are read: the coordinator's and each worker's (a worker added later too), because a
+statement also runs on a worker, through a pool pointed at it (querying from any node) or in the
+body of a distributed function delegated to the worker of its tenant's shard group. A statement
+that is not on the allow-list below fails the test that ran it: every request path must route to
+one shard (``tenant_id = $n`` on every table reference and CTE). Strict mode (TEST_CITUS_STRICT=1)
+also fails intermediate results and two-phase commits a node issues (docs/scaling.md, "Strict mode").
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -68,6 +72,7 @@ ALLOWED_SPLITS: dict[str, str] = {
 
 _MULTI_TASK = re.compile(r"(?:WARNING|NOTICE):\s+multi-task query about to be executed")
 _STATEMENT = re.compile(r"STATEMENT:\s+(.*)")
+_CONTEXT = re.compile(r"CONTEXT:\s+(.*)")
 # Only logged with TEST_CITUS_STRICT=1 (citus.log_remote_commands): a subplan's result shipped to a
 # worker, or a two-phase commit across connections.
 _SPLIT = re.compile(r"issuing (?:COPY \"\d+_\d+\" FROM STDIN WITH \(format result\)|PREPARE TRANSACTION)")
@@ -88,23 +93,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @dataclass
-class ShardGuard:
-    """Reads the coordinator's log from where the previous test left it."""
+class NodeLog:
+    """One node's log, read from where the previous test left it, with each of its backends' open
+    transaction (pids are per node, so each node follows its own)."""
 
+    name: str
     log_path: Path
     offset: int = 0
-    seen: list[str] = field(default_factory=list)
     #: Per backend pid: the commands of its open transaction (across reads and skipped lines).
     open_commands: dict[str, list[str]] = field(default_factory=dict)
 
-    def skip_to_end(self) -> None:
-        # The skipped lines are still followed for the transactions they open: one that began before
-        # the test (the session app's background record of a key's last use, from the previous test
-        # or a fixture) may commit inside it, and its commands are its cause (docs/scaling.md).
-        for line in self._read_new_lines():
-            self._follow(line)
-
-    def _read_new_lines(self) -> list[str]:
+    def read_new_lines(self) -> list[str]:
         if not self.log_path.exists():
             return []
         with open(self.log_path, "rb") as f:
@@ -115,9 +114,9 @@ class ShardGuard:
         self.offset += end
         return raw[:end].decode(errors="replace").splitlines()
 
-    def _follow(self, line: str) -> None:
+    def follow(self, line: str) -> None:
         """Keep each backend's commands since its last commit or rollback (remote ones are "issuing";
-        the coordinator's own placement of a reference table runs its command locally)."""
+        the node's own placement of a shard or a reference table runs its command locally)."""
         pid = _PID.search(line)
         if pid is None:
             return
@@ -129,19 +128,19 @@ class ShardGuard:
             commands.append(command)
             del commands[:-200]  # a long transaction (an import) keeps its latest commands
 
-    def _context(self, line: str) -> str:
+    def context(self, line: str) -> str:
         """The commands the backend of a split line ran in its transaction so far: what caused it."""
         pid = _PID.search(line)
         commands = self.open_commands.get(pid.group(1), []) if pid else []
         return f" (after: {' | '.join(commands)})" if commands else ""
 
     def new_multi_shard_statements(self) -> list[str]:
-        lines = self._read_new_lines()
+        lines = self.read_new_lines()
         found: list[str] = []
         allowed_backends: set[str] = set()  # ran an allow-listed multi-shard statement (a cron's transaction)
         for i, line in enumerate(lines):
             if _SPLIT.search(line):
-                context = self._context(line)
+                context = self.context(line)
                 pid = _PID.search(line)
                 # A write to a reference table commits on every node by design (two-phase commit):
                 # rare admin writes and the throttled record of an API key's last use. A cron's
@@ -151,30 +150,93 @@ class ShardGuard:
                     and not (pid and pid.group(1) in allowed_backends)
                     and not any(fragment in context for fragment in ALLOWED_SPLITS)
                 ):
-                    found.append(line.strip()[:200] + context)
+                    found.append(self._named(line.strip()[:200] + context))
                 continue
-            self._follow(line)
+            self.follow(line)
             if not _MULTI_TASK.search(line):
                 continue
-            statement = ""
-            for follower in lines[i + 1 : i + 4]:
-                match = _STATEMENT.search(follower)
-                if match:
-                    statement = match.group(1)
-                    # A statement spans lines until the next log line (which starts with a prefix).
-                    rest = lines[lines.index(follower) + 1 :]
-                    for more in rest:
-                        if re.match(r"^\d{4}-\d\d-\d\d |^(?:WARNING|NOTICE|ERROR|LOG|STATEMENT|DETAIL):", more):
-                            break
-                        statement += " " + more.strip()
-                    break
+            statement, where = _statement_of(lines, i)
             if not any(fragment in statement for fragment in ALLOWED_MULTI_SHARD):
-                found.append(statement or line)
+                found.append(self._named((statement or line) + where))
             elif pid_match := _PID.search(line):
                 allowed_backends.add(pid_match.group(1))
+        return found
+
+    def _named(self, finding: str) -> str:
+        # A worker's finding says so: it ran there (a delegated function's body, a pool on a worker).
+        return finding if self.name == COORDINATOR else f"[{self.name}] {finding}"
+
+
+def _statement_of(lines: list[str], i: int) -> tuple[str, str]:
+    """The statement logged after the multi-task warning at ``lines[i]`` (``log_min_error_statement``),
+    and where in it the warning arose when inside a function (its ``CONTEXT``, e.g. a delegated
+    function's body on a worker, whose STATEMENT is only the call)."""
+    statement, where = "", ""
+    pid = _PID.search(lines[i])
+    for j in range(i + 1, min(i + 7, len(lines))):
+        follower = lines[j]
+        other = _PID.search(follower)
+        if pid and other and other.group(1) != pid.group(1):
+            continue  # another backend's line interleaved
+        context = _CONTEXT.search(follower)
+        if context and not where:
+            where = f" (in: {context.group(1)[:160]})"
+        match = _STATEMENT.search(follower)
+        if match:
+            statement = match.group(1)
+            # A statement spans lines until the next log line (which starts with a prefix).
+            for more in lines[j + 1 :]:
+                if re.match(r"^\d{4}-\d\d-\d\d |^(?:WARNING|NOTICE|ERROR|LOG|STATEMENT|DETAIL):", more):
+                    break
+                statement += " " + more.strip()
+            break
+    return statement, where
+
+
+@dataclass
+class ShardGuard:
+    """Reads every node's log (the coordinator's and each worker's) from where the previous test
+    left it: a statement runs on a worker when a pool points there (any node) or a distributed
+    function is delegated to the worker holding its tenant's shard group."""
+
+    nodes: list[NodeLog]
+    #: The cluster whose workers it follows: one added later (online growth) is read from then on.
+    cluster: CitusCluster | None = None
+    seen: list[str] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        """The coordinator's log."""
+        return self.nodes[0].log_path
+
+    def skip_to_end(self) -> None:
+        # The skipped lines are still followed for the transactions they open: one that began before
+        # the test (the session app's background record of a key's last use, from the previous test
+        # or a fixture) may commit inside it, and its commands are its cause (docs/scaling.md).
+        self._add_new_workers()
+        for node in self.nodes:
+            for line in node.read_new_lines():
+                node.follow(line)
+
+    def new_multi_shard_statements(self) -> list[str]:
+        self._add_new_workers()
+        found = [finding for node in self.nodes for finding in node.new_multi_shard_statements()]
         self.seen.extend(found)
         return found
 
+    def _add_new_workers(self) -> None:
+        if self.cluster is None:
+            return
+        known = {node.log_path for node in self.nodes}
+        for worker in self.cluster.workers:
+            path = worker.data_dir / "postgres.log"
+            if path not in known:
+                # Read from its first line: a node added during a test served that test already.
+                configure_node_logging(worker)
+                self.nodes.append(NodeLog(worker.data_dir.name, path))
+
+
+COORDINATOR = "coordinator"
 
 #: log_line_prefix of the test cluster (start()): "<time> [<pid>] <backend type>|<application name>: ".
 #: A flagged line then says whether a client (and which: the service's pools, psql, Citus' own
@@ -195,8 +257,11 @@ _TRANSACTION_END = re.compile(r"issuing (?:COMMIT|ROLLBACK)")
 _guards: list[ShardGuard] = []
 
 
-def install_guard(log_path: Path) -> ShardGuard:
-    guard = ShardGuard(log_path)
+def install_guard(cluster: CitusCluster) -> ShardGuard:
+    # The nodes present now (start() configured them); one added later is configured when first seen.
+    nodes = [NodeLog(COORDINATOR, cluster.coordinator.data_dir / "postgres.log")]
+    nodes += [NodeLog(worker.data_dir.name, worker.data_dir / "postgres.log") for worker in cluster.workers]
+    guard = ShardGuard(nodes, cluster)
     guard.skip_to_end()
     _guards[:] = [guard]
     return guard
@@ -242,27 +307,23 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
     _clusters[:] = [(cluster, root, started)]
     upgrade(cluster.url)
     # New sessions (the test pools open after this) log every multi-task statement with its text.
-    _psql_coordinator(
-        cluster.url,
-        "ALTER DATABASE conversations SET citus.multi_task_query_log_level = 'warning';"
-        "ALTER DATABASE conversations SET log_min_error_statement = 'warning';",
-    )
+    settings = {"citus.multi_task_query_log_level": "warning", "log_min_error_statement": "warning"}
     if os.environ.get("TEST_CITUS_STRICT") == "1":
         # Stricter: also fail statements that Citus splits into subplans (intermediate results) or
         # commits with two-phase commit, which multi_task_query_log_level does not see because
         # each piece is one task (the append is such a statement today: docs/scaling.md).
-        _psql_coordinator(
-            cluster.url,
-            "ALTER DATABASE conversations SET citus.log_remote_commands = on;"
-            "ALTER DATABASE conversations SET citus.log_local_commands = on;"
-            "ALTER DATABASE conversations SET log_min_messages = notice;",
-        )
-    # Every line names its backend's type and application (a flagged commit says which process made
-    # it). A reload applies it to running processes.
+        settings |= {"citus.log_remote_commands": "on", "citus.log_local_commands": "on", "log_min_messages": "notice"}
+    _database_settings.clear()
+    _database_settings.update(settings)
+    # Citus propagates ALTER DATABASE … SET to the workers, and to a node added later when it is
+    # activated; configure_node_logging checks each node has them.
+    _psql_coordinator(
+        cluster.url,
+        "".join(f"ALTER DATABASE conversations SET {name} = '{value}';" for name, value in settings.items()),
+    )
     for server in [cluster.coordinator, *cluster.workers]:
-        _psql_coordinator(server.url, f"ALTER SYSTEM SET log_line_prefix = '{LOG_LINE_PREFIX}'")
-        _psql_coordinator(server.url, "SELECT pg_reload_conf()")
-    install_guard(cluster.coordinator.data_dir / "postgres.log")
+        configure_node_logging(server)
+    install_guard(cluster)
     # The hot store on a 3-master Redis Cluster too (pub/sub and arq stay on the single Redis, as in
     # production: docs/scaling.md). Every Settings() the suites build reads it from the environment.
     # TEST_REDIS_CLUSTER=0: Citus alone.
@@ -274,6 +335,41 @@ def start(root: Path, started: list[EmbeddedServer]) -> str:
     started.extend(redis_cluster.nodes)
     os.environ["REDIS_CLUSTER_NODES"] = redis_cluster.seeds
     return cluster.url
+
+
+#: The database settings the guard reads the logs by (start()); every node must have them.
+_database_settings: dict[str, str] = {}
+
+
+def configure_node_logging(server: EmbeddedServer) -> None:
+    """Make one node log what the guard reads: its lines name their backend's type and application
+    (a flagged commit says which process made it; a reload applies it to running processes), and its
+    database has the guard's settings (set locally only if Citus did not propagate them)."""
+    import asyncio
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server.url)
+        try:
+            await conn.execute(f"ALTER SYSTEM SET log_line_prefix = '{LOG_LINE_PREFIX}'")
+            await conn.execute("SELECT pg_reload_conf()")
+            rows = await conn.fetch(
+                "SELECT unnest(setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                "WHERE d.datname = current_database() AND s.setrole = 0"
+            )
+            present = {row[0] for row in rows}
+            missing = {k: v for k, v in _database_settings.items() if f"{k}={v}" not in present}
+            if missing:
+                # Local only: the coordinator owns the cluster-wide DDL.
+                await conn.execute("SET citus.enable_ddl_propagation = off")
+                dbname = await conn.fetchval("SELECT quote_ident(current_database())")
+                for name, value in missing.items():
+                    await conn.execute(f"ALTER DATABASE {dbname} SET {name} = '{value}'")
+        finally:
+            await conn.close()
+
+    # On a thread of its own: the guard may find a new worker from inside a test's running event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, run()).result()
 
 
 def _psql_coordinator(url: str, sql: str) -> None:

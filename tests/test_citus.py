@@ -22,7 +22,7 @@ from db.repositories import embeddings as embeddings_repo
 from db.repositories import messages as messages_repo
 from db.repositories.messages import CITUS_APPEND_BY_ID
 from db.repositories.transfer import ImportedMessage
-from db.session import Connection, Database, has_citus
+from db.session import Connection, Database, LeanPool, create_pool, has_citus
 from tests import citus_cluster
 from tests.conftest import Servers
 from tests.factories import create_conversation
@@ -269,3 +269,133 @@ async def _eventually_seen(guard: citus_cluster.ShardGuard) -> list[str]:
             return seen
         await asyncio.sleep(0.1)
     return seen
+
+
+_HOME_PORT = """
+SELECT nodeport FROM pg_dist_shard_placement
+WHERE shardid = get_shard_id_for_distribution_column('conversations', $1::text)
+"""
+
+
+async def _worker_pool(db: Database, tenant: str, *, home: bool) -> tuple[LeanPool, str]:
+    """A one-connection pool on the worker holding `tenant`'s shard group (home) or on another one,
+    and the name of the home worker (its data directory, as the guard names a worker's findings)."""
+    current = citus_cluster.current_cluster()
+    assert current is not None
+    async with db.pool.acquire() as conn:
+        port = await conn.fetchval(_HOME_PORT, tenant)
+    workers = current[0].workers
+    home_worker = next(w for w in workers if w.port == port)
+    worker = home_worker if home else next(w for w in workers if w.port != port)
+    return await create_pool(worker.url, min_size=1, max_size=1), home_worker.data_dir.name
+
+
+async def _seen_until(guard: citus_cluster.ShardGuard, found: Callable[[str], bool]) -> list[str]:
+    # Every node's lines are read (the relayed copy on the caller's node as well): until the one wanted.
+    seen: list[str] = []
+    for _ in range(50):
+        seen += guard.new_multi_shard_statements()
+        if any(found(s) for s in seen):
+            return seen
+        await asyncio.sleep(0.1)
+    return seen
+
+
+async def test_the_guard_reads_every_nodes_log_and_every_node_logs_what_it_reads(db: Database) -> None:
+    """The guard follows each node the cluster lists (a worker added later too), and each node has the
+    settings and the line prefix its rules read: a worker's session logs multi-task statements with
+    their text (and, strict, its remote commands) like the coordinator's."""
+    await _citus_or_skip(db)
+    current, guard = citus_cluster.current_cluster(), citus_cluster.current_guard()
+    assert current is not None and guard is not None
+    guard.skip_to_end()  # takes in any worker added since the last test
+    nodes = [current[0].coordinator, *current[0].workers]
+    assert [n.log_path for n in guard.nodes] == [n.data_dir / "postgres.log" for n in nodes]
+    strict = os.environ.get("TEST_CITUS_STRICT") == "1"
+    for node in nodes:
+        conn = await asyncpg.connect(node.url)
+        try:
+            assert await conn.fetchval("SHOW log_line_prefix") == citus_cluster.LOG_LINE_PREFIX
+            assert await conn.fetchval("SHOW citus.multi_task_query_log_level") == "warning"
+            assert await conn.fetchval("SHOW log_min_error_statement") == "warning"
+            assert await conn.fetchval("SHOW citus.log_remote_commands") == ("on" if strict else "off")
+        finally:
+            await conn.close()
+
+
+async def test_the_guard_reads_the_workers_logs_for_a_pool_on_a_worker(db: Database, tenant: str) -> None:
+    """Querying from any node: a multi-shard statement whose client is on a worker is logged only
+    there (the coordinator never sees it), and the guard names it with the worker."""
+    await _citus_or_skip(db)
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    pool, _ = await _worker_pool(db, tenant, home=True)
+    marker = f"guard-{uuid.uuid4().hex[:8]}"
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", tenant)
+            assert guard.new_multi_shard_statements() == []
+            await conn.fetchval(f"SELECT count(*) FROM messages WHERE content = '{marker}'")
+    finally:
+        await pool.close()
+    seen = await _seen_until(guard, lambda s: marker in s)
+    assert any(marker in s and s.startswith("[worker") for s in seen), seen
+
+
+async def test_the_guard_reads_a_delegated_functions_body_on_its_worker(db: Database, tenant: str) -> None:
+    """A distributed function runs on the worker holding its tenant's shard group (as append_message()
+    and history_page() do): a multi-shard statement in its body is judged in that worker's log, with
+    the function named, even when the call came through another worker (the coordinator sees nothing)."""
+    await _citus_or_skip(db)
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    name = f"guard_probe_{uuid.uuid4().hex[:8]}"
+    marker = f"guard-{uuid.uuid4().hex[:8]}"
+    async with db.pool.acquire() as conn:
+        await conn.execute(
+            f"CREATE FUNCTION {name}(p_tenant text) RETURNS bigint LANGUAGE sql "
+            f"AS $$ SELECT count(*) FROM messages WHERE content = '{marker}' $$"
+        )
+        await conn.execute(
+            f"SELECT create_distributed_function('{name}(text)', 'p_tenant', colocate_with := 'conversations')"
+        )
+    guard.skip_to_end()  # DDL commits on every node (2PC), as migrations do
+    pool, home = await _worker_pool(db, tenant, home=False)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(f"SELECT {name}($1)", tenant) == 0
+        seen = await _seen_until(guard, lambda s: s.startswith(f"[{home}]"))
+        assert any(s.startswith(f"[{home}]") and f'SQL function "{name}"' in s for s in seen), seen
+    finally:
+        await pool.close()
+        async with db.pool.acquire() as conn:
+            await conn.execute(f"DROP FUNCTION IF EXISTS {name}(text)")
+        guard.skip_to_end()
+
+
+async def test_strict_mode_flags_a_statement_split_through_a_worker(db: Database, tenant: str) -> None:
+    """TEST_CITUS_STRICT=1: the worker logs its own remote commands, so a two-phase commit that a
+    client on a worker starts is named with its cause, as on the coordinator."""
+    await _citus_or_skip(db)
+    if os.environ.get("TEST_CITUS_STRICT") != "1":
+        pytest.skip("strict mode only (TEST_CITUS_STRICT=1)")
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    conversation = await create_conversation(db, tenant)
+    async with db.pool.acquire() as conn:
+        await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)
+    pool, _ = await _worker_pool(db, tenant, home=False)
+    try:
+        guard.skip_to_end()  # the reference-table write above commits on every node by design
+        async with pool.acquire() as on_worker, on_worker.transaction():
+            await on_worker.execute(
+                "INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger) SELECT $1, $2, $3, 'manual' "
+                "WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)",
+                tenant,
+                uuid.uuid4(),
+                conversation.id,
+            )
+    finally:
+        await pool.close()
+    seen = await _seen_until(guard, lambda s: "PREPARE TRANSACTION" in s)
+    assert any(s.startswith("[worker") and "PREPARE TRANSACTION" in s and "crm_outbox" in s for s in seen), seen
