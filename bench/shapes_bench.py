@@ -261,7 +261,15 @@ NOTES = """Ours runs every shape through the engine (app/api/engine/): the CRM l
 together. PostGraphile cannot express stats, search or the token-budgeted context window (no
 aggregates, full-text or tokenizer without plugins); those rows are ours alone. Its batch is the same
 three operations with `--enable-query-batching`. Subscriptions are measured by
-bench/subscriptions_bench.py."""
+bench/subscriptions_bench.py.
+
+The search row once read 13–1865 req/s (2026-11-30 17:38): from its sixth execution on a connection
+Postgres ran the probe's prepared statement with a generic plan, on the freshly loaded table a
+sequential scan running to_tsvector on all 18,000 messages (170 ms instead of 5 ms), until
+autovacuum vacuumed the table mid-run and the generic plan became the GIN probe. Search reads are
+now planned for their words every time (`db.session.custom_plans`, ~0.5 ms a search;
+tests/services/test_search_plans.py), and the bench vacuums after the load so every round sees one
+table state; the machine was shared with other sessions' tests (load average 4–5)."""
 
 
 def render(names: list[str], rps: dict[tuple[str, str], list[float]]) -> str:
