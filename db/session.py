@@ -372,6 +372,36 @@ class UnitOfWork:
         return hooks if ok else []
 
 
+@asynccontextmanager
+async def custom_plans(conn: Connection) -> AsyncIterator[Connection]:
+    """Reads whose statements are planned for their parameter values on every execution.
+
+    asyncpg prepares every statement, and from the sixth execution on one connection Postgres
+    may reuse a generic plan, estimated without the values, when that looks no dearer than the
+    custom plans so far. For a full-text statement the values are the plan: the generic estimate
+    (a default 0.5 % match share, `LIMIT $n` taken as a tenth of the rows) chose a sequential scan
+    running to_tsvector on every message, 5 ms became 170 ms (docs/benchmarks.md, shapes bench).
+    Planning such a statement each time costs a fraction of a millisecond.
+
+    Outside a transaction the reads get their own READ ONLY one, so the setting (SET LOCAL) ends
+    with it whatever happens, and a connection the pool takes back after a failure is rolled
+    back; inside the caller's transaction the setting lasts until that one ends."""
+    if conn.is_in_transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield conn
+        return
+    await conn.execute("BEGIN READ ONLY; SET LOCAL plan_cache_mode = force_custom_plan")
+    try:
+        yield conn
+    except BaseException:
+        try:
+            await conn.execute("ROLLBACK")
+        except BaseException:
+            conn.terminate()  # e.g. cancelled mid-statement: the pool drops a closed connection
+        raise
+    await conn.execute("COMMIT")
+
+
 EventListener = Callable[[list[DomainEvent]], Awaitable[None]]
 
 

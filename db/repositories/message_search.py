@@ -12,7 +12,7 @@ from db.repositories import records, text_search
 from db.repositories.conversations import filtered
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
-from db.session import Connection
+from db.session import Connection, custom_plans
 
 
 async def _plan_rows(conn: Connection, sql: str, *args: object) -> int:
@@ -93,7 +93,22 @@ async def search(
     the tenant when the planner overestimates a rare word): matching keys come from the GIN index first
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
-    walking newest first, which then meets a match within a few rows."""
+    walking newest first, which then meets a match within a few rows. Every statement is planned
+    for this query's words (custom_plans: a generic plan can scan every message)."""
+    async with custom_plans(conn):
+        return await _search(conn, tenant_id, query, f, limit, after, cap, config)
+
+
+async def _search(
+    conn: Connection,
+    tenant_id: str,
+    query: str,
+    f: ConversationFilter,
+    limit: int,
+    after: tuple[datetime, uuid.UUID, int] | None,
+    cap: int,
+    config: str,
+) -> tuple[list[Message], int]:
     if await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
         conn, tenant_id, query, f, cap, config
     ):

@@ -1,0 +1,107 @@
+"""Search statements keep plans made for the query's words however often one connection runs them.
+
+asyncpg prepares every statement; from the sixth execution Postgres may reuse a generic plan made
+without the values. For the GIN probe of a rare word on a freshly loaded table that plan was a
+sequential scan running to_tsvector on every message (the shapes bench's "search (rare word)":
+5 ms became 170 ms, docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+
+from app.services import search
+from db.session import Connection, Database, create_pool, custom_plans
+from tests.conftest import Servers
+from tests.factories import create_conversation
+
+#: Past the five custom plans after which Postgres starts weighing a generic one.
+RUNS = 8
+MESSAGES = 5000
+RARE = "number 4242"
+
+
+@asynccontextmanager
+async def _loaded(db: Database, servers: Servers, tenant: str) -> AsyncIterator[Connection]:
+    """The shapes bench's history: every message says "number", one of them "4242"; analyzed, not
+    vacuumed: the bulk insert's entries wait in the GIN index's pending list, which the planner
+    counts against the index (the state right after a load, when the generic plan is a sequential
+    scan). Yields a connection of its own, whose statements start with no plan history. The rows
+    and the pending list go afterwards: other tests' plans must not see them."""
+    conversation = await create_conversation(db, tenant)
+    pool = await create_pool(servers.database_url, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(
+                """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+                   SELECT $1, $2, g, gen_random_uuid(), 'user',
+                          'message number ' || g || ': ' || repeat('lorem ipsum dolor sit amet ', 6), 50,
+                          now() - ($3 - g) * interval '1 second'
+                   FROM generate_series(1, $3::int) g""",
+                tenant,
+                conversation.id,
+                MESSAGES,
+            )
+            await conn.execute("ANALYZE messages")
+            try:
+                yield conn
+            finally:
+                await conn.execute("DELETE FROM messages WHERE tenant_id = $1", tenant)
+                await conn.execute("SELECT gin_clean_pending_list('ix_messages_search')")
+                await conn.execute("ANALYZE messages")
+    finally:
+        await pool.close()
+
+
+def _rare_hit(contents: list[str]) -> bool:
+    return len(contents) == 1 and contents[0].startswith("message number 4242:")
+
+
+async def test_search_statements_never_run_a_generic_plan(db: Database, servers: Servers, tenant: str) -> None:
+    async with _loaded(db, servers, tenant) as conn:
+        for _ in range(RUNS):
+            page = await search.search_messages(conn, tenant, RARE)
+            assert _rare_hit([m.content for m in page.items]) and page.total_count == 1
+            hits = await search.search(conn, tenant, RARE, search.SearchMode.KEYWORD)
+            assert _rare_hit([h.message.content for h in hits.items])
+        plans = await conn.fetch(
+            """SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements
+               WHERE statement LIKE '%websearch_to_tsquery%' AND statement NOT LIKE '%EXPLAIN%'"""
+        )
+        # The probe (searchMessages) and the candidates (search, KEYWORD), each run RUNS times here.
+        assert len(plans) >= 2 and all(p["custom_plans"] >= RUNS for p in plans)
+        assert [p["statement"] for p in plans if p["generic_plans"]] == []
+        # The connection goes back to the pool as it came: no transaction, the default plan choice.
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+
+
+async def test_a_rare_word_is_found_through_the_index_on_every_execution(
+    db: Database, servers: Servers, tenant: str
+) -> None:
+    """Messages read by sequential scan, counted by this backend for its transaction: none, on the
+    sixth execution as on the first (the generic plan read all MESSAGES each time)."""
+    async with _loaded(db, servers, tenant) as conn, conn.transaction():
+        for _ in range(RUNS):
+            page = await search.search_messages(conn, tenant, RARE)
+            assert page.total_count == 1
+        scans = await conn.fetchval("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'messages'")
+        assert scans == 0
+
+
+async def test_custom_plans_leaves_the_connection_clean_after_a_failure(db: Database) -> None:
+    async with db.read() as conn:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            async with custom_plans(conn):
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+                await conn.fetchval("SELECT 1 / 0")
+        assert not conn.is_in_transaction()
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+        async with conn.transaction():
+            async with custom_plans(conn):
+                assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+            assert conn.is_in_transaction()  # the caller's transaction is the caller's to end
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
