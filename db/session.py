@@ -385,7 +385,15 @@ async def custom_plans(conn: Connection) -> AsyncIterator[Connection]:
 
     Outside a transaction the reads get their own READ ONLY one, so the setting (SET LOCAL) ends
     with it whatever happens, and a connection the pool takes back after a failure is rolled
-    back; inside the caller's transaction the setting lasts until that one ends."""
+    back; inside the caller's transaction the setting lasts until that one ends.
+
+    Not on Citus: there the coordinator fills the parameters in before it routes a statement
+    (`ExecuteCoordinatorEvaluableExpressions`, citus_custom_scan.c), so the worker plans a shard
+    query with the words as constants every time, and a transaction block around a search would
+    cost a two-phase commit (the tenants reference table read locally, the shard remotely)."""
+    if on_citus():
+        yield conn
+        return
     if conn.is_in_transaction():
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         yield conn

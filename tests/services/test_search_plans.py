@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from app.services import search
-from db.session import Connection, Database, create_pool, custom_plans
+from db.session import Connection, Database, create_pool, custom_plans, on_citus
+from tests import citus_cluster
 from tests.conftest import Servers
 from tests.factories import create_conversation
 
@@ -56,11 +57,19 @@ async def _loaded(db: Database, servers: Servers, tenant: str) -> AsyncIterator[
         await pool.close()
 
 
+def _plain_postgres_only() -> None:
+    if citus_cluster.current_cluster() is not None:
+        # db.session.custom_plans: the coordinator fills the parameters in before routing, so the
+        # workers plan every shard query with the words as constants; the plan cache here is Citus'.
+        pytest.skip("on Citus the workers plan each routed statement with its values")
+
+
 def _rare_hit(contents: list[str]) -> bool:
     return len(contents) == 1 and contents[0].startswith("message number 4242:")
 
 
 async def test_search_statements_never_run_a_generic_plan(db: Database, servers: Servers, tenant: str) -> None:
+    _plain_postgres_only()
     async with _loaded(db, servers, tenant) as conn:
         for _ in range(RUNS):
             page = await search.search_messages(conn, tenant, RARE)
@@ -84,6 +93,7 @@ async def test_a_rare_word_is_found_through_the_index_on_every_execution(
 ) -> None:
     """Messages read by sequential scan, counted by this backend for its transaction: none, on the
     sixth execution as on the first (the generic plan read all MESSAGES each time)."""
+    _plain_postgres_only()
     async with _loaded(db, servers, tenant) as conn, conn.transaction():
         for _ in range(RUNS):
             page = await search.search_messages(conn, tenant, RARE)
@@ -93,6 +103,11 @@ async def test_a_rare_word_is_found_through_the_index_on_every_execution(
 
 
 async def test_custom_plans_leaves_the_connection_clean_after_a_failure(db: Database) -> None:
+    if on_citus():
+        async with db.read() as conn, custom_plans(conn):  # a no-op there: no transaction block
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+        return
     async with db.read() as conn:
         with pytest.raises(asyncpg.DivisionByZeroError):
             async with custom_plans(conn):
