@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeAlias, TypeVar, cast
 
 import asyncpg
 import orjson
@@ -26,6 +27,7 @@ from app.models import DomainEvent
 from db.type_cache import SharedTypesConnection, prime
 
 T = TypeVar("T")
+P = ParamSpec("P")
 log = logging.getLogger("conversation_service.db")
 
 if TYPE_CHECKING:
@@ -408,6 +410,19 @@ async def custom_plans(conn: Connection) -> AsyncIterator[Connection]:
             conn.terminate()  # e.g. cancelled mid-statement: the pool drops a closed connection
         raise
     await conn.execute("COMMIT")
+
+
+def planned_per_call(
+    fn: Callable[Concatenate[Connection, P], Awaitable[T]],
+) -> Callable[Concatenate[Connection, P], Awaitable[T]]:
+    """`fn`'s statements run inside `custom_plans` (planned for their values on every call)."""
+
+    @functools.wraps(fn)
+    async def planned(conn: Connection, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with custom_plans(conn):
+            return await fn(conn, *args, **kwargs)
+
+    return planned
 
 
 EventListener = Callable[[list[DomainEvent]], Awaitable[None]]

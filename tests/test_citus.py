@@ -205,6 +205,19 @@ async def test_the_write_paths_run_on_one_connection_with_a_one_phase_commit(db:
     assert counted == 1 and sources == 2
 
 
+async def _split_insert(conn: Connection, tenant: str, conversation_id: uuid.UUID) -> None:
+    """An INSERT … SELECT reading a reference table, in a transaction block: Citus plans it on the
+    node the client is on (intermediate result, two-phase commit)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger) SELECT $1, $2, $3, 'manual' "
+            "WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)",
+            tenant,
+            uuid.uuid4(),
+            conversation_id,
+        )
+
+
 async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: Database, tenant: str) -> None:
     """TEST_CITUS_STRICT=1 (on in `make test`): an INSERT … SELECT that reads a reference table is
     planned on the coordinator (intermediate result, two-phase commit) and the guard names it."""
@@ -217,14 +230,7 @@ async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: D
     async with db.pool.acquire() as conn:
         await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)
         guard.skip_to_end()  # the reference-table write above commits on every node by design
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger) SELECT $1, $2, $3, 'manual' "
-                "WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)",
-                tenant,
-                uuid.uuid4(),
-                conversation.id,
-            )
+        await _split_insert(conn, tenant, conversation.id)
     seen = await _eventually_seen(guard)
     # Named with its cause and its process (a client backend: log_line_prefix' %b).
     assert any("PREPARE TRANSACTION" in s and "crm_outbox" in s and "client backend" in s for s in seen), seen
@@ -387,14 +393,8 @@ async def test_strict_mode_flags_a_statement_split_through_a_worker(db: Database
     pool, _ = await _worker_pool(db, tenant, home=False)
     try:
         guard.skip_to_end()  # the reference-table write above commits on every node by design
-        async with pool.acquire() as on_worker, on_worker.transaction():
-            await on_worker.execute(
-                "INSERT INTO crm_outbox (tenant_id, id, conversation_id, trigger) SELECT $1, $2, $3, 'manual' "
-                "WHERE EXISTS (SELECT 1 FROM tenants WHERE tenant_id = $1)",
-                tenant,
-                uuid.uuid4(),
-                conversation.id,
-            )
+        async with pool.acquire() as on_worker:
+            await _split_insert(on_worker, tenant, conversation.id)
     finally:
         await pool.close()
     seen = await _seen_until(guard, lambda s: "PREPARE TRANSACTION" in s)

@@ -12,7 +12,7 @@ from db.repositories import records, text_search
 from db.repositories.conversations import filtered
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
-from db.session import Connection, custom_plans
+from db.session import Connection, planned_per_call
 
 
 async def _plan_rows(conn: Connection, sql: str, *args: object) -> int:
@@ -75,6 +75,7 @@ COMMON_FACTOR = 10
 COMMON_SHARE = 0.05
 
 
+@planned_per_call
 async def search(
     conn: Connection,
     tenant_id: str,
@@ -87,28 +88,15 @@ async def search(
     config: str = SEARCH_CONFIG,
 ) -> tuple[list[Message], int]:
     """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1
-    (0 when not with_count and the word is common).
+    (cap + 1: more than cap). The count costs nothing extra whatever `with_count` says: the probe
+    counts while it finds, and a common word's check already found more than cap.
 
     The plan cannot flip to a walk of the created_at index (which runs to_tsvector on every message of
     the tenant when the planner overestimates a rare word): matching keys come from the GIN index first
     (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
     paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
     walking newest first, which then meets a match within a few rows. Every statement is planned
-    for this query's words (custom_plans: a generic plan can scan every message)."""
-    async with custom_plans(conn):
-        return await _search(conn, tenant_id, query, f, limit, after, cap, config)
-
-
-async def _search(
-    conn: Connection,
-    tenant_id: str,
-    query: str,
-    f: ConversationFilter,
-    limit: int,
-    after: tuple[datetime, uuid.UUID, int] | None,
-    cap: int,
-    config: str,
-) -> tuple[list[Message], int]:
+    for this query's words (planned_per_call: a generic plan can scan every message)."""
     if await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
         conn, tenant_id, query, f, cap, config
     ):

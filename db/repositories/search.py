@@ -13,12 +13,13 @@ from db.repositories.conversations import filtered
 from db.repositories.message_search import dense_in_recent, is_common
 from db.repositories.records import MESSAGE_COLUMNS, prefixed
 from db.repositories.text_search import SEARCH_CONFIG
-from db.session import Connection, custom_plans
+from db.session import Connection, planned_per_call
 
 #: Markdown-style marks: safe to show as text, and no HTML reaches a browser from message content.
 _HEADLINE = 'StartSel=**, StopSel=**, MaxWords=30, MinWords=10, MaxFragments=2, FragmentDelimiter=" … "'
 
 
+@planned_per_call
 async def ranked(
     conn: Connection,
     tenant_id: str,
@@ -33,22 +34,7 @@ async def ranked(
     """Best matches first (ts_rank, then newest). Candidates are the matches found through the GIN
     index (no ORDER BY, stopped after cap + 1: the plan cannot become an index walk); when there are
     more than cap (a common word), the newest cap matches are ranked instead. Rows carry `score`
-    and, when asked, `snippet`. Every statement is planned for this query's words (custom_plans)."""
-    async with custom_plans(conn):
-        return await _ranked(conn, tenant_id, query, f, limit, after, cap, snippets, config)
-
-
-async def _ranked(
-    conn: Connection,
-    tenant_id: str,
-    query: str,
-    f: ConversationFilter,
-    limit: int,
-    after: tuple[float, datetime, uuid.UUID, int] | None,
-    cap: int,
-    snippets: bool,
-    config: str,
-) -> list[asyncpg.Record]:
+    and, when asked, `snippet`. Every statement is planned for this query's words (planned_per_call)."""
     common = await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
         conn, tenant_id, query, f, cap, config
     )
