@@ -31,7 +31,6 @@ async def search_messages(
     first: int | None = 20,
     after: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
-    with_count: bool = True,
 ) -> Page[Message]:
     """Messages matching `query` (web-search syntax: words, "phrases", -not, or), newest first, parsed
     with the tenant's text-search configuration (its `search_language`).
@@ -46,7 +45,7 @@ async def search_messages(
     key = cursors.parse_search_cursor(after) if after else None
     cap = limits.search_count_cap
     config = await text_search.tenant_config(conn, tenant_id)
-    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, with_count, config)
+    rows, total = await repo.search(conn, tenant_id, query, f, size + 1, key, cap, config)
     items = rows[:size]
     return Page(
         items=items,

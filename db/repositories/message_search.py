@@ -84,12 +84,11 @@ async def search(
     limit: int,
     after: tuple[datetime, uuid.UUID, int] | None,
     cap: int,
-    with_count: bool = True,
     config: str = SEARCH_CONFIG,
 ) -> tuple[list[Message], int]:
     """Full-text matches, newest first, keyset-paged, and the number of matches counted up to cap + 1
-    (cap + 1: more than cap). The count costs nothing extra whatever `with_count` says: the probe
-    counts while it finds, and a common word's check already found more than cap.
+    (cap + 1: more than cap). Always: it costs nothing extra, the probe counts while it finds and a
+    common word's check already found more than cap.
 
     The plan cannot flip to a walk of the created_at index (which runs to_tsvector on every message of
     the tenant when the planner overestimates a rare word): matching keys come from the GIN index first

@@ -12,7 +12,7 @@ from app.api.domains.common import Ctx, PageInfo, page_info
 from app.api.domains.conversations import ConversationFilter
 from app.api.domains.enums import ConversationStatus, MessageRole, SearchMode
 from app.api.domains.message_types import Message, MessageConnection
-from app.api.selection import COUNT_FIELDS, selects, selects_path
+from app.api.selection import selects_path
 from app.services import search, stats
 
 
@@ -143,7 +143,6 @@ class StatsSearchQuery:
                 first=first,
                 after=after,
                 limits=info.context.resources.limits,
-                with_count=selects(info, COUNT_FIELDS),
             )
         return MessageConnection.from_page(page)
 
