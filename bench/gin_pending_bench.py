@@ -16,9 +16,9 @@ totalCount selected) at --search-rate, cycling a rare, a medium and a common wor
 alternating order over --rounds rounds, so drift of the shared machine hits every variant alike.
 
 Autovacuum is off on `messages` during the windows: on a production-sized table its insert trigger
-(20 % of the table's rows) is hundreds of thousands of appends away, so the pending list is merged
-by the insert that crosses the limit; a 100k-row bench table would be vacuumed every ~21k appends
-instead and hide exactly that.
+(20 % of the table's rows; autoanalyze's, which merges the list too, 10 %) is hundreds of thousands
+of appends away, so the pending list is merged by the insert that crosses the limit; a 100k-row
+bench table would be vacuumed or analyzed every ~10–20k appends instead and hide exactly that.
 """
 
 from __future__ import annotations
