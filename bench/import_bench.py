@@ -3,17 +3,25 @@
     .venv/bin/python -m bench.import_bench             # 500 conversations x 100 messages: one line per transaction
                                                        # (--batch 1 --jobs 8, the path before) and batches (100, --jobs 4)
     .venv/bin/python -m bench.import_bench --conversations 1000 --runs 1:8,50:2,100:4 --rounds 3
+    .venv/bin/python -m bench.import_bench --runs 100:4 --index default,256,off --rounds 3
 
 Starts its own embedded Postgres with fsync on (the tests' servers run fsync off), writes a JSONL file
 in the export format (token counts included, as an export has them), runs the real CLI command as a
 subprocess into a fresh tenant per run, then once more into the same tenant (idempotent: nothing added).
 Rounds alternate the configurations. "msg/s" is the CLI's own count (from its first line read to its
 last commit); "wall" includes the process start (~1 s of imports).
+
+--index alternates storage parameters of the full-text GIN index (`ix_messages_search`): `migrated`
+(as the migrations left it), `default` (Postgres' own: fastupdate on, 4 MB), a pending-list limit in
+kB (fastupdate on), or `off` (fastupdate off).
+Each run starts with the pending list emptied; "merge after" is the server CPU of emptying what the
+import left in it (work a later insert or autovacuum would otherwise pay), per message.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -26,8 +34,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
+
 from bench.run import TEXTS, log
 from db.migrate import upgrade
+from db.session import asyncpg_dsn
 
 
 def write_file(path: Path, conversations: int, per: int) -> int:
@@ -84,6 +95,31 @@ def _client_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+INDEX = "ix_messages_search"
+
+
+def set_index(url: str, variant: str) -> None:
+    """The GIN index as `variant` says, its pending list emptied."""
+    sql = "" if variant == "migrated" else f"ALTER INDEX {INDEX} RESET (fastupdate, gin_pending_list_limit); "
+    if variant not in ("migrated", "default"):
+        options = (
+            "fastupdate = off" if variant == "off" else f"fastupdate = on, gin_pending_list_limit = {int(variant)}"
+        )
+        sql += f"ALTER INDEX {INDEX} SET ({options}); "
+    psql(url, sql + f"SELECT gin_clean_pending_list('{INDEX}')")
+
+
+def psql(url: str, sql: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
 def run_import(url: str, path: Path, tenant: str, batch: int, jobs: int) -> tuple[float, str]:
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": ""}
     t0 = time.perf_counter()
@@ -118,7 +154,11 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=100)
     p.add_argument("--runs", default="1:8,100:4", help="batch:jobs pairs (batch 1 = one line per transaction)")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument(
+        "--index", default="migrated", help="GIN index variants: migrated, default, a pending-list limit in kB, off"
+    )
     args = p.parse_args()
+    variants = args.index.split(",")
     workdir = Path(tempfile.mkdtemp(prefix="import-bench-"))
     from app.embedded.postgres import start_postgres
 
@@ -129,25 +169,30 @@ def main() -> None:
         total = write_file(path, args.conversations, args.messages)
         log(f"{total} messages in {args.conversations} conversations, {path.stat().st_size / 1e6:.1f} MB")
         print(
-            "| --batch | --jobs | messages | wall s (whole CLI run) | msg/s (CLI's count) "
-            "| server CPU µs/msg | importer CPU µs/msg | re-run (idempotent) s |"
+            "| GIN index | --batch | --jobs | messages | wall s (whole CLI run) | msg/s (CLI's count) "
+            "| server CPU µs/msg | merge after µs/msg | importer CPU µs/msg | re-run (idempotent) s |"
         )
-        print("|--:|--:|--:|--:|--:|--:|--:|--:|")
-        for _ in range(args.rounds):
-            for run in args.runs.split(","):
-                batch, jobs = (int(x) for x in run.split(":"))
-                tenant = f"imp-{batch}-{jobs}-{uuid.uuid4().hex[:6]}"
-                server0, client0 = _server_cpu(server.data_dir), _client_cpu()
-                wall, summary = run_import(server.url, path, tenant, batch, jobs)
-                server_us = (_server_cpu(server.data_dir) - server0) * 1e6 / total
-                client_us = (_client_cpu() - client0) * 1e6 / total
-                again, again_summary = run_import(server.url, path, tenant, batch, jobs)
-                log(f"batch {batch} jobs {jobs}: {summary} / re-run: {again_summary}")
-                rate = summary.rsplit("(", 1)[-1].split(" ")[0]
-                print(
-                    f"| {batch} | {jobs} | {total:,} | {wall:.2f} | {rate} | {server_us:.0f} | {client_us:.0f} "
-                    f"| {again:.2f} |"
-                )
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for k in range(args.rounds):
+            for variant in variants if k % 2 == 0 else list(reversed(variants)):
+                for run in args.runs.split(","):
+                    batch, jobs = (int(x) for x in run.split(":"))
+                    tenant = f"imp-{batch}-{jobs}-{uuid.uuid4().hex[:6]}"
+                    set_index(server.url, variant)
+                    server0, client0 = _server_cpu(server.data_dir), _client_cpu()
+                    wall, summary = run_import(server.url, path, tenant, batch, jobs)
+                    server1 = _server_cpu(server.data_dir)
+                    server_us = (server1 - server0) * 1e6 / total
+                    client_us = (_client_cpu() - client0) * 1e6 / total
+                    psql(server.url, f"SELECT gin_clean_pending_list('{INDEX}')")
+                    merge_us = (_server_cpu(server.data_dir) - server1) * 1e6 / total
+                    again, again_summary = run_import(server.url, path, tenant, batch, jobs)
+                    log(f"{variant} batch {batch} jobs {jobs}: {summary} / re-run: {again_summary}")
+                    rate = summary.rsplit("(", 1)[-1].split(" ")[0]
+                    print(
+                        f"| {variant} | {batch} | {jobs} | {total:,} | {wall:.2f} | {rate} | {server_us:.0f} "
+                        f"| {merge_us:.0f} | {client_us:.0f} | {again:.2f} |"
+                    )
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -148,11 +148,13 @@ class Message(SQLModel, table=True):
             "seq",
             postgresql_where=sa.text("role = 'system'"),
         ),
+        # A small pending list: every search probe scans all of it (migration ac43885c0bbd).
         sa.Index(
             "ix_messages_search",
             "tenant_id",
             sa.text("to_tsvector(search_config, content)"),
             postgresql_using="gin",
+            postgresql_with={"fastupdate": "on", "gin_pending_list_limit": 256},
         ),
     )
 
