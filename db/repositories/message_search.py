@@ -21,17 +21,26 @@ async def _plan_rows(conn: Connection, sql: str, *args: object) -> int:
     return int(parsed[0]["Plan"]["Plan Rows"])
 
 
-async def is_common(conn: Connection, tenant_id: str, query: str, cap: int, config: str = SEARCH_CONFIG) -> bool:
-    """Whether the planner expects `query` to match a large share of the tenant's messages (two
-    EXPLAINs, nothing executed). Words among the index statistics' most common elements are estimated
-    closely; any other word gets a small default share (a 15-match word at 1M messages: ~0.15 %), so
-    a share threshold keeps rare words off the walk at any tenant size."""
-    matches = await _plan_rows(
+async def estimated_matches(conn: Connection, tenant_id: str, query: str, config: str = SEARCH_CONFIG) -> int:
+    """The planner's estimate of the tenant's messages matching `query` (an EXPLAIN, nothing executed)."""
+    return await _plan_rows(
         conn,
         f"SELECT 1 FROM messages m WHERE m.tenant_id = $1 AND {text_search.match(config, '$2')}",
         tenant_id,
         query,
     )
+
+
+async def is_common(
+    conn: Connection, tenant_id: str, query: str, cap: int, config: str = SEARCH_CONFIG, matches: int | None = None
+) -> bool:
+    """Whether the planner expects `query` to match a large share of the tenant's messages (two
+    EXPLAINs, nothing executed; one when the caller has `matches` already). Words among the index
+    statistics' most common elements are estimated closely; any other word gets a small default share
+    (a 15-match word at 1M messages: ~0.15 %), so a share threshold keeps rare words off the walk at
+    any tenant size."""
+    if matches is None:
+        matches = await estimated_matches(conn, tenant_id, query, config)
     if matches < COMMON_FACTOR * cap:
         return False
     rows = await _plan_rows(conn, "SELECT 1 FROM messages m WHERE m.tenant_id = $1", tenant_id)
@@ -73,6 +82,12 @@ async def dense_in_recent(
 #: most cap/COMMON_SHARE messages).
 COMMON_FACTOR = 10
 COMMON_SHARE = 0.05
+#: A word expected to match at most this many messages is read whole by the probe and its page sorted
+#: from the matches, even past the cap: a bitmap read costs ~0.8 µs a match, the walk ~6 µs for every
+#: message it tests, and a word in 2 % of 100,000 messages made the walk test ~1,100 of them for a
+#: page of 20 (6.8 ms against 1.6 ms for reading its 1,923 matches; docs/benchmarks.md). A word the
+#: planner underestimates costs at most this many reads before the walk it would have taken anyway.
+SORT_ALL = 4000
 
 
 @planned_per_call
@@ -92,15 +107,18 @@ async def search(
 
     The plan cannot flip to a walk of the created_at index (which runs to_tsvector on every message of
     the tenant when the planner overestimates a rare word): matching keys come from the GIN index first
-    (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows), then only those are ordered and
-    paged. Only when the probe overflows (a common word: at least cap matches) is the page read by
-    walking newest first, which then meets a match within a few rows. Every statement is planned
+    (a MATERIALIZED probe with no ORDER BY, stopped after cap + 1 rows, or SORT_ALL when the planner
+    expects at most that many matches), then only those are ordered and paged. Only when the probe
+    overflows (a common word) is the page read by walking newest first, which then meets a match
+    within a few rows. Every statement is planned
     for this query's words (planned_per_call: a generic plan can scan every message)."""
-    if await is_common(conn, tenant_id, query, cap, config) and await dense_in_recent(
+    expected = await estimated_matches(conn, tenant_id, query, config)
+    if await is_common(conn, tenant_id, query, cap, config, expected) and await dense_in_recent(
         conn, tenant_id, query, f, cap, config
     ):
         # The check found more than cap matches: the count is "more than cap" without counting again.
         return await _walk(conn, tenant_id, query, f, limit, after, cap, False, cap + 1, config)
+    probe = max(SORT_ALL if expected <= SORT_ALL else 0, cap + 1)  # rows the probe reads at most
     where = filtered(tenant_id, f, alias="c")
     filtered_by_conversation = len(where.args) > 1  # more than the tenant
     tsq = where.param(query)
@@ -112,7 +130,7 @@ async def search(
         )
     else:
         probe_from = f"FROM messages m WHERE m.tenant_id = $1 AND {matches}"
-    cap_param = where.param(cap + 1)
+    probe_param = where.param(probe)
     limit_param = where.param(limit)
     keyset = ""
     if after is not None:
@@ -121,7 +139,7 @@ async def search(
     rows = await conn.fetch(
         f"""
         WITH hits AS MATERIALIZED (
-            SELECT m.conversation_id, m.seq, m.created_at {probe_from} LIMIT {cap_param}
+            SELECT m.conversation_id, m.seq, m.created_at {probe_from} LIMIT {probe_param}
         ), page AS (
             SELECT h.conversation_id, h.seq, h.created_at FROM hits h {keyset}
             ORDER BY h.created_at DESC, h.conversation_id DESC, h.seq DESC LIMIT {limit_param}
@@ -135,7 +153,7 @@ async def search(
         *where.args,
     )
     total = int(rows[0]["total"])
-    if total <= cap:
+    if total < probe:  # every match was read: the page and the count are exact
         return [records.message(r) for r in rows if r["id"] is not None], total
     # A common word: the newest-first walk meets matches quickly.
     return await _walk(conn, tenant_id, query, f, limit, after, cap, False, total, config)
