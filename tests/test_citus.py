@@ -34,6 +34,16 @@ async def _citus_or_skip(db: Database) -> None:
             pytest.skip("needs the Citus cluster: pytest --cluster citus")
 
 
+async def _guard_or_skip(db: Database, *, strict: bool = False) -> citus_cluster.ShardGuard:
+    """The cluster's multi-shard guard; the test is skipped off Citus (and, `strict`, outside strict mode)."""
+    await _citus_or_skip(db)
+    if strict and os.environ.get("TEST_CITUS_STRICT") != "1":
+        pytest.skip("strict mode only (TEST_CITUS_STRICT=1)")
+    guard = citus_cluster.current_guard()
+    assert guard is not None
+    return guard
+
+
 async def test_every_tenant_table_is_distributed_by_tenant_and_colocated(db: Database) -> None:
     await _citus_or_skip(db)
     async with db.pool.acquire() as conn:
@@ -79,9 +89,7 @@ async def test_a_table_added_later_is_distributed_by_the_next_migrate(db: Databa
 
 
 async def test_the_guard_sees_multi_shard_statements_and_not_routed_ones(db: Database, tenant: str) -> None:
-    await _citus_or_skip(db)
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db)
     async with db.pool.acquire() as conn:
         await conn.fetchval("SELECT count(*) FROM messages WHERE tenant_id = $1", tenant)
         assert guard.new_multi_shard_statements() == []
@@ -221,11 +229,7 @@ async def _split_insert(conn: Connection, tenant: str, conversation_id: uuid.UUI
 async def test_strict_mode_flags_a_statement_split_through_the_coordinator(db: Database, tenant: str) -> None:
     """TEST_CITUS_STRICT=1 (on in `make test`): an INSERT … SELECT that reads a reference table is
     planned on the coordinator (intermediate result, two-phase commit) and the guard names it."""
-    await _citus_or_skip(db)
-    if os.environ.get("TEST_CITUS_STRICT") != "1":
-        pytest.skip("strict mode only (TEST_CITUS_STRICT=1)")
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db, strict=True)
     conversation = await create_conversation(db, tenant)
     async with db.pool.acquire() as conn:
         await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)
@@ -244,9 +248,7 @@ async def test_a_reference_write_that_began_before_the_test_is_attributed_by_its
     test, a fixture) and commit, with two-phase commit, inside it. The guard finds its commands
     before the window and allows it; a client's two-phase commit without a cause still fails (the
     test above)."""
-    await _citus_or_skip(db)
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db)
     # A connection of its own, so the remote commands are logged without strict mode too (and
     # nothing leaks into the pool).
     conn = await asyncpg.connect(servers.database_url)
@@ -332,9 +334,7 @@ async def test_the_guard_reads_every_nodes_log_and_every_node_logs_what_it_reads
 async def test_the_guard_reads_the_workers_logs_for_a_pool_on_a_worker(db: Database, tenant: str) -> None:
     """Querying from any node: a multi-shard statement whose client is on a worker is logged only
     there (the coordinator never sees it), and the guard names it with the worker."""
-    await _citus_or_skip(db)
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db)
     pool, _ = await _worker_pool(db, tenant, home=True)
     marker = f"guard-{uuid.uuid4().hex[:8]}"
     try:
@@ -352,9 +352,7 @@ async def test_the_guard_reads_a_delegated_functions_body_on_its_worker(db: Data
     """A distributed function runs on the worker holding its tenant's shard group (as append_message()
     and history_page() do): a multi-shard statement in its body is judged in that worker's log, with
     the function named, even when the call came through another worker (the coordinator sees nothing)."""
-    await _citus_or_skip(db)
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db)
     name = f"guard_probe_{uuid.uuid4().hex[:8]}"
     marker = f"guard-{uuid.uuid4().hex[:8]}"
     async with db.pool.acquire() as conn:
@@ -382,11 +380,7 @@ async def test_the_guard_reads_a_delegated_functions_body_on_its_worker(db: Data
 async def test_strict_mode_flags_a_statement_split_through_a_worker(db: Database, tenant: str) -> None:
     """TEST_CITUS_STRICT=1: the worker logs its own remote commands, so a two-phase commit that a
     client on a worker starts is named with its cause, as on the coordinator."""
-    await _citus_or_skip(db)
-    if os.environ.get("TEST_CITUS_STRICT") != "1":
-        pytest.skip("strict mode only (TEST_CITUS_STRICT=1)")
-    guard = citus_cluster.current_guard()
-    assert guard is not None
+    guard = await _guard_or_skip(db, strict=True)
     conversation = await create_conversation(db, tenant)
     async with db.pool.acquire() as conn:
         await conn.execute("INSERT INTO tenants (tenant_id, name) VALUES ($1, $1)", tenant)

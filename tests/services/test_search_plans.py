@@ -27,26 +27,15 @@ RARE = "number 4242"
 
 
 @asynccontextmanager
-async def _loaded(db: Database, servers: Servers, tenant: str) -> AsyncIterator[Connection]:
-    """The shapes bench's history: every message says "number", one of them "4242"; analyzed, not
-    vacuumed: the bulk insert's entries wait in the GIN index's pending list, which the planner
-    counts against the index (the state right after a load, when the generic plan is a sequential
-    scan). Yields a connection of its own, whose statements start with no plan history. The rows
-    and the pending list go afterwards: other tests' plans must not see them."""
-    conversation = await create_conversation(db, tenant)
+async def _messages_loaded(servers: Servers, tenant: str, insert: str, *args: object) -> AsyncIterator[Connection]:
+    """A connection of its own (its statements start with no plan history) once `insert` has loaded
+    the tenant's messages and ANALYZE has run, not VACUUM: the bulk insert's entries wait in the GIN
+    index's pending list, the state right after a load. The rows and the pending list go afterwards:
+    other tests' plans must not see them."""
     pool = await create_pool(servers.database_url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
-            await conn.execute(
-                """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
-                   SELECT $1, $2, g, gen_random_uuid(), 'user',
-                          'message number ' || g || ': ' || repeat('lorem ipsum dolor sit amet ', 6), 50,
-                          now() - ($3 - g) * interval '1 second'
-                   FROM generate_series(1, $3::int) g""",
-                tenant,
-                conversation.id,
-                MESSAGES,
-            )
+            await conn.execute(insert, *args)
             await conn.execute("ANALYZE messages")
             try:
                 yield conn
@@ -56,6 +45,26 @@ async def _loaded(db: Database, servers: Servers, tenant: str) -> AsyncIterator[
                 await conn.execute("ANALYZE messages")
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def _loaded(db: Database, servers: Servers, tenant: str) -> AsyncIterator[Connection]:
+    """The shapes bench's history: every message says "number", one of them "4242" (the planner counts
+    the pending list against the index: the state in which the generic plan is a sequential scan)."""
+    conversation = await create_conversation(db, tenant)
+    async with _messages_loaded(
+        servers,
+        tenant,
+        """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+           SELECT $1, $2, g, gen_random_uuid(), 'user',
+                  'message number ' || g || ': ' || repeat('lorem ipsum dolor sit amet ', 6), 50,
+                  now() - ($3 - g) * interval '1 second'
+           FROM generate_series(1, $3::int) g""",
+        tenant,
+        conversation.id,
+        MESSAGES,
+    ) as conn:
+        yield conn
 
 
 def _plain_postgres_only() -> None:
@@ -135,39 +144,30 @@ async def test_a_medium_word_is_paged_from_its_matches_without_walking_the_tenan
     matches newest first, as brute force orders them, and the count says "more than the cap"."""
     _plain_postgres_only()
     conversation = await create_conversation(db, tenant)
-    pool = await create_pool(servers.database_url, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await conn.execute(
-                """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
-                   SELECT $1, $2, g, gen_random_uuid(), 'user',
-                          'message ' || g || CASE WHEN g % 25 = 0 THEN ' was refunded' ELSE ' was answered' END, 5,
-                          now() - ($3 - g) * interval '1 second'
-                   FROM generate_series(1, $3::int) g""",
-                tenant,
-                conversation.id,
-                MESSAGES,
-            )
-            await conn.execute("ANALYZE messages")
-            try:
-                async with conn.transaction():
-                    first = await search.search_messages(conn, tenant, MEDIUM)
-                    second = await search.search_messages(conn, tenant, MEDIUM, after=first.end_cursor)
-                    # Rows this transaction read from messages through indexes (bitmap reads included).
-                    fetched = await conn.fetchval(
-                        "SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'messages'"
-                    )
-                expected = [f"message {g} was refunded" for g in range(MESSAGES, 0, -1) if g % 25 == 0]
-                assert [m.content for m in first.items + second.items] == expected[:40]
-                assert first.total_count == 100 and first.total_count_capped and first.has_next_page
-                # Each search: its 200 matches and its page's 20 rows (~440); walking read 1,321 here.
-                assert fetched < 600, fetched
-            finally:
-                await conn.execute("DELETE FROM messages WHERE tenant_id = $1", tenant)
-                await conn.execute("SELECT gin_clean_pending_list('ix_messages_search')")
-                await conn.execute("ANALYZE messages")
-    finally:
-        await pool.close()
+    async with (
+        _messages_loaded(
+            servers,
+            tenant,
+            """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+           SELECT $1, $2, g, gen_random_uuid(), 'user',
+                  'message ' || g || CASE WHEN g % 25 = 0 THEN ' was refunded' ELSE ' was answered' END, 5,
+                  now() - ($3 - g) * interval '1 second'
+           FROM generate_series(1, $3::int) g""",
+            tenant,
+            conversation.id,
+            MESSAGES,
+        ) as conn,
+        conn.transaction(),
+    ):
+        first = await search.search_messages(conn, tenant, MEDIUM)
+        second = await search.search_messages(conn, tenant, MEDIUM, after=first.end_cursor)
+        # Rows this transaction read from messages through indexes (bitmap reads included).
+        fetched = await conn.fetchval("SELECT idx_tup_fetch FROM pg_stat_xact_user_tables WHERE relname = 'messages'")
+    expected = [f"message {g} was refunded" for g in range(MESSAGES, 0, -1) if g % 25 == 0]
+    assert [m.content for m in first.items + second.items] == expected[:40]
+    assert first.total_count == 100 and first.total_count_capped and first.has_next_page
+    # Each search: its 200 matches and its page's 20 rows (~440); walking read 1,321 here.
+    assert fetched < 600, fetched
 
 
 async def test_every_path_pages_like_brute_force_at_every_density(db: Database, servers: Servers, tenant: str) -> None:
@@ -180,52 +180,41 @@ async def test_every_path_pages_like_brute_force_at_every_density(db: Database, 
     shares = {"amber": 500, "cobalt": 50, "denim": 14, "ember": 5, "flax": 5 / 3}  # one message in n
     other = await create_conversation(db, tenant, agent_id="support")
     conversation = await create_conversation(db, tenant, agent_id="sales")
-    pool = await create_pool(servers.database_url, min_size=1, max_size=1)
-    try:
-        async with pool.acquire() as conn:
-            await conn.execute(
-                """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
-                   SELECT $1, CASE WHEN g % 3 = 0 THEN $4::uuid ELSE $2::uuid END, g, gen_random_uuid(), 'user',
-                          'message ' || g || ' ' || coalesce((SELECT string_agg(w, ' ') FROM jsonb_each_text($5::jsonb) AS s(w, n)
-                                                    WHERE g % n::numeric < 1), ''), 5,
-                          now() - ($3 - g) * interval '1 second'
-                   FROM generate_series(1, $3::int) g""",
-                tenant,
-                conversation.id,
-                3000,
-                other.id,
-                {w: str(n) for w, n in shares.items()},
-            )
-            await conn.execute("ANALYZE messages")
-            try:
-                rows = await conn.fetch(
-                    "SELECT conversation_id, content FROM messages WHERE tenant_id = $1 ORDER BY created_at DESC",
-                    tenant,
-                )
-                for word in shares:
-                    for only in (None, "sales"):
-                        expected = [
-                            r["content"]
-                            for r in rows
-                            if word in r["content"].split()
-                            and (only is None or r["conversation_id"] == conversation.id)
-                        ]
-                        f = ConversationFilter(agent_id=only) if only else None
-                        seen: list[str] = []
-                        after = None
-                        while True:
-                            page = await search.search_messages(conn, tenant, word, f, first=50, after=after)
-                            if after is None:
-                                assert page.total_count == min(len(expected), 100), (word, only)
-                                assert page.total_count_capped == (len(expected) > 100), (word, only)
-                            seen += [m.content for m in page.items]
-                            if not page.has_next_page:
-                                break
-                            after = page.end_cursor
-                        assert seen == expected, (word, only, len(seen), len(expected))
-            finally:
-                await conn.execute("DELETE FROM messages WHERE tenant_id = $1", tenant)
-                await conn.execute("SELECT gin_clean_pending_list('ix_messages_search')")
-                await conn.execute("ANALYZE messages")
-    finally:
-        await pool.close()
+    async with _messages_loaded(
+        servers,
+        tenant,
+        """INSERT INTO messages (tenant_id, conversation_id, seq, id, role, content, token_count, created_at)
+           SELECT $1, CASE WHEN g % 3 = 0 THEN $4::uuid ELSE $2::uuid END, g, gen_random_uuid(), 'user',
+                  'message ' || g || ' ' || coalesce((SELECT string_agg(w, ' ') FROM jsonb_each_text($5::jsonb) AS s(w, n)
+                                            WHERE g % n::numeric < 1), ''), 5,
+                  now() - ($3 - g) * interval '1 second'
+           FROM generate_series(1, $3::int) g""",
+        tenant,
+        conversation.id,
+        3000,
+        other.id,
+        {w: str(n) for w, n in shares.items()},
+    ) as conn:
+        rows = await conn.fetch(
+            "SELECT conversation_id, content FROM messages WHERE tenant_id = $1 ORDER BY created_at DESC", tenant
+        )
+        for word in shares:
+            for only in (None, "sales"):
+                expected = [
+                    r["content"]
+                    for r in rows
+                    if word in r["content"].split() and (only is None or r["conversation_id"] == conversation.id)
+                ]
+                f = ConversationFilter(agent_id=only) if only else None
+                seen: list[str] = []
+                after = None
+                while True:
+                    page = await search.search_messages(conn, tenant, word, f, first=50, after=after)
+                    if after is None:
+                        assert page.total_count == min(len(expected), 100), (word, only)
+                        assert page.total_count_capped == (len(expected) > 100), (word, only)
+                    seen += [m.content for m in page.items]
+                    if not page.has_next_page:
+                        break
+                    after = page.end_cursor
+                assert seen == expected, (word, only, len(seen), len(expected))
